@@ -1,0 +1,148 @@
+"""Builds and runs the Portrait server: gRPC (service, health, reflection), metrics, stores.
+
+``PortraitServer(settings)``: ``await start()``, ``await stop()``; ``serve(settings)``
+runs until SIGTERM/SIGINT, then drains and exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry, start_http_server
+
+from server._gen.portrait.v1 import portrait_pb2, portrait_pb2_grpc
+from server.config import Settings, redis_url_to_feast
+from server.embedded_redis import EmbeddedRedis
+from server.features import OfflineLog, OnlineStore, apply_definitions, open_store, set_feast_env
+from server.interceptors import ServerInterceptor
+from server.materialize import Materializer
+from server.metrics import Metrics
+from server.pipeline import Pipeline, PipelineConfig
+from server.service import ProfileCore
+from server.servicer import ProfileServicer
+
+log = logging.getLogger("portrait")
+
+SERVICE_NAME = portrait_pb2.DESCRIPTOR.services_by_name["ProfileService"].full_name
+GAUGE_REFRESH_S = 1.0
+
+
+def pipeline_config(s: Settings) -> PipelineConfig:
+    """The pipeline's part of the settings."""
+    return PipelineConfig(
+        propensity_horizon_s=s.propensity_horizon_s, decision_interval_s=s.decision_interval_s,
+        allowed_lateness_s=s.allowed_lateness_s, max_pending_labels=s.max_pending_labels,
+        segments=s.segments, dedupe_capacity=s.dedupe_capacity, quality_window=s.quality_window,
+    )
+
+
+class PortraitServer:
+    """One Portrait process: owns the stores, the pipeline and the gRPC + metrics servers."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics(CollectorRegistry())
+        self.embedded: EmbeddedRedis | None = None
+        self.grpc_port = 0
+        self.metrics_port = 0
+        self.feast_redis = ""
+        self._server: grpc.aio.Server | None = None
+        self._http: Any = None
+        self._health = health.aio.HealthServicer()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.core: ProfileCore | None = None
+
+    async def start(self) -> None:
+        """Bring everything up; when this returns the server answers on ``grpc_port``."""
+        s = self.settings
+        data_dir = Path(s.data_dir).resolve()
+        data_dir.mkdir(parents=True, exist_ok=True)
+        if s.redis_url:
+            self.feast_redis = s.feast_redis_connection()
+        elif s.feast_redis:
+            self.feast_redis = s.feast_redis
+        else:
+            self.embedded = EmbeddedRedis(data_dir, s.embedded_redis_port)
+            self.embedded.start()
+            self.feast_redis = redis_url_to_feast(self.embedded.url)
+            log.info("PORTRAIT_REDIS_URL is unset: using the embedded Redis at %s "
+                     "(other processes: PORTRAIT_FEAST_REDIS=%s PORTRAIT_DATA_DIR=%s)",
+                     self.embedded.url, self.feast_redis, data_dir)
+        set_feast_env(data_dir, self.feast_redis)
+        writer_store = await asyncio.to_thread(apply_definitions, s.feature_repo, data_dir)
+        reader_store = await asyncio.to_thread(open_store, s.feature_repo)
+        log.info("applied Feast definitions from %s", Path(s.feature_repo).resolve())
+
+        writer = OnlineStore(writer_store)
+        offline = OfflineLog(data_dir)
+        pipeline = Pipeline(pipeline_config(s), self.metrics)
+        materializer = Materializer(
+            pipeline.row, writer.write, offline.append, self.metrics,
+            flush_interval_s=s.flush_interval_s, flush_max_rows=s.flush_max_rows,
+            offline_roll_s=s.offline_roll_s, offline_roll_rows=s.offline_roll_rows,
+            max_backoff_s=s.retry_max_backoff_s,
+        )
+        self.core = ProfileCore(pipeline, materializer, OnlineStore(reader_store))
+
+        options = [("grpc.max_receive_message_length", s.max_message_bytes),
+                   ("grpc.max_send_message_length", s.max_message_bytes)]
+        server = grpc.aio.server(interceptors=[ServerInterceptor(self.metrics)], options=options)
+        portrait_pb2_grpc.add_ProfileServiceServicer_to_server(ProfileServicer(self.core), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection((SERVICE_NAME, reflection.SERVICE_NAME, health.SERVICE_NAME), server)
+        self.grpc_port = server.add_insecure_port(f"{s.bind}:{s.grpc_port}")
+        self._http, _ = start_http_server(s.metrics_port, addr=s.bind, registry=self.metrics.registry)
+        self.metrics_port = self._http.server_port
+        materializer.start()
+        await server.start()
+        self._server = server
+        self._tasks.append(asyncio.create_task(self._refresh_gauges(), name="gauges"))
+        for name in ("", SERVICE_NAME):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving portrait.v1.ProfileService on %s:%d, metrics on http://%s:%d/metrics",
+                 s.bind, self.grpc_port, s.bind, self.metrics_port)
+
+    async def _refresh_gauges(self) -> None:
+        assert self.core is not None
+        while True:
+            self.core.pipeline.refresh_gauges()
+            await asyncio.sleep(GAUGE_REFRESH_S)
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        """Stop accepting, finish in-flight RPCs, flush every pending row, stop owned processes."""
+        await self._health.enter_graceful_shutdown()
+        if self._server:
+            await self._server.stop(grace_s)
+        for t in self._tasks:
+            t.cancel()
+        if self.core:
+            try:
+                await asyncio.wait_for(self.core.materializer.stop(), timeout=max(grace_s, 1.0))
+            except asyncio.TimeoutError:
+                log.error("gave up flushing %d pending profile rows after %.1f s",
+                          self.core.materializer.depth, grace_s)
+        if self._http:
+            self._http.shutdown()
+        if self.embedded:
+            self.embedded.stop()
+        log.info("stopped")
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    server = PortraitServer(settings)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await server.stop()

@@ -1,0 +1,91 @@
+"""Settings: one pydantic-settings class, read from ``PORTRAIT_*`` environment variables.
+
+Built once at start (``Settings()``) and passed down; nothing reads the
+environment at import time.
+
+>>> s = Settings(_env_file=None, redis_url="redis://cache:6380/2")
+>>> s.feast_redis_connection()
+'cache:6380,db=2'
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every setting of the Portrait server (env var = ``PORTRAIT_`` + upper-case name)."""
+
+    model_config = SettingsConfigDict(env_prefix="PORTRAIT_", use_attribute_docstrings=True, extra="ignore")
+
+    grpc_port: int = Field(50051, ge=0, le=65535)
+    """gRPC port (ProfileService, health, reflection). 0 picks a free port."""
+    metrics_port: int = Field(9464, ge=0, le=65535)
+    """Prometheus /metrics HTTP port. 0 picks a free port."""
+    bind: str = "127.0.0.1"
+    """Address the gRPC and metrics servers listen on (0.0.0.0 in containers)."""
+    redis_url: str | None = None
+    """Redis for the online store, ``redis://[user:pass@]host:port/db``. Unset: start an embedded redis-server."""
+    feast_redis: str | None = None
+    """Feast's own ``host:port,db=N`` form of the Redis connection; derived from redis_url when unset."""
+    embedded_redis_port: int = Field(6390, ge=0, le=65535)
+    """Port of the embedded redis-server (only when redis_url is unset). 0 picks a free port."""
+    data_dir: Path = Path("var")
+    """Data directory: offline parquet files, the Feast registry, the embedded Redis' files."""
+    feature_repo: Path = Path("feature_repo")
+    """The Feast feature repository (feature_store.yaml + definitions); applied at start."""
+    flush_interval_s: float = Field(0.05, gt=0)
+    """Longest time a profile row waits before it is written to the online store."""
+    flush_max_rows: int = Field(2000, ge=1)
+    """Flush early when this many users have pending rows."""
+    offline_roll_s: float = Field(10.0, gt=0)
+    """A new offline parquet file is started at least this often (seconds) while rows arrive."""
+    offline_roll_rows: int = Field(50_000, ge=1)
+    """... or when this many rows are buffered for the offline store."""
+    retry_max_backoff_s: float = Field(5.0, gt=0)
+    """Longest pause between retries of a failed store write (backoff doubles from 50 ms)."""
+    propensity_horizon_s: float = Field(3600.0, gt=0)
+    """Purchase-propensity horizon H: 'will the user purchase within H after this event?'."""
+    decision_interval_s: float = Field(300.0, ge=0)
+    """At most one labelled propensity decision per user per this many seconds (bounds pending labels)."""
+    allowed_lateness_s: float = Field(60.0, ge=0)
+    """Watermark = max event time seen - this; a decision turns negative when the watermark passes t + H."""
+    max_pending_labels: int = Field(1_000_000, ge=1)
+    """Hard cap on pending decisions in memory; beyond it new decisions are not recorded."""
+    segments: int = Field(8, ge=2, le=64)
+    """Number of KMeans user segments (ids 0..k-1)."""
+    dedupe_capacity: int = Field(1_000_000, ge=1)
+    """Remember this many most recent event_ids for duplicate detection."""
+    quality_window: int = Field(10_000, ge=10)
+    """Resolved labels per model in the rolling AUC / log-loss gauges."""
+    max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    """Largest gRPC message accepted; larger ones get RESOURCE_EXHAUSTED."""
+    log_level: str = "INFO"
+    """Python logging level."""
+
+    def feast_redis_connection(self) -> str:
+        """The Redis connection in Feast's form, from ``feast_redis`` or else ``redis_url``."""
+        if self.feast_redis:
+            return self.feast_redis
+        if not self.redis_url:
+            raise ValueError("neither PORTRAIT_FEAST_REDIS nor PORTRAIT_REDIS_URL is set")
+        return redis_url_to_feast(self.redis_url)
+
+
+def redis_url_to_feast(url: str) -> str:
+    """``redis://user:pw@host:port/db`` -> ``host:port,db=N[,username=..][,password=..][,ssl=true]``."""
+    u = urlparse(url)
+    if u.scheme not in ("redis", "rediss"):
+        raise ValueError(f"redis_url must start with redis:// or rediss://, got {u.scheme!r}")
+    parts = [f"{u.hostname or '127.0.0.1'}:{u.port or 6379}", f"db={int(u.path.strip('/') or 0)}"]
+    if u.username:
+        parts.append(f"username={unquote(u.username)}")
+    if u.password:
+        parts.append(f"password={unquote(u.password)}")
+    if u.scheme == "rediss":
+        parts.append("ssl=true")
+    return ",".join(parts)

@@ -1,0 +1,81 @@
+"""Proto <-> domain conversion, in one place (with servicer.py, the only hand-written users of ``_gen``)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from server._gen.portrait.v1 import portrait_pb2 as pb
+from server.events import Event, FieldError
+from server.features import FLOAT_COLUMNS
+from server.service import BatchResult
+
+
+def event_from_proto(m: pb.Event) -> Event:
+    """A domain Event; an unset ``event_time`` becomes None (rejected by validation)."""
+    return Event(
+        event_id=m.event_id,
+        user_id=m.user_id,
+        type=int(m.type),
+        event_time=m.event_time.seconds + m.event_time.nanos / 1e9 if m.HasField("event_time") else None,
+        item_id=m.item_id,
+        category=m.category,
+        price=m.price,
+        quantity=m.quantity,
+        session_id=m.session_id,
+        query=m.query,
+        context=dict(m.context),
+    )
+
+
+def event_to_proto(e: Event) -> pb.Event:
+    """The proto form of a domain Event (used by the client and the CLI)."""
+    m = pb.Event(event_id=e.event_id, user_id=e.user_id, type=int(e.type), item_id=e.item_id,
+                 category=e.category, price=e.price, quantity=e.quantity, session_id=e.session_id,
+                 query=e.query, context=e.context)
+    if e.event_time is not None:
+        m.event_time.CopyFrom(timestamp(e.event_time))
+    return m
+
+
+def timestamp(t: float) -> Timestamp:
+    """Unix seconds -> protobuf Timestamp."""
+    seconds = math.floor(t)
+    return Timestamp(seconds=seconds, nanos=int(round((t - seconds) * 1e9)) % 1_000_000_000)
+
+
+def batch_response(r: BatchResult) -> pb.TrackBatchResponse:
+    """BatchResult -> TrackBatchResponse."""
+    return pb.TrackBatchResponse(
+        accepted=r.accepted,
+        duplicates=r.duplicates,
+        rejected=[pb.EventError(index=i, event_id=eid, field=err.field, message=err.message)
+                  for i, eid, err in r.rejected],
+    )
+
+
+def batch_from_response(m: pb.TrackBatchResponse) -> BatchResult:
+    """TrackBatchResponse -> BatchResult (client side)."""
+    return BatchResult(m.accepted, m.duplicates,
+                       [(x.index, x.event_id, FieldError(x.field, x.message)) for x in m.rejected])
+
+
+def profile_to_proto(row: dict[str, Any]) -> pb.Profile:
+    """A feature row as read from the online store -> Profile."""
+    features = {k: float(row[k]) for k in FLOAT_COLUMNS if row.get(k) is not None}
+    features.pop("purchase_propensity", None)
+    updated = row.get("updated_at_ts") or 0.0
+    return pb.Profile(
+        user_id=row["user_id"],
+        version=int(row["profile_version"]),
+        updated_at=timestamp(updated),
+        features=features,
+        top_categories=list(row.get("top_categories") or []),
+        purchase_propensity=float(row.get("purchase_propensity") or 0.0),
+        segment=int(row["segment"]) if row.get("segment") is not None else -1,
+        tags=list(row.get("tags") or []),
+        attributes=pb.UserAttributes(age=int(row.get("age") or 0), gender=row.get("gender") or "",
+                                     region=row.get("region") or ""),
+    )

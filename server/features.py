@@ -1,0 +1,144 @@
+"""Feast glue: apply the definitions, write profile rows online and offline, read them back.
+
+Online writes go through Feast's public batch call ``write_to_online_store``
+(many rows per call). Offline rows are appended as new parquet files under
+``$PORTRAIT_DATA_DIR/offline/user_profile/`` (written to a temporary name and
+renamed, so readers never see a partial file; a growing file is never rewritten).
+All calls here block: the materializer runs them in a worker thread.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import os
+import time
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from server.profile import FEATURE_NAMES
+
+FEATURE_VIEW = "user_profile"
+FEATURE_SERVICE = "user_profile_v1"
+FLOAT_COLUMNS = (*FEATURE_NAMES, "updated_at_ts", "purchase_propensity")
+INT_COLUMNS = ("profile_version", "segment", "age")
+STRING_COLUMNS = ("gender", "region")
+LIST_COLUMNS = ("tags", "top_categories")
+
+OFFLINE_SCHEMA = pa.schema(
+    [
+        pa.field("user_id", pa.string()),
+        pa.field("event_timestamp", pa.timestamp("us", tz="UTC")),
+        pa.field("created_timestamp", pa.timestamp("us", tz="UTC")),
+        *(pa.field(c, pa.float64()) for c in FLOAT_COLUMNS),
+        *(pa.field(c, pa.int64()) for c in INT_COLUMNS),
+        *(pa.field(c, pa.string()) for c in STRING_COLUMNS),
+        *(pa.field(c, pa.list_(pa.string())) for c in LIST_COLUMNS),
+    ]
+)
+
+Row = dict[str, Any]
+
+
+def offline_dir(data_dir: Path) -> Path:
+    """Where the offline parquet files of the user_profile view live."""
+    return Path(data_dir).resolve() / "offline" / "user_profile"
+
+
+def set_feast_env(data_dir: Path, feast_redis: str) -> None:
+    """Export the two variables ``feature_store.yaml`` expands (Feast reads them from the environment)."""
+    os.environ["PORTRAIT_DATA_DIR"] = str(Path(data_dir).resolve())
+    os.environ["PORTRAIT_FEAST_REDIS"] = feast_redis
+
+
+def open_store(repo: Path) -> Any:
+    """A ``FeatureStore`` on ``repo`` (imports Feast lazily: it takes seconds)."""
+    from feast import FeatureStore
+
+    return FeatureStore(repo_path=str(Path(repo).resolve()))
+
+
+def apply_definitions(repo: Path, data_dir: Path) -> Any:
+    """Load ``repo/user_profile.py`` and apply its objects to the registry; return the store."""
+    offline_dir(data_dir).mkdir(parents=True, exist_ok=True)
+    path = Path(repo).resolve() / "user_profile.py"
+    spec = importlib.util.spec_from_file_location("portrait_feature_repo_definitions", path)
+    assert spec and spec.loader, path
+    defs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(defs)
+    store = open_store(repo)
+    store.apply([defs.user, defs.user_profile_source, defs.user_profile_push_source, defs.user_profile_fv,
+                 defs.user_profile_v1])
+    return store
+
+
+def _ts(us: int) -> datetime:
+    return datetime.fromtimestamp(us / 1e6, tz=timezone.utc)
+
+
+class OnlineStore:
+    """Writes and reads profile rows through one Feast store (Redis online store)."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+        self._service: Any = None
+
+    def write(self, rows: Sequence[Row]) -> None:
+        """Write many rows in one Feast batch call (raises on Redis errors; nothing is half-acknowledged)."""
+        import pandas as pd
+
+        df = pd.DataFrame.from_records(rows)
+        df["event_timestamp"] = pd.to_datetime(df["event_timestamp_us"], unit="us", utc=True)
+        df["created_timestamp"] = pd.Timestamp.now(tz="UTC")
+        self._store.write_to_online_store(FEATURE_VIEW, df.drop(columns=["event_timestamp_us"]))
+
+    def read(self, user_id: str) -> Row | None:
+        """The user's row as Feast serves it, or None if the online store has no row."""
+        if self._service is None:
+            self._service = self._store.get_feature_service(FEATURE_SERVICE)
+        got = self._store.get_online_features(features=self._service, entity_rows=[{"user_id": user_id}]).to_dict()
+        row = {k: v[0] for k, v in got.items()}
+        if row.get("profile_version") is None:
+            return None
+        return row
+
+    def ping(self) -> None:
+        """Raise if the online store's Redis is unreachable."""
+        self._store._get_provider().online_store._get_client(self._store.config.online_store).ping()
+
+
+class OfflineLog:
+    """Appends rows as new parquet files: ``part-<unix ms>-<pid>-<seq>.parquet``."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.dir = offline_dir(data_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._seq = itertools.count()
+
+    def append(self, rows: Sequence[Row]) -> Path:
+        """Write ``rows`` as one new file (temp name, fsync, rename); return its path."""
+        cols: dict[str, list[Any]] = {f.name: [] for f in OFFLINE_SCHEMA}
+        created = int(time.time() * 1e6)
+        for r in rows:
+            for name in cols:
+                if name == "event_timestamp":
+                    cols[name].append(r["event_timestamp_us"])
+                elif name == "created_timestamp":
+                    cols[name].append(created)
+                else:
+                    cols[name].append(r[name])
+        table = pa.table({n: pa.array(v, type=OFFLINE_SCHEMA.field(n).type) for n, v in cols.items()},
+                         schema=OFFLINE_SCHEMA)
+        name = f"part-{created // 1000:013d}-{os.getpid()}-{next(self._seq):06d}"
+        tmp = self.dir / f"{name}.tmp"
+        final = self.dir / f"{name}.parquet"
+        pq.write_table(table, tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+        return final

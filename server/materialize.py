@@ -1,0 +1,176 @@
+"""Micro-batched, coalescing materialization of profile rows to the online and offline stores.
+
+The pipeline marks a user *dirty* after each update. Every ``flush_interval_s``
+(or sooner, once ``flush_max_rows`` users are dirty) the materializer builds one
+row per dirty user from the current profile (only the latest version per flush)
+and writes them in one batch, off the event loop. A failed write loses nothing:
+the users go back into the dirty set and are retried with exponential backoff,
+so when the store returns the newest version of each is written. Callers that
+need read-your-writes await the future returned by ``mark``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from server.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+Row = dict[str, Any]
+
+
+class RowSink(Protocol):
+    """A blocking batch writer (online or offline store)."""
+
+    def __call__(self, rows: Sequence[Row]) -> Any: ...
+
+
+class Materializer:
+    """Coalesces dirty users and writes their rows in batches; see module docstring."""
+
+    def __init__(
+        self,
+        build_row: Callable[[str], Row],
+        online: RowSink,
+        offline: RowSink,
+        metrics: Metrics,
+        flush_interval_s: float = 0.05,
+        flush_max_rows: int = 2000,
+        offline_roll_s: float = 10.0,
+        offline_roll_rows: int = 50_000,
+        max_backoff_s: float = 5.0,
+    ) -> None:
+        self.flush_interval_s = flush_interval_s
+        self.flush_max_rows = flush_max_rows
+        self.offline_roll_s = offline_roll_s
+        self.offline_roll_rows = offline_roll_rows
+        self.max_backoff_s = max_backoff_s
+        self._build_row = build_row
+        self._online = online
+        self._offline = offline
+        self._metrics = metrics
+        self._dirty: dict[str, None] = {}
+        self._received: list[float] = []
+        self._waiters: list[asyncio.Future[None]] = []
+        self._future: asyncio.Future[None] | None = None
+        self._wake = asyncio.Event()
+        self._offline_rows: list[Row] = []
+        self._offline_since = time.monotonic()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.online_healthy = True
+
+    # -- producer side (event loop, single writer) --------------------------------------------
+    def mark(self, user_id: str, received: float) -> asyncio.Future[None]:
+        """Note that ``user_id`` changed (event received at monotonic ``received``); the future
+        resolves once a row with this change is visible in the online store."""
+        self._dirty[user_id] = None
+        self._received.append(received)
+        if self._future is None:
+            self._future = asyncio.get_running_loop().create_future()
+        if len(self._dirty) >= self.flush_max_rows:
+            self._wake.set()
+        return self._future
+
+    @property
+    def depth(self) -> int:
+        """Users waiting for an online write."""
+        return len(self._dirty)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the background flush loop."""
+        self._task = asyncio.create_task(self._run(), name="materializer")
+
+    async def stop(self) -> None:
+        """Flush everything still pending (online and offline), then stop."""
+        self._stopping = True
+        self._wake.set()
+        if self._task:
+            await self._task
+
+    async def _run(self) -> None:
+        backoff = 0.05
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self.flush_interval_s)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+            ok = await self._flush_online()
+            await self._maybe_flush_offline(force=self._stopping)
+            if ok:
+                backoff = 0.05
+            else:
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.max_backoff_s)
+            if self._stopping and not self._dirty and not self._offline_rows:
+                return
+            if self._stopping and not ok:
+                continue
+
+    async def _flush_online(self) -> bool:
+        if not self._dirty:
+            self._metrics.queue_depth.labels(queue="online").set(0)
+            return True
+        users, received, future = list(self._dirty), self._received, self._future
+        self._dirty, self._received, self._future = {}, [], None
+        waiters, self._waiters = self._waiters, []
+        if future is not None:
+            waiters.append(future)
+        rows = [self._build_row(u) for u in users]
+        t0 = time.perf_counter()
+        try:
+            await asyncio.to_thread(self._online, rows)
+        except Exception as exc:  # noqa: BLE001 - any store error: keep the rows, retry
+            self._metrics.online_write_errors.inc()
+            if self.online_healthy:
+                log.warning("online store write failed (%d rows kept for retry): %s", len(rows), type(exc).__name__)
+            self.online_healthy = False
+            for u in users:  # back into the dirty set; newer changes are already there
+                self._dirty.setdefault(u, None)
+            self._received = received + self._received
+            self._waiters = waiters + self._waiters
+            self._metrics.queue_depth.labels(queue="online").set(len(self._dirty))
+            return False
+        if not self.online_healthy:
+            log.info("online store writes recovered")
+        self.online_healthy = True
+        now = time.monotonic()
+        self._metrics.stage_duration.labels(stage="online_write").observe(time.perf_counter() - t0)
+        self._metrics.online_write_rows.inc(len(rows))
+        for r in received:
+            self._metrics.freshness.observe(now - r)
+        for w in waiters:
+            if not w.done():
+                w.set_result(None)
+        self._offline_rows.extend(rows)
+        self._metrics.queue_depth.labels(queue="online").set(len(self._dirty))
+        self._metrics.queue_depth.labels(queue="offline").set(len(self._offline_rows))
+        return True
+
+    async def _maybe_flush_offline(self, force: bool = False) -> None:
+        if not self._offline_rows:
+            self._offline_since = time.monotonic()
+            return
+        due = time.monotonic() - self._offline_since >= self.offline_roll_s
+        if not (force or due or len(self._offline_rows) >= self.offline_roll_rows):
+            return
+        rows, self._offline_rows = self._offline_rows, []
+        t0 = time.perf_counter()
+        try:
+            await asyncio.to_thread(self._offline, rows)
+        except Exception:  # noqa: BLE001 - keep the rows, retry at the next flush
+            log.exception("offline store append failed (%d rows kept for retry)", len(rows))
+            self._metrics.offline_write_errors.inc()
+            self._offline_rows = rows + self._offline_rows
+            return
+        self._metrics.stage_duration.labels(stage="offline_write").observe(time.perf_counter() - t0)
+        self._metrics.offline_write_rows.inc(len(rows))
+        self._offline_since = time.monotonic()
+        self._metrics.queue_depth.labels(queue="offline").set(len(self._offline_rows))

@@ -1,0 +1,98 @@
+"""Every Prometheus metric Portrait exports, in one place.
+
+Naming follows Prometheus conventions: ``portrait_`` prefix, base units
+(seconds, bytes), ``_total`` for counters, and never a user id in a label.
+The registry is passed in (no import-time globals), so tests and embedded
+uses get their own.
+
+>>> from prometheus_client import CollectorRegistry
+>>> m = Metrics(CollectorRegistry())
+>>> m.events.labels(event_type="view", outcome="accepted").inc()
+>>> m.registry.get_sample_value("portrait_events_total", {"event_type": "view", "outcome": "accepted"})
+1.0
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# Sub-millisecond work up to multi-second outliers.
+FAST_BUCKETS = (
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+)
+# Event -> visible in the online store: a flush interval plus a Redis round trip, up to outages.
+FRESHNESS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+STAGES = ("validate", "dedupe", "profile", "labels", "models", "enqueue", "online_write", "offline_write")
+
+
+class Metrics:
+    """The metric objects, registered on ``registry``."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.events = Counter(
+            "portrait_events", "Events received, by type and outcome (accepted|duplicate|rejected).",
+            ["event_type", "outcome"], registry=r,
+        )
+        self.update_latency = Histogram(
+            "portrait_update_latency_seconds", "Event received -> profile and models updated.",
+            buckets=FAST_BUCKETS, registry=r,
+        )
+        self.freshness = Histogram(
+            "portrait_freshness_seconds", "Event received -> its profile row visible in the online store.",
+            buckets=FRESHNESS_BUCKETS, registry=r,
+        )
+        self.stage_duration = Histogram(
+            "portrait_stage_duration_seconds", "Time spent per pipeline stage (per event or per flush).",
+            ["stage"], buckets=FAST_BUCKETS, registry=r,
+        )
+        self.online_write_rows = Counter(
+            "portrait_online_write_rows", "Profile rows written to the online store.", registry=r,
+        )
+        self.online_write_errors = Counter(
+            "portrait_online_write_errors", "Failed online-store write attempts (rows are kept and retried).",
+            registry=r,
+        )
+        self.offline_write_rows = Counter(
+            "portrait_offline_write_rows", "Profile rows appended to the offline store.", registry=r,
+        )
+        self.offline_write_errors = Counter(
+            "portrait_offline_write_errors", "Failed offline-store write attempts (rows are kept and retried).",
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "portrait_queue_depth", "Rows waiting in a queue, by queue.", ["queue"], registry=r,
+        )
+        self.rejected = Counter(
+            "portrait_rejected", "Requests or events refused, by reason.", ["reason"], registry=r,
+        )
+        self.pending_labels = Gauge(
+            "portrait_pending_labels", "Model decisions waiting for their delayed label, by model.",
+            ["model"], registry=r,
+        )
+        self.labels = Counter(
+            "portrait_labels", "Delayed labels resolved, by model and label (positive|negative).",
+            ["model", "label"], registry=r,
+        )
+        self.model_roc_auc = Gauge(
+            "portrait_model_roc_auc", "Rolling prequential ROC AUC from resolved labels, by model.",
+            ["model"], registry=r,
+        )
+        self.model_log_loss = Gauge(
+            "portrait_model_log_loss", "Rolling prequential log loss from resolved labels, by model.",
+            ["model"], registry=r,
+        )
+        self.users = Gauge("portrait_users", "Users with a profile in memory.", registry=r)
+        self.segment_users = Gauge(
+            "portrait_segment_users", "Users per segment (their latest segment).", ["segment"], registry=r,
+        )
+        self.grpc_handled = Counter(
+            "grpc_server_handled", "RPCs completed on the server, by method and status code.",
+            ["grpc_type", "grpc_service", "grpc_method", "grpc_code"], registry=r,
+        )
+        self.grpc_handling = Histogram(
+            "grpc_server_handling_seconds", "RPC handling time on the server.",
+            ["grpc_type", "grpc_service", "grpc_method"], buckets=FAST_BUCKETS, registry=r,
+        )

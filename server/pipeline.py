@@ -1,0 +1,200 @@
+"""The single writer: validate -> dedupe -> profile -> labels -> models -> enqueue.
+
+Transport-agnostic and synchronous: the server calls it from its event loop
+only, so profiles and River models have exactly one writer and need no locks.
+
+>>> from prometheus_client import CollectorRegistry
+>>> from server.events import Event, EventType
+>>> p = Pipeline(PipelineConfig(), Metrics(CollectorRegistry()))
+>>> out = p.track(Event("e1", "u1", EventType.VIEW, 1_700_000_000.0, item_id="i1", category="c1"), now=1_700_000_000.0)
+>>> out.duplicate, out.version
+(False, 1)
+>>> p.track(Event("e1", "u1", EventType.VIEW, 1_700_000_000.0, item_id="i1"), now=1_700_000_000.0).duplicate
+True
+>>> p.row("u1")["views_1h"], p.row("u1")["top_categories"]
+(1.0, ['c1'])
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from server.dedupe import Dedupe
+from server.errors import InvalidArgument
+from server.events import Event, EventType, FieldError, validate
+from server.labels import DelayedLabels
+from server.metrics import Metrics
+from server.models import Propensity, Segmenter
+from server.profile import TagRules, UserProfile
+from server.quality import RollingQuality
+
+PROPENSITY = "propensity"
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """The pipeline's knobs (taken from ``Settings``)."""
+
+    propensity_horizon_s: float = 3600.0
+    decision_interval_s: float = 300.0
+    allowed_lateness_s: float = 60.0
+    max_pending_labels: int = 1_000_000
+    segments: int = 8
+    dedupe_capacity: int = 1_000_000
+    quality_window: int = 10_000
+    tag_rules: TagRules = TagRules()
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What happened to one event."""
+
+    duplicate: bool
+    version: int
+    propensity: float
+    segment: int
+
+
+class Pipeline:
+    """Owns every profile and model; one call per event, one thread."""
+
+    def __init__(self, config: PipelineConfig, metrics: Metrics,
+                 on_change: Callable[[str], Any] | None = None) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.on_change = on_change
+        self.profiles: dict[str, UserProfile] = {}
+        self.dedupe = Dedupe(config.dedupe_capacity)
+        self.labels = DelayedLabels(config.propensity_horizon_s, config.decision_interval_s,
+                                    config.allowed_lateness_s, config.max_pending_labels)
+        self.propensity = Propensity()
+        self.segmenter = Segmenter(k=config.segments)
+        self.quality = RollingQuality(config.quality_window)
+        self.segment_sizes = [0] * config.segments
+        self._row_ts: dict[str, int] = {}
+        self._stage = {s: metrics.stage_duration.labels(stage=s) for s in
+                       ("validate", "dedupe", "profile", "labels", "models")}
+
+    # -- ingest -------------------------------------------------------------------------------
+    def check(self, e: Event, now: float | None = None) -> FieldError | None:
+        """Validation only (changes nothing)."""
+        t0 = time.perf_counter()
+        err = validate(e, time.time() if now is None else now)
+        self._stage["validate"].observe(time.perf_counter() - t0)
+        if err:
+            self.metrics.events.labels(event_type=_type_label(e.type), outcome="rejected").inc()
+        return err
+
+    def track(self, e: Event, now: float | None = None) -> Outcome:
+        """Validate and apply one event; raise ``InvalidArgument`` naming the field if it is invalid."""
+        err = self.check(e, now)
+        if err:
+            raise InvalidArgument(err.message, field=err.field)
+        return self.apply(e)
+
+    def apply(self, e: Event) -> Outcome:
+        """Apply one *validated* event (dedupe, profile, labels, models)."""
+        stage = self._stage
+        etype = EventType(e.type)
+        t0 = time.perf_counter()
+        if self.dedupe.seen_or_add(e.event_id):
+            stage["dedupe"].observe(time.perf_counter() - t0)
+            self.metrics.events.labels(event_type=etype.name.lower(), outcome="duplicate").inc()
+            p = self.profiles.get(e.user_id)
+            return Outcome(True, p.version if p else 0, p.propensity if p else 0.0, p.segment if p else -1)
+        t1 = time.perf_counter()
+        stage["dedupe"].observe(t1 - t0)
+        t = float(e.event_time)  # type: ignore[arg-type]
+        profile = self.profiles.get(e.user_id)
+        if profile is None:
+            profile = self.profiles[e.user_id] = UserProfile()
+        if etype == EventType.PURCHASE:
+            self._learn(self.labels.on_purchase(e.user_id, t))
+        profile.update(e)
+        profile.version += 1
+        features = profile.features()
+        t2 = time.perf_counter()
+        stage["profile"].observe(t2 - t1)
+        x = Propensity.vector(features, int(etype), t)
+        profile.propensity = self.propensity.predict(x)
+        self.labels.decide(e.user_id, t, x, profile.propensity)
+        self._learn(self.labels.advance(t))
+        t3 = time.perf_counter()
+        stage["labels"].observe(t3 - t2)
+        segment = self.segmenter.learn_predict(Segmenter.vector(features, profile.category_count(), t))
+        if segment != profile.segment:
+            if profile.segment >= 0:
+                self.segment_sizes[profile.segment] -= 1
+            self.segment_sizes[segment] += 1
+            profile.segment = segment
+        stage["models"].observe(time.perf_counter() - t3)
+        self.metrics.events.labels(event_type=etype.name.lower(), outcome="accepted").inc()
+        if self.on_change:
+            self.on_change(e.user_id)
+        return Outcome(False, profile.version, profile.propensity, segment)
+
+    def _learn(self, resolved: list[Any]) -> None:
+        for decision, label in resolved:
+            self.quality.add(decision.p, label)
+            self.propensity.learn(decision.x, label)
+            self.metrics.labels.labels(model=PROPENSITY, label="positive" if label else "negative").inc()
+
+    def update_attributes(self, user_id: str, age: int, gender: str, region: str) -> int:
+        """Replace a user's basic attributes (creating the user); return the new version."""
+        if not user_id or len(user_id) > 128:
+            raise InvalidArgument("user_id must be 1..128 characters", field="user_id")
+        if not 0 <= age <= 150:
+            raise InvalidArgument("attributes.age must be within 0..150", field="attributes.age")
+        if len(gender) > 32:
+            raise InvalidArgument("attributes.gender is longer than 32 characters", field="attributes.gender")
+        if len(region) > 128:
+            raise InvalidArgument("attributes.region is longer than 128 characters", field="attributes.region")
+        profile = self.profiles.get(user_id)
+        if profile is None:
+            profile = self.profiles[user_id] = UserProfile()
+        profile.set_attributes(age, gender, region)
+        profile.version += 1
+        if self.on_change:
+            self.on_change(user_id)
+        return profile.version
+
+    # -- reads --------------------------------------------------------------------------------
+    def row(self, user_id: str) -> dict[str, Any]:
+        """The user's current profile as one feature row.
+
+        ``event_timestamp_us`` is the profile's as-of time, bumped so that it strictly
+        increases per user (Feast's Redis writer silently skips a row whose timestamp
+        is <= the stored one, e.g. after a late event that left ``updated_at`` unchanged).
+        """
+        p = self.profiles[user_id]
+        features = p.features()
+        ts = max(int(p.updated_at * 1_000_000), self._row_ts.get(user_id, 0) + 1)
+        self._row_ts[user_id] = ts
+        row: dict[str, Any] = dict(features)
+        row.update(
+            user_id=user_id, event_timestamp_us=ts, updated_at_ts=p.updated_at,
+            purchase_propensity=p.propensity, segment=p.segment, profile_version=p.version,
+            tags=p.tags(features, self.config.tag_rules), top_categories=p.top_categories(),
+            age=p.age, gender=p.gender, region=p.region,
+        )
+        return row
+
+    def refresh_gauges(self) -> None:
+        """Update the gauges that summarise state (called periodically, not per event)."""
+        m = self.metrics
+        m.users.set(len(self.profiles))
+        m.pending_labels.labels(model=PROPENSITY).set(len(self.labels))
+        for i, n in enumerate(self.segment_sizes):
+            m.segment_users.labels(segment=str(i)).set(n)
+        m.model_roc_auc.labels(model=PROPENSITY).set(self.quality.roc_auc())
+        m.model_log_loss.labels(model=PROPENSITY).set(self.quality.log_loss())
+
+
+def _type_label(t: int) -> str:
+    try:
+        return EventType(t).name.lower()
+    except ValueError:
+        return "unknown"

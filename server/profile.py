@@ -1,0 +1,251 @@
+"""UserProfile: one user's state, updated per event in event time.
+
+Window features are computed "as of the user's latest event time"
+(``updated_at``), not wall-clock time: a user who stops sending events keeps
+the counts of their last active moment until their next event (readers
+compare ``updated_at`` with their own clock to judge staleness).
+
+>>> from server.events import Event, EventType
+>>> p = UserProfile()
+>>> p.update(Event("e1", "u1", EventType.VIEW, 3600.0, item_id="i1", category="shoes", price=40.0))
+>>> p.update(Event("e2", "u1", EventType.PURCHASE, 3660.0, item_id="i1", category="shoes", price=40.0, quantity=2))
+>>> f = p.features()
+>>> f["views_1h"], f["purchases_24h"], f["lifetime_spend"], f["avg_order_value"]
+(1.0, 1.0, 80.0, 80.0)
+>>> p.top_categories()
+['shoes']
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from server.events import Event, EventType
+from server.windows import TiledWindow
+
+MINUTE, HOUR, DAY = 60, 3600, 86400
+SESSION_GAP_S = 30 * MINUTE
+AFFINITY_HALF_LIFE_S = 7 * DAY
+HOUR_HALF_LIFE_S = 14 * DAY
+MAX_CATEGORIES = 32
+
+TYPES = tuple(EventType)
+N_TYPES = len(TYPES)
+# Extra metrics after the per-type counts, per window.
+_SPEND = N_TYPES  # hour + day windows
+_SESSIONS = N_TYPES + 1  # hour window
+_VIEW_PRICE_SUM, _VIEW_PRICE_N = N_TYPES + 1, N_TYPES + 2  # day window
+_BUY_PRICE_SUM, _BUY_PRICE_N = N_TYPES + 3, N_TYPES + 4  # day window
+
+WINDOWS = ("1h", "24h", "7d", "30d")
+
+# Weight of one event of each type in category affinity.
+AFFINITY_WEIGHTS = {
+    EventType.VIEW: 1.0, EventType.CLICK: 1.0, EventType.ADD_TO_CART: 3.0, EventType.REMOVE_FROM_CART: -1.0,
+    EventType.FAVORITE: 2.0, EventType.PURCHASE: 5.0, EventType.SEARCH: 0.5,
+}
+
+COUNT_FEATURES = tuple(f"{t.plural}_{w}" for t in TYPES for w in WINDOWS)
+SCALAR_FEATURES = (
+    "spend_7d", "spend_30d", "lifetime_events", "lifetime_purchases", "lifetime_spend", "avg_order_value",
+    "first_seen_ts", "last_event_ts", "last_purchase_ts", "sessions_7d", "conversion_rate_30d",
+    "preferred_hour", "avg_viewed_price_30d", "avg_purchased_price_30d",
+)
+#: Every numeric feature of ``UserProfile.features()``, in a stable order.
+FEATURE_NAMES = COUNT_FEATURES + SCALAR_FEATURES
+
+
+@dataclass(frozen=True)
+class TagRules:
+    """Thresholds of the rule-based tags (all evaluated as of ``updated_at``)."""
+
+    new_days: float = 7.0
+    """``new``: first seen less than this many days before the latest event."""
+    active_sessions_7d: int = 3
+    """``active``: at least this many sessions in the last 7 days."""
+    high_value_spend_30d: float = 500.0
+    """``high_value``: spent at least this much in the last 30 days."""
+    bargain_price_ratio: float = 0.7
+    """``bargain_hunter``: average purchased price <= this x average viewed price (30 d) ..."""
+    bargain_min_purchases_30d: int = 2
+    """... with at least this many purchases in 30 days."""
+    abandoner_carts_7d: int = 2
+    """``cart_abandoner``: at least this many add-to-carts and no purchase in the last 7 days."""
+
+
+def _decay(half_life_s: float, dt: float) -> float:
+    return math.pow(0.5, dt / half_life_s)
+
+
+class UserProfile:
+    """Per-user state; ``update`` folds in one accepted event."""
+
+    __slots__ = (
+        "version", "age", "gender", "region", "first_seen", "last_event", "last_purchase",
+        "lifetime_events", "lifetime_purchases", "lifetime_spend", "_minute", "_hour", "_day",
+        "_session_id", "_session_last", "_hours", "_hours_t", "_affinity", "_affinity_t",
+        "propensity", "segment",
+    )
+
+    def __init__(self) -> None:
+        self.version = 0
+        self.age = 0
+        self.gender = ""
+        self.region = ""
+        self.first_seen: float | None = None
+        self.last_event: float | None = None
+        self.last_purchase: float | None = None
+        self.lifetime_events = 0
+        self.lifetime_purchases = 0
+        self.lifetime_spend = 0.0
+        self._minute = TiledWindow(MINUTE, 60, N_TYPES)
+        self._hour = TiledWindow(HOUR, 7 * 24, N_TYPES + 2)
+        self._day = TiledWindow(DAY, 30, N_TYPES + 5)
+        self._session_id = ""
+        self._session_last: float | None = None
+        self._hours = [0.0] * 24
+        self._hours_t = 0.0
+        self._affinity: dict[str, float] = {}
+        self._affinity_t = 0.0
+        self.propensity = 0.0
+        self.segment = -1
+
+    # -- updates -------------------------------------------------------------------------------
+    def update(self, e: Event) -> None:
+        """Fold one valid event into the profile (any arrival order)."""
+        t = float(e.event_time)  # type: ignore[arg-type]
+        etype = EventType(e.type)
+        i = TYPES.index(etype)
+        self.first_seen = t if self.first_seen is None else min(self.first_seen, t)
+        self.last_event = t if self.last_event is None else max(self.last_event, t)
+        self.lifetime_events += 1
+        self._minute.add(t, i)
+        self._hour.add(t, i)
+        self._day.add(t, i)
+        if etype == EventType.PURCHASE:
+            amount = e.price * e.units
+            self.lifetime_purchases += 1
+            self.lifetime_spend += amount
+            self.last_purchase = t if self.last_purchase is None else max(self.last_purchase, t)
+            self._hour.add(t, _SPEND, amount)
+            self._day.add(t, _SPEND, amount)
+            if e.price > 0:
+                self._day.add(t, _BUY_PRICE_SUM, e.price)
+                self._day.add(t, _BUY_PRICE_N)
+        elif etype == EventType.VIEW and e.price > 0:
+            self._day.add(t, _VIEW_PRICE_SUM, e.price)
+            self._day.add(t, _VIEW_PRICE_N)
+        self._update_session(e, t)
+        self._hours = self._decayed(self._hours, self._hours_t, t, HOUR_HALF_LIFE_S)
+        self._hours_t = max(self._hours_t, t)
+        self._hours[int(t // HOUR) % 24] += _decay(HOUR_HALF_LIFE_S, self._hours_t - t)
+        if e.category:
+            self._add_affinity(e.category, AFFINITY_WEIGHTS[etype], t)
+
+    def _update_session(self, e: Event, t: float) -> None:
+        if e.session_id:
+            new = e.session_id != self._session_id
+        else:
+            new = self._session_last is None or abs(t - self._session_last) > SESSION_GAP_S or bool(self._session_id)
+        if new:
+            self._hour.add(t, _SESSIONS)
+            self._session_id = e.session_id
+            self._session_last = t
+        else:
+            self._session_last = t if self._session_last is None else max(self._session_last, t)
+
+    @staticmethod
+    def _decayed(hist: list[float], t0: float, t: float, half_life: float) -> list[float]:
+        if t <= t0:
+            return hist
+        f = _decay(half_life, t - t0)
+        return [v * f for v in hist]
+
+    def _add_affinity(self, category: str, weight: float, t: float) -> None:
+        if t > self._affinity_t:
+            f = _decay(AFFINITY_HALF_LIFE_S, t - self._affinity_t)
+            self._affinity = {c: s * f for c, s in self._affinity.items()}
+            self._affinity_t = t
+        score = self._affinity.get(category, 0.0) + weight * _decay(AFFINITY_HALF_LIFE_S, self._affinity_t - t)
+        self._affinity[category] = max(0.0, score)
+        if len(self._affinity) > MAX_CATEGORIES:
+            del self._affinity[min(self._affinity, key=self._affinity.__getitem__)]
+
+    def set_attributes(self, age: int, gender: str, region: str) -> None:
+        """Replace the basic attributes."""
+        self.age, self.gender, self.region = age, gender, region
+
+    # -- reads ---------------------------------------------------------------------------------
+    @property
+    def updated_at(self) -> float:
+        """As-of time of the window features: the latest event time (0 before any event)."""
+        return self.last_event or 0.0
+
+    def counts(self) -> dict[str, float]:
+        """``{type}_{window}`` counts as of ``updated_at``."""
+        asof = self.updated_at
+        w1h = self._minute.sums(asof)
+        return self._counts(w1h, self._hour.sums(asof, 24), self._hour.sums(asof), self._day.sums(asof))
+
+    @staticmethod
+    def _counts(w1h: list[float], w24h: list[float], w7d: list[float], w30d: list[float]) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for i, t in enumerate(TYPES):
+            out[f"{t.plural}_1h"] = w1h[i]
+            out[f"{t.plural}_24h"] = w24h[i]
+            out[f"{t.plural}_7d"] = w7d[i]
+            out[f"{t.plural}_30d"] = w30d[i]
+        return out
+
+    def features(self) -> dict[str, float]:
+        """Every numeric feature (see ``FEATURE_NAMES``)."""
+        asof = self.updated_at
+        h7 = self._hour.sums(asof)
+        d30 = self._day.sums(asof)
+        f = self._counts(self._minute.sums(asof), self._hour.sums(asof, 24), h7, d30)
+        f["spend_7d"] = h7[_SPEND]
+        f["spend_30d"] = d30[_SPEND]
+        f["lifetime_events"] = float(self.lifetime_events)
+        f["lifetime_purchases"] = float(self.lifetime_purchases)
+        f["lifetime_spend"] = self.lifetime_spend
+        f["avg_order_value"] = self.lifetime_spend / self.lifetime_purchases if self.lifetime_purchases else 0.0
+        f["first_seen_ts"] = self.first_seen or 0.0
+        f["last_event_ts"] = self.last_event or 0.0
+        f["last_purchase_ts"] = self.last_purchase or 0.0
+        f["sessions_7d"] = h7[_SESSIONS]
+        views = f["views_30d"]
+        f["conversion_rate_30d"] = f["purchases_30d"] / views if views else 0.0
+        f["preferred_hour"] = float(max(range(24), key=self._hours.__getitem__)) if any(self._hours) else -1.0
+        f["avg_viewed_price_30d"] = d30[_VIEW_PRICE_SUM] / d30[_VIEW_PRICE_N] if d30[_VIEW_PRICE_N] else 0.0
+        f["avg_purchased_price_30d"] = d30[_BUY_PRICE_SUM] / d30[_BUY_PRICE_N] if d30[_BUY_PRICE_N] else 0.0
+        return f
+
+    def top_categories(self, n: int = 3) -> list[str]:
+        """The ``n`` categories with the highest decayed affinity (half-life 7 days)."""
+        ranked = sorted(self._affinity.items(), key=lambda kv: (-kv[1], kv[0]))
+        return [c for c, s in ranked[:n] if s > 0]
+
+    def category_count(self) -> int:
+        """How many categories the user has touched (bounded by ``MAX_CATEGORIES``)."""
+        return len(self._affinity)
+
+    def tags(self, features: dict[str, float] | None = None, rules: TagRules = TagRules()) -> list[str]:
+        """Rule-based tags, sorted (see ``TagRules``)."""
+        f = features if features is not None else self.features()
+        out = []
+        if self.first_seen is not None and self.updated_at - self.first_seen < rules.new_days * DAY:
+            out.append("new")
+        if f["sessions_7d"] >= rules.active_sessions_7d:
+            out.append("active")
+        if f["spend_30d"] >= rules.high_value_spend_30d:
+            out.append("high_value")
+        if (
+            f["purchases_30d"] >= rules.bargain_min_purchases_30d
+            and f["avg_viewed_price_30d"] > 0
+            and f["avg_purchased_price_30d"] <= rules.bargain_price_ratio * f["avg_viewed_price_30d"]
+        ):
+            out.append("bargain_hunter")
+        if f["carts_7d"] >= rules.abandoner_carts_7d and f["purchases_7d"] == 0:
+            out.append("cart_abandoner")
+        return sorted(out)

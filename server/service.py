@@ -1,0 +1,115 @@
+"""ProfileCore: the transport-agnostic, async face of Portrait.
+
+Wraps the single-writer pipeline, the materializer and the online-store reader.
+All methods run on the server's event loop; blocking store calls go to threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from server.errors import InvalidArgument, NotFound, Unavailable
+from server.events import MAX_BATCH, Event, FieldError
+from server.features import OnlineStore
+from server.materialize import Materializer
+from server.pipeline import Outcome, Pipeline
+
+YIELD_EVERY = 256  # events processed between yields to the event loop in batches
+
+
+@dataclass
+class BatchResult:
+    """Summary of a batch or stream: accepted, duplicates, and (index, event_id, error) per rejected event."""
+
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: list[tuple[int, str, FieldError]] = field(default_factory=list)
+
+
+class ProfileCore:
+    """What the gRPC servicer delegates to."""
+
+    def __init__(self, pipeline: Pipeline, materializer: Materializer, reader: OnlineStore) -> None:
+        self.pipeline = pipeline
+        self.materializer = materializer
+        self.reader = reader
+        self._latency = pipeline.metrics.update_latency
+
+    def _apply(self, e: Event, received: float) -> tuple[Outcome, asyncio.Future[None] | None]:
+        out = self.pipeline.apply(e)
+        fut = None
+        if not out.duplicate:
+            fut = self.materializer.mark(e.user_id, received)
+        self._latency.observe(time.monotonic() - received)
+        return out, fut
+
+    async def track(self, e: Event, wait_visible: bool = False) -> Outcome:
+        """One event; ``InvalidArgument`` names the bad field."""
+        received = time.monotonic()
+        err = self.pipeline.check(e)
+        if err:
+            raise InvalidArgument(err.message, field=err.field)
+        out, fut = self._apply(e, received)
+        if wait_visible and fut is not None:
+            await fut
+        return out
+
+    async def track_many(self, events: Iterable[Event], wait_visible: bool = False) -> BatchResult:
+        """A batch of at most ``MAX_BATCH`` events: valid ones applied, invalid ones reported."""
+        events = list(events)
+        if len(events) > MAX_BATCH:
+            raise InvalidArgument(f"a batch holds at most {MAX_BATCH} events, got {len(events)}", field="events")
+        result = BatchResult()
+        futures: list[asyncio.Future[None]] = []
+        for i, e in enumerate(events):
+            self._one(i, e, time.monotonic(), result, futures)
+            if i % YIELD_EVERY == YIELD_EVERY - 1:
+                await asyncio.sleep(0)
+        if wait_visible and futures:
+            await asyncio.gather(*set(futures))
+        return result
+
+    async def track_stream(self, events: AsyncIterator[Event]) -> BatchResult:
+        """A stream of events of any length; one summary at the end."""
+        result = BatchResult()
+        i = 0
+        async for e in events:
+            self._one(i, e, time.monotonic(), result, None)
+            i += 1
+        return result
+
+    def _one(self, i: int, e: Event, received: float, result: BatchResult,
+             futures: list[asyncio.Future[None]] | None) -> None:
+        err = self.pipeline.check(e)
+        if err:
+            result.rejected.append((i, e.event_id, err))
+            return
+        out, fut = self._apply(e, received)
+        if out.duplicate:
+            result.duplicates += 1
+        else:
+            result.accepted += 1
+            if futures is not None and fut is not None:
+                futures.append(fut)
+
+    async def update_attributes(self, user_id: str, age: int, gender: str, region: str) -> int:
+        """Replace a user's attributes; returns the new profile version."""
+        version = self.pipeline.update_attributes(user_id, age, gender, region)
+        self.materializer.mark(user_id, time.monotonic())
+        return version
+
+    async def get_profile(self, user_id: str) -> dict[str, Any]:
+        """The user's row as the online store serves it (what every other service sees)."""
+        if not user_id:
+            raise InvalidArgument("user_id must not be empty", field="user_id")
+        try:
+            row = await asyncio.to_thread(self.reader.read, user_id)
+        except Exception as exc:  # noqa: BLE001 - store down: say so, never serve stale memory silently
+            raise Unavailable(f"online store unavailable: {type(exc).__name__}") from exc
+        if row is None:
+            raise NotFound(f"no profile for user_id {user_id!r}", field="user_id")
+        return row

@@ -1,0 +1,48 @@
+"""ProfileService servicer: convert, delegate to ``ProfileCore``, convert back. No logic here."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+
+from server import convert
+from server._gen.portrait.v1 import portrait_pb2 as pb
+from server._gen.portrait.v1 import portrait_pb2_grpc as pb_grpc
+from server.events import Event
+from server.service import ProfileCore
+
+
+class ProfileServicer(pb_grpc.ProfileServiceServicer):
+    """The ``portrait.v1.ProfileService`` implementation."""
+
+    def __init__(self, core: ProfileCore) -> None:
+        self.core = core
+
+    async def Track(self, request: pb.TrackRequest, context: grpc.aio.ServicerContext) -> pb.TrackResponse:
+        out = await self.core.track(convert.event_from_proto(request.event), request.wait_visible)
+        return pb.TrackResponse(duplicate=out.duplicate, profile_version=out.version,
+                                purchase_propensity=out.propensity, segment=out.segment)
+
+    async def TrackBatch(self, request: pb.TrackBatchRequest,
+                         context: grpc.aio.ServicerContext) -> pb.TrackBatchResponse:
+        result = await self.core.track_many((convert.event_from_proto(m) for m in request.events),
+                                            request.wait_visible)
+        return convert.batch_response(result)
+
+    async def TrackStream(self, request_iterator: AsyncIterator[pb.Event],
+                          context: grpc.aio.ServicerContext) -> pb.TrackBatchResponse:
+        async def events() -> AsyncIterator[Event]:
+            async for m in request_iterator:
+                yield convert.event_from_proto(m)
+
+        return convert.batch_response(await self.core.track_stream(events()))
+
+    async def GetProfile(self, request: pb.GetProfileRequest, context: grpc.aio.ServicerContext) -> pb.Profile:
+        return convert.profile_to_proto(await self.core.get_profile(request.user_id))
+
+    async def UpdateAttributes(self, request: pb.UpdateAttributesRequest,
+                               context: grpc.aio.ServicerContext) -> pb.UpdateAttributesResponse:
+        a = request.attributes
+        version = await self.core.update_attributes(request.user_id, a.age, a.gender, a.region)
+        return pb.UpdateAttributesResponse(profile_version=version)
