@@ -38,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument("--wait-visible", action="store_true", help="reply once the profile is readable online")
     send.add_argument("--target", default=None)
 
+    sub.add_parser("settings", help="print the configuration table (markdown, as in README)")
+    sub.add_parser("metrics", help="print the metrics table (markdown, as in README)")
+
     sim = sub.add_parser("simulate", help="write a synthetic, seeded event file (CSV or Parquet)")
     sim.add_argument("--users", type=int, default=1000)
     sim.add_argument("--days", type=int, default=14)
@@ -70,6 +73,16 @@ def main(argv: list[str] | None = None) -> int:
         return _profile(args)
     if args.command == "send":
         return _send(args)
+    if args.command == "settings":
+        from server.config import markdown_table
+
+        print(markdown_table())
+        return 0
+    if args.command == "metrics":
+        from server.metrics import markdown_table as metrics_table
+
+        print(metrics_table())
+        return 0
     if args.command == "simulate":
         from server.simulate import simulate_to_file
 

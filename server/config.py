@@ -89,3 +89,13 @@ def redis_url_to_feast(url: str) -> str:
     if u.scheme == "rediss":
         parts.append("ssl=true")
     return ",".join(parts)
+
+
+def markdown_table() -> str:
+    """The README's configuration table, generated from ``Settings`` so it cannot drift."""
+    lines = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, f in Settings.model_fields.items():
+        default = "unset" if f.default is None else f"`{f.default}`"
+        desc = (f.description or "").replace("``", "`").replace("|", "\\|")
+        lines.append(f"| `PORTRAIT_{name.upper()}` | {default} | {desc} |")
+    return "\n".join(lines)

@@ -15,6 +15,7 @@ uses get their own.
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
 
 # Sub-millisecond work up to multi-second outliers.
 FAST_BUCKETS = (
@@ -96,3 +97,14 @@ class Metrics:
             "grpc_server_handling_seconds", "RPC handling time on the server.",
             ["grpc_type", "grpc_service", "grpc_method"], buckets=FAST_BUCKETS, registry=r,
         )
+
+
+def markdown_table() -> str:
+    """The README's metrics table, generated from ``Metrics`` so it cannot drift."""
+    lines = ["| metric | type | labels | meaning |", "|---|---|---|---|"]
+    objs = [v for v in vars(Metrics()).values() if isinstance(v, MetricWrapperBase)]
+    for m in sorted(objs, key=lambda m: m._name):
+        name = m._name + ("_total" if m._type == "counter" else "")
+        doc = m._documentation.replace("|", ", ")
+        lines.append(f"| `{name}` | {m._type} | {', '.join(m._labelnames)} | {doc} |")
+    return "\n".join(lines)

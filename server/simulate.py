@@ -166,10 +166,12 @@ class ShopConfig:
     click_bias: float = -1.5
     favorite_bias: float = -4.5
     cart_bias: float = -5.6
+    cart_intent: float = 0.6
+    """How strongly session intent raises carting."""
     cart_buy_bias: float = -3.9
     """Logit of buying a carted item (before propensity, affinity, ...)."""
-    favorite_buy_bias: float = -5.0
-    """Logit of a "buy now" right after a favorite."""
+    favorite_buy_bias: float = -6.0
+    """Logit of buying a favorited (not carted) item at checkout."""
     history_weight: float = 0.2
     in_session_share: float = 0.6
     return_min_hours: float = 1.0
@@ -184,10 +186,20 @@ class ShopConfig:
     promo_activity: float = 1.3
     promo_buy_boost: float = 0.5
     # drift (for drifted users, from the drift day on)
-    drift_cart_buy_shift: float = -3.0
-    """Added to ``cart_buy_bias``: carting stops implying buying."""
-    drift_favorite_buy_shift: float = 3.5
-    """Added to ``favorite_buy_bias``: favoriting starts implying buying."""
+    drift_flip_propensity: bool = False
+    """Negate the purchase propensity and the history effect: past buyers buy less, others more."""
+    drift_intent_depth: float = 0.35
+    """Replaces ``intent_depth``: long sessions become browsing, buyers come in short sessions."""
+    drift_cart_shift: float = -1.0
+    """Added to ``cart_bias``: the cart becomes a wishlist, used more..."""
+    drift_cart_intent: float = 0.0
+    """... in low-intent sessions (replaces ``cart_intent``)..."""
+    drift_cart_buy_shift: float = -4.0
+    """... and added to ``cart_buy_bias``: carting stops implying buying."""
+    drift_favorite_shift: float = 1.0
+    """Added to ``favorite_bias``: favorites are used more..."""
+    drift_favorite_buy_shift: float = 2.5
+    """... and added to ``favorite_buy_bias``: favoriting now implies buying."""
     drift_promo_buy_boost: float = 2.0
     drift_off_promo: float = -0.5
 
@@ -243,7 +255,13 @@ class _Regime:
     interests: dict[str, float]
     max_weight: float
     price_beta: float
+    propensity: float
+    history_weight: float
+    intent_depth: float
+    cart_shift: float
+    cart_intent: float
     cart_buy_bias: float
+    favorite_shift: float
     favorite_buy_bias: float
     promo_term: float
     promo: bool
@@ -430,7 +448,13 @@ class Shop:
             interests=interests,
             max_weight=max(interests.values()),
             price_beta=-user.price_beta if drifted else user.price_beta,
+            propensity=-user.propensity if drifted and cfg.drift_flip_propensity else user.propensity,
+            history_weight=-cfg.history_weight if drifted and cfg.drift_flip_propensity else cfg.history_weight,
+            intent_depth=cfg.drift_intent_depth if drifted else cfg.intent_depth,
+            cart_shift=cfg.drift_cart_shift if drifted else 0.0,
+            cart_intent=cfg.drift_cart_intent if drifted else cfg.cart_intent,
             cart_buy_bias=cfg.cart_buy_bias + (cfg.drift_cart_buy_shift if drifted else 0.0),
+            favorite_shift=cfg.drift_favorite_shift if drifted else 0.0,
             favorite_buy_bias=cfg.favorite_buy_bias + (cfg.drift_favorite_buy_shift if drifted else 0.0),
             promo_term=promo_term,
             promo=promo,
@@ -506,15 +530,15 @@ class Shop:
             emit(EventType.SEARCH, t, query=prefix + words)
             t += rng.uniform(2.0, 15.0)
 
-        history = cfg.history_weight * math.log1p(st.purchases)
+        history = reg.history_weight * math.log1p(st.purchases)
         intent = rng.gauss(0.0, 1.0)
         focus = self._pick_category(rng, reg)
         if rng.random() < cfg.search_prob:
             search(focus)
-        mean_views = cfg.views_mean * math.exp(cfg.intent_depth * intent)
+        mean_views = cfg.views_mean * math.exp(reg.intent_depth * intent)
         n_views = min(50, 1 + int(rng.expovariate(1.0 / max(mean_views - 1.0, 0.1))))
-        carted: list[tuple[Item, int, float]] = []
-        bought: set[str] = set()
+        # item id -> (item, quantity, affinity, buy bias, in cart)
+        candidates: dict[str, tuple[Item, int, float, float, bool]] = {}
         for _ in range(n_views):
             if rng.random() < cfg.focus_switch_prob:
                 focus = self._pick_category(rng, reg)
@@ -535,29 +559,26 @@ class Shop:
             if rng.random() < _sigmoid(cfg.click_bias + aff + 0.3 * intent):
                 emit(EventType.CLICK, t, item)
                 t += rng.uniform(5.0, 60.0)
-                if rng.random() < _sigmoid(cfg.favorite_bias + aff):
+                if rng.random() < _sigmoid(cfg.favorite_bias + reg.favorite_shift + aff):
                     emit(EventType.FAVORITE, t, item)
                     st.favorites.add(item.item_id)
                     t += rng.uniform(2.0, 20.0)
-                    logit = reg.favorite_buy_bias + user.propensity + aff + history + reg.promo_term
-                    if item.item_id not in bought and rng.random() < _sigmoid(logit):
-                        t += rng.uniform(10.0, 90.0)
-                        emit(EventType.PURCHASE, t, item, qty=self._quantity(rng))
-                        bought.add(item.item_id)
-                        st.purchases += 1
-                        t += rng.uniform(5.0, 30.0)
-                in_cart = any(c[0] is item for c in carted)
-                cart_logit = cfg.cart_bias + aff + 0.6 * intent + 0.5 * user.propensity + 0.5 * reg.promo_term
-                if not in_cart and item.item_id not in bought and rng.random() < _sigmoid(cart_logit):
+                    if item.item_id not in candidates:
+                        candidates[item.item_id] = (item, self._quantity(rng), aff, reg.favorite_buy_bias, False)
+                cart_logit = cfg.cart_bias + reg.cart_shift + aff + reg.cart_intent * intent
+                cart_logit += 0.5 * (reg.propensity + reg.promo_term)
+                previous = candidates.get(item.item_id)
+                if (previous is None or not previous[4]) and rng.random() < _sigmoid(cart_logit):
                     qty = self._quantity(rng)
                     emit(EventType.ADD_TO_CART, t, item, qty=qty)
-                    carted.append((item, qty, aff))
+                    bias = max(reg.cart_buy_bias, previous[3]) if previous else reg.cart_buy_bias
+                    candidates[item.item_id] = (item, qty, aff, bias, True)
                     t += rng.uniform(3.0, 30.0)
             t += rng.expovariate(1.0 / 30.0)
-        # the checkout decision for every carted item
+        # the checkout decision for every carted or favorited item
         returning: list[tuple[Item, int, bool]] = []
-        for item, qty, aff in carted:
-            logit = reg.cart_buy_bias + user.propensity + aff + 0.5 * intent + history + reg.promo_term
+        for item, qty, aff, bias, in_cart in candidates.values():
+            logit = bias + reg.propensity + aff + 0.5 * intent + history + reg.promo_term
             if rng.random() < _sigmoid(logit):
                 st.purchases += 1
                 if rng.random() < cfg.in_session_share:
@@ -565,7 +586,7 @@ class Shop:
                     emit(EventType.PURCHASE, t, item, qty=qty)
                 else:
                     returning.append((item, qty, True))
-            elif rng.random() < cfg.remove_prob:
+            elif in_cart and rng.random() < cfg.remove_prob:
                 if rng.random() < 0.5:
                     t += rng.uniform(5.0, 60.0)
                     emit(EventType.REMOVE_FROM_CART, t, item, qty=qty)

@@ -33,6 +33,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
+from server.config import Settings
 from server.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,14 +50,8 @@ K8S = DEPLOY / "k8s"
 DATASOURCE_UID = "portrait-prometheus"
 GRPC_PORT = 50051
 METRICS_PORT = 9464
-PORTRAIT_ENV_KEYS = {
-    "PORTRAIT_GRPC_PORT",
-    "PORTRAIT_METRICS_PORT",
-    "PORTRAIT_BIND",
-    "PORTRAIT_REDIS_URL",
-    "PORTRAIT_DATA_DIR",
-    "PORTRAIT_FEATURE_REPO",
-}
+# Every setting the server reads (server/config.py): env var = PORTRAIT_ + upper-case field name.
+PORTRAIT_ENV_KEYS = {"PORTRAIT_" + name.upper() for name in Settings.model_fields}
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -229,7 +224,7 @@ def free_port() -> int:
 
 def k8s_docs() -> list[dict[str, Any]]:
     kust = load_yaml(K8S / "kustomization.yaml")
-    docs = []
+    docs: list[dict[str, Any]] = []
     for res in kust["resources"]:
         with (K8S / res).open() as f:
             docs.extend(d for d in yaml.safe_load_all(f) if d)
@@ -439,6 +434,8 @@ def test_dockerfile_final_stage_runtime_settings() -> None:
     exposed = {p.split("/")[0] for v in by("EXPOSE") for p in v.split()}
     assert {str(GRPC_PORT), str(METRICS_PORT)} <= exposed
     env = " ".join(by("ENV"))
+    unknown = set(re.findall(r"\b(PORTRAIT_\w+)=", env)) - PORTRAIT_ENV_KEYS
+    assert not unknown, f"ENV sets settings server/config.py does not read: {unknown}"
     assert re.search(r"\bPORTRAIT_BIND=0\.0\.0\.0\b", env)
     assert re.search(r"\bPORTRAIT_DATA_DIR=/data\b", env)
     assert exec_form(by("CMD")[-1]) in (["portrait", "serve"], ["/app/.venv/bin/portrait", "serve"])
@@ -461,7 +458,7 @@ def test_dockerfile_installs_locked_runtime_and_generates_code() -> None:
 
 def _context_copies() -> list[str]:
     """Sources of COPY instructions that read the build context (not --from a stage)."""
-    sources = []
+    sources: list[str] = []
     for _, instrs in dockerfile_stages():
         for i, args in instrs:
             if i != "COPY":
@@ -570,7 +567,8 @@ def test_promtool_check_config(tmp_path: Path) -> None:
     r = subprocess.run(["promtool", "check", "config", str(PROM_CONFIG)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
     rewritten = tmp_path / "prometheus.yml"
-    rewritten.write_text(yaml.safe_dump(rewrite_prometheus_targets(load_yaml(PROM_CONFIG), "portrait", "127.0.0.1:9464")))
+    cfg = rewrite_prometheus_targets(load_yaml(PROM_CONFIG), "portrait", "127.0.0.1:9464")
+    rewritten.write_text(yaml.safe_dump(cfg))
     r = subprocess.run(["promtool", "check", "config", str(rewritten)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
 
@@ -578,7 +576,10 @@ def test_promtool_check_config(tmp_path: Path) -> None:
 @needs_promtool
 def test_dashboard_queries_parse_as_promql(tmp_path: Path) -> None:
     """Every dashboard query, as a recording rule: `promtool check rules` parses each PromQL expression."""
-    rules = [{"record": f"portrait:dashboard:q{i}", "expr": concrete(expr)} for i, (_, expr) in enumerate(dashboard_exprs())]
+    rules = [
+        {"record": f"portrait:dashboard:q{i}", "expr": concrete(expr)}
+        for i, (_, expr) in enumerate(dashboard_exprs())
+    ]
     path = tmp_path / "rules.yml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
     r = subprocess.run(["promtool", "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
@@ -606,7 +607,10 @@ def _get_json(url: str) -> Any:
 @pytest.mark.skipif(shutil.which("prometheus") is None,
                     reason="prometheus not on PATH (Debian: apt-get install --no-install-recommends prometheus)")
 def test_prometheus_scrapes_metrics_and_answers_every_dashboard_query(tmp_path: Path) -> None:
-    """Real Prometheus, our config with the target rewritten to a local exporter of server.metrics."""
+    """Real Prometheus, our config with the target rewritten to a local exporter of server.metrics.
+
+    Takes ~6 s: Prometheus starts scraping ~5 s after start (its scrape manager's reload throttle).
+    """
     from prometheus_client import start_http_server
 
     m = Metrics(CollectorRegistry())
@@ -750,7 +754,7 @@ def test_dashboard_layout() -> None:
     cells: dict[tuple[int, int], str] = {}
     for p in all_panels(dash):
         g = p["gridPos"]
-        assert 0 <= g["x"] and g["x"] + g["w"] <= 24, f"{p['title']}: off the 24-column grid"
+        assert g["x"] >= 0 and g["x"] + g["w"] <= 24, f"{p['title']}: off the 24-column grid"
         for x in range(g["x"], g["x"] + g["w"]):
             for y in range(g["y"], g["y"] + g["h"]):
                 assert (x, y) not in cells, f"{p['title']} overlaps {cells[(x, y)]}"
