@@ -7,8 +7,8 @@ The server applies these itself at start (``feast apply`` works too). Paths come
 import os
 from datetime import timedelta
 
-from feast.data_format import ParquetFormat
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource, ValueType
+from feast.data_format import ParquetFormat
 from feast.types import Array, Float64, Int64, String
 
 _DATA_DIR = os.path.abspath(os.environ.get("PORTRAIT_DATA_DIR", "var"))

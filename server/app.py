@@ -125,7 +125,7 @@ class PortraitServer:
         if self.core:
             try:
                 await asyncio.wait_for(self.core.materializer.stop(), timeout=max(grace_s, 1.0))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 log.error("gave up flushing %d pending profile rows after %.1f s",
                           self.core.materializer.depth, grace_s)
         if self._http:

@@ -3,8 +3,7 @@
 Built once at start (``Settings()``) and passed down; nothing reads the
 environment at import time.
 
->>> s = Settings(_env_file=None, redis_url="redis://cache:6380/2")
->>> s.feast_redis_connection()
+>>> Settings(redis_url="redis://cache:6380/2", feast_redis=None).feast_redis_connection()
 'cache:6380,db=2'
 """
 
@@ -22,9 +21,9 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="PORTRAIT_", use_attribute_docstrings=True, extra="ignore")
 
-    grpc_port: int = Field(50051, ge=0, le=65535)
+    grpc_port: int = Field(default=50051, ge=0, le=65535)
     """gRPC port (ProfileService, health, reflection). 0 picks a free port."""
-    metrics_port: int = Field(9464, ge=0, le=65535)
+    metrics_port: int = Field(default=9464, ge=0, le=65535)
     """Prometheus /metrics HTTP port. 0 picks a free port."""
     bind: str = "127.0.0.1"
     """Address the gRPC and metrics servers listen on (0.0.0.0 in containers)."""
@@ -32,37 +31,37 @@ class Settings(BaseSettings):
     """Redis for the online store, ``redis://[user:pass@]host:port/db``. Unset: start an embedded redis-server."""
     feast_redis: str | None = None
     """Feast's own ``host:port,db=N`` form of the Redis connection; derived from redis_url when unset."""
-    embedded_redis_port: int = Field(6390, ge=0, le=65535)
+    embedded_redis_port: int = Field(default=6390, ge=0, le=65535)
     """Port of the embedded redis-server (only when redis_url is unset). 0 picks a free port."""
     data_dir: Path = Path("var")
     """Data directory: offline parquet files, the Feast registry, the embedded Redis' files."""
     feature_repo: Path = Path("feature_repo")
     """The Feast feature repository (feature_store.yaml + definitions); applied at start."""
-    flush_interval_s: float = Field(0.05, gt=0)
+    flush_interval_s: float = Field(default=0.05, gt=0)
     """Longest time a profile row waits before it is written to the online store."""
-    flush_max_rows: int = Field(2000, ge=1)
+    flush_max_rows: int = Field(default=2000, ge=1)
     """Flush early when this many users have pending rows."""
-    offline_roll_s: float = Field(10.0, gt=0)
+    offline_roll_s: float = Field(default=10.0, gt=0)
     """A new offline parquet file is started at least this often (seconds) while rows arrive."""
-    offline_roll_rows: int = Field(50_000, ge=1)
+    offline_roll_rows: int = Field(default=50_000, ge=1)
     """... or when this many rows are buffered for the offline store."""
-    retry_max_backoff_s: float = Field(5.0, gt=0)
+    retry_max_backoff_s: float = Field(default=5.0, gt=0)
     """Longest pause between retries of a failed store write (backoff doubles from 50 ms)."""
-    propensity_horizon_s: float = Field(3600.0, gt=0)
+    propensity_horizon_s: float = Field(default=3600.0, gt=0)
     """Purchase-propensity horizon H: 'will the user purchase within H after this event?'."""
-    decision_interval_s: float = Field(300.0, ge=0)
+    decision_interval_s: float = Field(default=300.0, ge=0)
     """At most one labelled propensity decision per user per this many seconds (bounds pending labels)."""
-    allowed_lateness_s: float = Field(60.0, ge=0)
+    allowed_lateness_s: float = Field(default=60.0, ge=0)
     """Watermark = max event time seen - this; a decision turns negative when the watermark passes t + H."""
-    max_pending_labels: int = Field(1_000_000, ge=1)
+    max_pending_labels: int = Field(default=1_000_000, ge=1)
     """Hard cap on pending decisions in memory; beyond it new decisions are not recorded."""
-    segments: int = Field(8, ge=2, le=64)
+    segments: int = Field(default=8, ge=2, le=64)
     """Number of KMeans user segments (ids 0..k-1)."""
-    dedupe_capacity: int = Field(1_000_000, ge=1)
+    dedupe_capacity: int = Field(default=1_000_000, ge=1)
     """Remember this many most recent event_ids for duplicate detection."""
-    quality_window: int = Field(10_000, ge=10)
+    quality_window: int = Field(default=10_000, ge=10)
     """Resolved labels per model in the rolling AUC / log-loss gauges."""
-    max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     """Largest gRPC message accepted; larger ones get RESOURCE_EXHAUSTED."""
     log_level: str = "INFO"
     """Python logging level."""
@@ -82,10 +81,12 @@ def redis_url_to_feast(url: str) -> str:
     if u.scheme not in ("redis", "rediss"):
         raise ValueError(f"redis_url must start with redis:// or rediss://, got {u.scheme!r}")
     parts = [f"{u.hostname or '127.0.0.1'}:{u.port or 6379}", f"db={int(u.path.strip('/') or 0)}"]
-    if u.username:
-        parts.append(f"username={unquote(u.username)}")
-    if u.password:
-        parts.append(f"password={unquote(u.password)}")
+    for key, raw in (("username", u.username), ("password", u.password)):
+        if raw:
+            value = unquote(raw)
+            if "," in value or "=" in value:
+                raise ValueError(f"the Redis {key} contains ',' or '=', which Feast's connection string cannot carry")
+            parts.append(f"{key}={value}")
     if u.scheme == "rediss":
         parts.append("ssl=true")
     return ",".join(parts)

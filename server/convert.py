@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -32,7 +31,7 @@ def event_from_proto(m: pb.Event) -> Event:
 
 def event_to_proto(e: Event) -> pb.Event:
     """The proto form of a domain Event (used by the client and the CLI)."""
-    m = pb.Event(event_id=e.event_id, user_id=e.user_id, type=int(e.type), item_id=e.item_id,
+    m = pb.Event(event_id=e.event_id, user_id=e.user_id, type=int(e.type), item_id=e.item_id,  # type: ignore[arg-type]
                  category=e.category, price=e.price, quantity=e.quantity, session_id=e.session_id,
                  query=e.query, context=e.context)
     if e.event_time is not None:
@@ -42,8 +41,8 @@ def event_to_proto(e: Event) -> pb.Event:
 
 def timestamp(t: float) -> Timestamp:
     """Unix seconds -> protobuf Timestamp."""
-    seconds = math.floor(t)
-    return Timestamp(seconds=seconds, nanos=int(round((t - seconds) * 1e9)) % 1_000_000_000)
+    seconds, nanos = divmod(round(t * 1e9), 1_000_000_000)
+    return Timestamp(seconds=seconds, nanos=nanos)
 
 
 def batch_response(r: BatchResult) -> pb.TrackBatchResponse:

@@ -84,7 +84,7 @@ class EmbeddedRedis:
             "--pidfile", str(self.dir / "redis.pid"), "--appendonly", "yes", "--save", "60 1000",
             "--daemonize", "no", "--logfile", str(self.dir / "redis.log"), "--protected-mode", "yes",
         ]
-        self._proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)  # noqa: PLW1509
+        self._proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
         client = redis.Redis(host=self.bind, port=self.port, socket_connect_timeout=0.2)
         deadline = time.monotonic() + timeout_s
         while True:

@@ -59,7 +59,6 @@ from datetime import UTC, datetime
 from typing import IO, Any, cast
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from server.events import Event, EventType
@@ -378,9 +377,9 @@ def _read_parquet_rows(path: Path) -> Iterator[dict[str, object]]:
 
 
 def _arrow_values(arr: pa.Array) -> list[object]:
-    if pa.types.is_timestamp(arr.type):
-        unit = {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}[arr.type.unit]
-        arr = pc.divide(arr.cast(pa.int64()).cast(pa.float64()), unit)
+    if pa.types.is_timestamp(arr.type):  # -> float unix seconds (timestamps are stored as UTC ticks)
+        unit = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}[arr.type.unit]
+        return [None if v is None else v / unit for v in arr.cast(pa.int64()).to_pylist()]
     return arr.to_pylist()  # type: ignore[no-any-return]
 
 

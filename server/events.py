@@ -107,9 +107,8 @@ def validate(e: Event, now: float) -> FieldError | None:
         return FieldError("event_time", "event_time must be a valid time after 1970-01-01")
     if e.event_time > now + MAX_FUTURE_S:
         return FieldError("event_time", f"event_time is more than {int(MAX_FUTURE_S)} s in the future")
-    if etype != EventType.SEARCH:
-        if not e.item_id:
-            return FieldError("item_id", f"item_id is required for {etype.name} events")
+    if etype != EventType.SEARCH and not e.item_id:
+        return FieldError("item_id", f"item_id is required for {etype.name} events")
     err = _check_id("item_id", e.item_id, required=False)
     if err:
         return err

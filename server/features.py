@@ -14,7 +14,7 @@ import itertools
 import os
 import time
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +78,7 @@ def apply_definitions(repo: Path, data_dir: Path) -> Any:
 
 
 def _ts(us: int) -> datetime:
-    return datetime.fromtimestamp(us / 1e6, tz=timezone.utc)
+    return datetime.fromtimestamp(us / 1e6, tz=UTC)
 
 
 class OnlineStore:

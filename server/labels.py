@@ -18,11 +18,11 @@ True
 >>> q.decide("u1", 60.0, [2.0], 0.3)   # within min_interval_s of the last one
 False
 >>> [(d.x, y) for d, y in q.on_purchase("u1", 1800.0)]
-[([1.0], True)]
+[((1.0,), True)]
 >>> q.decide("u2", 100.0, [3.0], 0.1)
 True
 >>> [(d.x, y) for d, y in q.advance(3700.0)]   # watermark passes 100 + 3600
-[([3.0], False)]
+[((3.0,), False)]
 >>> len(q)
 0
 """
@@ -71,24 +71,34 @@ class DelayedLabels:
         """Max event time seen minus the allowed lateness."""
         return self._max_time - self.allowed_lateness_s
 
+    def wants(self, user: str, t: float) -> bool:
+        """Would a decision by ``user`` at ``t`` be recorded? (Lets callers skip computing its features.)"""
+        if t + self.horizon_s <= self.watermark:
+            return False  # its label could no longer be observed in time
+        q = self._pending.get(user)
+        if not q:
+            return True
+        if t >= q[-1].t:  # the usual, in-order case
+            return t - q[-1].t >= self.min_interval_s
+        return all(abs(t - d.t) >= self.min_interval_s for d in q)  # late: keep the spacing on both sides
+
     def decide(self, user: str, t: float, x: Sequence[float], p: float) -> bool:
         """Record a decision unless the user has one within ``min_interval_s`` or the queue is full."""
-        if t + self.horizon_s <= self.watermark:
-            return False  # its label is already known to be unobservable (too late)
-        q = self._pending.get(user)
-        if q and abs(t - q[-1].t) < self.min_interval_s:
+        if not self.wants(user, t):
             return False
         if self._count >= self.max_pending:
             self.skipped += 1
             return False
+        q = self._pending.get(user)
         if q is None:
             q = self._pending[user] = deque()
+        d = Decision(t, tuple(x), p)  # frozen: later changes to the caller's features never leak in
         if q and t < q[-1].t:  # out of order: keep the deque sorted by time
-            items = sorted([*q, Decision(t, x, p)], key=lambda d: d.t)
+            items = sorted([*q, d], key=lambda d: d.t)
             q.clear()
             q.extend(items)
         else:
-            q.append(Decision(t, x, p))
+            q.append(d)
         heapq.heappush(self._deadlines, (t + self.horizon_s, user))
         self._count += 1
         return True

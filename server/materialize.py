@@ -95,24 +95,29 @@ class Materializer:
             await self._task
 
     async def _run(self) -> None:
-        backoff = 0.05
+        first = min(0.05, self.max_backoff_s)
+        backoff = first
+        ok = True
         while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=self.flush_interval_s)
-            except asyncio.TimeoutError:
-                pass
+            if ok:  # after a failure, the backoff pause below was the wait
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout=self.flush_interval_s)
+                except TimeoutError:
+                    pass
             self._wake.clear()
-            ok = await self._flush_online()
-            await self._maybe_flush_offline(force=self._stopping)
+            try:
+                ok = await self._flush_online()
+                await self._maybe_flush_offline(force=self._stopping)
+            except Exception:  # never let the loop die: pending rows and waiters depend on it
+                log.exception("materializer flush failed unexpectedly")
+                ok = False
             if ok:
-                backoff = 0.05
+                backoff = first
             else:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.max_backoff_s)
             if self._stopping and not self._dirty and not self._offline_rows:
                 return
-            if self._stopping and not ok:
-                continue
 
     async def _flush_online(self) -> bool:
         if not self._dirty:
@@ -127,7 +132,7 @@ class Materializer:
         t0 = time.perf_counter()
         try:
             await asyncio.to_thread(self._online, rows)
-        except Exception as exc:  # noqa: BLE001 - any store error: keep the rows, retry
+        except Exception as exc:
             self._metrics.online_write_errors.inc()
             if self.online_healthy:
                 log.warning("online store write failed (%d rows kept for retry): %s", len(rows), type(exc).__name__)
@@ -165,7 +170,7 @@ class Materializer:
         t0 = time.perf_counter()
         try:
             await asyncio.to_thread(self._offline, rows)
-        except Exception:  # noqa: BLE001 - keep the rows, retry at the next flush
+        except Exception:
             log.exception("offline store append failed (%d rows kept for retry)", len(rows))
             self._metrics.offline_write_errors.inc()
             self._offline_rows = rows + self._offline_rows

@@ -25,7 +25,8 @@ from river import cluster, compose, linear_model, optim, preprocessing
 from server.events import EventType
 from server.profile import COUNT_FEATURES, DAY, HOUR
 
-_LOG_FEATURES = COUNT_FEATURES + (
+_LOG_FEATURES = (
+    *COUNT_FEATURES,
     "spend_7d", "spend_30d", "lifetime_events", "lifetime_purchases", "lifetime_spend", "avg_order_value",
     "sessions_7d", "avg_viewed_price_30d", "avg_purchased_price_30d",
 )

@@ -17,9 +17,10 @@ True
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from server.dedupe import Dedupe
@@ -45,7 +46,7 @@ class PipelineConfig:
     segments: int = 8
     dedupe_capacity: int = 1_000_000
     quality_window: int = 10_000
-    tag_rules: TagRules = TagRules()
+    tag_rules: TagRules = field(default_factory=TagRules)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,8 +96,13 @@ class Pipeline:
             raise InvalidArgument(err.message, field=err.field)
         return self.apply(e)
 
-    def apply(self, e: Event) -> Outcome:
-        """Apply one *validated* event (dedupe, profile, labels, models)."""
+    def apply(self, e: Event, score: bool = True) -> Outcome:
+        """Apply one *validated* event (dedupe, profile, labels, models).
+
+        With ``score=False`` (bulk ingest) the propensity is computed only when a labelled
+        decision is recorded; otherwise it is left stale and scored when the row is built
+        (``row``), with the model of that moment — the returned ``Outcome.propensity`` is NaN.
+        """
         stage = self._stage
         etype = EventType(e.type)
         t0 = time.perf_counter()
@@ -104,7 +110,7 @@ class Pipeline:
             stage["dedupe"].observe(time.perf_counter() - t0)
             self.metrics.events.labels(event_type=etype.name.lower(), outcome="duplicate").inc()
             p = self.profiles.get(e.user_id)
-            return Outcome(True, p.version if p else 0, p.propensity if p else 0.0, p.segment if p else -1)
+            return Outcome(True, p.version if p else 0, self._score(e.user_id) if p else 0.0, p.segment if p else -1)
         t1 = time.perf_counter()
         stage["dedupe"].observe(t1 - t0)
         t = float(e.event_time)  # type: ignore[arg-type]
@@ -118,9 +124,12 @@ class Pipeline:
         features = profile.features()
         t2 = time.perf_counter()
         stage["profile"].observe(t2 - t1)
-        x = Propensity.vector(features, int(etype), t)
-        profile.propensity = self.propensity.predict(x)
-        self.labels.decide(e.user_id, t, x, profile.propensity)
+        if score or self.labels.wants(e.user_id, t):
+            x = Propensity.vector(features, int(etype), t)
+            profile.propensity = self.propensity.predict(x)
+            self.labels.decide(e.user_id, t, x, profile.propensity)
+        else:
+            profile.propensity = math.nan
         self._learn(self.labels.advance(t))
         t3 = time.perf_counter()
         stage["labels"].observe(t3 - t2)
@@ -135,6 +144,21 @@ class Pipeline:
         if self.on_change:
             self.on_change(e.user_id)
         return Outcome(False, profile.version, profile.propensity, segment)
+
+    def _score(self, user_id: str) -> float:
+        p = self.profiles[user_id]
+        self._ensure_score(p)
+        return p.propensity
+
+    def _ensure_score(self, p: UserProfile, features: dict[str, float] | None = None) -> None:
+        """Score a profile left stale by bulk ingest, with the current model, as of its latest event."""
+        if not math.isnan(p.propensity):
+            return
+        if p.last_event is None:
+            p.propensity = 0.0
+            return
+        f = p.features() if features is None else features
+        p.propensity = self.propensity.predict(Propensity.vector(f, p.last_type, p.updated_at))
 
     def _learn(self, resolved: list[Any]) -> None:
         for decision, label in resolved:
@@ -171,6 +195,7 @@ class Pipeline:
         """
         p = self.profiles[user_id]
         features = p.features()
+        self._ensure_score(p, features)
         ts = max(int(p.updated_at * 1_000_000), self._row_ts.get(user_id, 0) + 1)
         self._row_ts[user_id] = ts
         row: dict[str, Any] = dict(features)

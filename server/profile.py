@@ -29,6 +29,7 @@ SESSION_GAP_S = 30 * MINUTE
 AFFINITY_HALF_LIFE_S = 7 * DAY
 HOUR_HALF_LIFE_S = 14 * DAY
 MAX_CATEGORIES = 32
+RECENT_SESSIONS = 8  # session ids remembered, so a late event of a recent session does not count it again
 
 TYPES = tuple(EventType)
 N_TYPES = len(TYPES)
@@ -82,10 +83,29 @@ class UserProfile:
     """Per-user state; ``update`` folds in one accepted event."""
 
     __slots__ = (
-        "version", "age", "gender", "region", "first_seen", "last_event", "last_purchase",
-        "lifetime_events", "lifetime_purchases", "lifetime_spend", "_minute", "_hour", "_day",
-        "_session_id", "_session_last", "_hours", "_hours_t", "_affinity", "_affinity_t",
-        "propensity", "segment",
+        "_affinity",
+        "_recent_sessions",
+        "last_type",
+        "_affinity_t",
+        "_day",
+        "_hour",
+        "_hours",
+        "_hours_t",
+        "_minute",
+        "_session_id",
+        "_session_last",
+        "age",
+        "first_seen",
+        "gender",
+        "last_event",
+        "last_purchase",
+        "lifetime_events",
+        "lifetime_purchases",
+        "lifetime_spend",
+        "propensity",
+        "region",
+        "segment",
+        "version",
     )
 
     def __init__(self) -> None:
@@ -104,12 +124,14 @@ class UserProfile:
         self._day = TiledWindow(DAY, 30, N_TYPES + 5)
         self._session_id = ""
         self._session_last: float | None = None
+        self._recent_sessions: tuple[str, ...] = ()
         self._hours = [0.0] * 24
         self._hours_t = 0.0
         self._affinity: dict[str, float] = {}
         self._affinity_t = 0.0
-        self.propensity = 0.0
+        self.propensity = math.nan  # NaN: not scored since the last event (scored lazily)
         self.segment = -1
+        self.last_type = 0
 
     # -- updates -------------------------------------------------------------------------------
     def update(self, e: Event) -> None:
@@ -120,6 +142,8 @@ class UserProfile:
         self.first_seen = t if self.first_seen is None else min(self.first_seen, t)
         self.last_event = t if self.last_event is None else max(self.last_event, t)
         self.lifetime_events += 1
+        if t == self.last_event:
+            self.last_type = int(etype)
         self._minute.add(t, i)
         self._hour.add(t, i)
         self._day.add(t, i)
@@ -145,7 +169,9 @@ class UserProfile:
 
     def _update_session(self, e: Event, t: float) -> None:
         if e.session_id:
-            new = e.session_id != self._session_id
+            new = e.session_id not in self._recent_sessions
+            if new:
+                self._recent_sessions = (*self._recent_sessions[-(RECENT_SESSIONS - 1):], e.session_id)
         else:
             new = self._session_last is None or abs(t - self._session_last) > SESSION_GAP_S or bool(self._session_id)
         if new:
@@ -169,8 +195,8 @@ class UserProfile:
             self._affinity_t = t
         score = self._affinity.get(category, 0.0) + weight * _decay(AFFINITY_HALF_LIFE_S, self._affinity_t - t)
         self._affinity[category] = max(0.0, score)
-        if len(self._affinity) > MAX_CATEGORIES:
-            del self._affinity[min(self._affinity, key=self._affinity.__getitem__)]
+        if len(self._affinity) > MAX_CATEGORIES:  # evict the weakest *other* category
+            del self._affinity[min((c for c in self._affinity if c != category), key=self._affinity.__getitem__)]
 
     def set_attributes(self, age: int, gender: str, region: str) -> None:
         """Replace the basic attributes."""

@@ -39,8 +39,8 @@ class ProfileCore:
         self.reader = reader
         self._latency = pipeline.metrics.update_latency
 
-    def _apply(self, e: Event, received: float) -> tuple[Outcome, asyncio.Future[None] | None]:
-        out = self.pipeline.apply(e)
+    def _apply(self, e: Event, received: float, score: bool = True) -> tuple[Outcome, asyncio.Future[None] | None]:
+        out = self.pipeline.apply(e, score=score)
         fut = None
         if not out.duplicate:
             fut = self.materializer.mark(e.user_id, received)
@@ -88,7 +88,7 @@ class ProfileCore:
         if err:
             result.rejected.append((i, e.event_id, err))
             return
-        out, fut = self._apply(e, received)
+        out, fut = self._apply(e, received, score=False)
         if out.duplicate:
             result.duplicates += 1
         else:
@@ -108,7 +108,7 @@ class ProfileCore:
             raise InvalidArgument("user_id must not be empty", field="user_id")
         try:
             row = await asyncio.to_thread(self.reader.read, user_id)
-        except Exception as exc:  # noqa: BLE001 - store down: say so, never serve stale memory silently
+        except Exception as exc:
             raise Unavailable(f"online store unavailable: {type(exc).__name__}") from exc
         if row is None:
             raise NotFound(f"no profile for user_id {user_id!r}", field="user_id")

@@ -19,21 +19,22 @@ around that median. Item popularity inside a category is Zipf-like.
 * a base *purchase propensity* (a logit offset).
 
 **Sessions** (``session_id`` = ``<user>-<n>``) have a latent intent (N(0, 1));
-higher intent means deeper sessions and more carting. A session is a funnel:
-an optional SEARCH for its focus category, then views of items mostly from that
-category (sometimes another interest, sometimes re-views of recently seen items),
-each view possibly followed by a CLICK, then FAVORITE and/or ADD_TO_CART
-(quantity 1-3) with probabilities rising with the item's *affinity*: category
-interest + price fit + prior views of the item + an earlier favorite. At the end
-of the session each carted item is bought with probability
-``sigmoid(cart_buy_bias + propensity + affinity + intent + history + promotion)``
-(history = ``history_weight * log1p(purchases so far)``): within the session
-(``in_session_share``) or in a short *returning session* 1-20 h later (a VIEW
-then the PURCHASE). Items not bought are sometimes removed (REMOVE_FROM_CART).
-A favorite can also lead straight to a "buy now" purchase (``favorite_buy_bias``,
-rare before the drift).
+higher intent means deeper sessions, more clicks and more carting. A session is
+a funnel: an optional SEARCH for its focus category, then views of items mostly
+from that category (sometimes another interest, sometimes re-views of recently
+seen items), each view possibly followed by a CLICK, then FAVORITE and/or
+ADD_TO_CART (quantity 1-3) with probabilities rising with the item's *affinity*:
+category interest + price fit + recent views of the item.
+At checkout (the session's end) each carted item is bought with probability
+``sigmoid(cart_buy_bias + propensity + affinity + intent/2 + promotion)``, each
+favorited but not carted item likewise with ``favorite_buy_bias`` (rare before the drift). A
+purchase happens within the session (``in_session_share``) or in a short
+*returning session* 1-20 h later (a VIEW of the item, then the PURCHASE). Carted
+items not bought are sometimes removed (REMOVE_FROM_CART), now or on return.
+Users arrive with a browsing history (a few recently viewed items from their
+interests, which they may re-visit), so behaviour is stationary from day 0.
 
-**Promotion days** (each day with probability ``promo_day_prob``, fixed by the
+**Promotion days** (every ``promo_every``-th day plus random ones, fixed by the
 seed; see :attr:`Shop.promo_days`): prices drop by ``promo_discount``, users come
 more often, purchase logits rise by ``promo_buy_boost``, and events carry
 ``context={"promo": "1"}``.
@@ -43,18 +44,25 @@ the users (:attr:`ShopUser.drifted`) change at once:
 
 * their interests move to categories they did not care about before;
 * their price sensitivity flips sign (bargain hunters now buy expensive items);
-* carting stops implying buying (``drift_cart_buy_shift``) while favoriting now
-  does (``drift_favorite_buy_shift``: favorite -> buy now);
+* the cart becomes a wishlist: they cart less, regardless of intent
+  (``drift_cart_shift``, ``drift_cart_intent``), and rarely buy what they cart
+  (``drift_cart_buy_shift``);
+* favorites become their cart: they favorite more (``drift_favorite_shift``) and
+  buy what they favorited (``drift_favorite_buy_shift``);
 * buying becomes promotion-driven (``drift_promo_buy_boost`` on promotion days,
   ``drift_off_promo`` otherwise).
 
-So a model frozen before the drift, which learnt "carts predict purchases" and
-"this user buys cheap items of c03", degrades on those users, while an online
-model can re-learn. Non-drifted users keep behaving the same way, and events
+Their purchase volume stays roughly the same; what changes is which behaviour
+precedes a purchase. So a model frozen before the drift, which learnt "carts
+predict purchases, favorites hardly" and "this user buys cheap items of c03",
+degrades on those users, while an online model can re-learn. Non-drifted users
+keep behaving the same way (so a model shared by all users sees a mixture; the
+effect is clearest on the drifted users, or with ``drift_share`` near 1). Events
 before the drift time are identical with or without ``drift_day``.
 
 What is predictable, by design: whether a user buys within 1 h after an event
-(recent carts/favorites, session depth, purchase history, promotion) and
+(recent carts/favorites, session depth, promotion, and the purchase history,
+which reflects the user's propensity) and
 whether a user buys a given item within 24 h after viewing/clicking/carting/
 favoriting it (category interest, prior views and carts of the item, price vs
 the user's price level).
@@ -71,8 +79,9 @@ order (ties by user, then generation order) and every one passes
 True
 >>> events[0].event_id, all(a.event_time <= b.event_time for a, b in zip(events, events[1:]))
 ('s1-0', True)
->>> sorted({e.type.name for e in events}) == sorted(t.name for t in EventType)
-True
+>>> from server.events import validate
+>>> len(events), all(validate(e, now=4e9) is None for e in events)
+(366, True)
 """
 
 from __future__ import annotations
@@ -121,6 +130,7 @@ _CATEGORY_WORDS = (
 _QUERY_PREFIXES = ("", "", "best ", "new ", "cheap ", "sale ")
 _PEAK_HOURS = ((9.0, 0.25), (13.0, 0.25), (20.5, 0.5))
 _PROMO_CONTEXT = "promo"
+_WARM_UP_VIEWS = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +174,7 @@ class ShopConfig:
     """Chance that a view re-visits one of the user's recently viewed items."""
     focus_switch_prob: float = 0.1
     click_bias: float = -1.5
-    favorite_bias: float = -4.5
+    favorite_bias: float = -6.0
     cart_bias: float = -5.6
     cart_intent: float = 0.6
     """How strongly session intent raises carting."""
@@ -172,7 +182,6 @@ class ShopConfig:
     """Logit of buying a carted item (before propensity, affinity, ...)."""
     favorite_buy_bias: float = -6.0
     """Logit of buying a favorited (not carted) item at checkout."""
-    history_weight: float = 0.2
     in_session_share: float = 0.6
     return_min_hours: float = 1.0
     return_max_hours: float = 20.0
@@ -186,22 +195,20 @@ class ShopConfig:
     promo_activity: float = 1.3
     promo_buy_boost: float = 0.5
     # drift (for drifted users, from the drift day on)
-    drift_flip_propensity: bool = False
-    """Negate the purchase propensity and the history effect: past buyers buy less, others more."""
-    drift_intent_depth: float = 0.35
-    """Replaces ``intent_depth``: long sessions become browsing, buyers come in short sessions."""
     drift_cart_shift: float = -1.0
-    """Added to ``cart_bias``: the cart becomes a wishlist, used more..."""
+    """Added to ``cart_bias``: the cart becomes a wishlist, used less..."""
     drift_cart_intent: float = 0.0
-    """... in low-intent sessions (replaces ``cart_intent``)..."""
+    """... whatever the session intent (replaces ``cart_intent``)..."""
     drift_cart_buy_shift: float = -4.0
     """... and added to ``cart_buy_bias``: carting stops implying buying."""
-    drift_favorite_shift: float = 1.0
+    drift_favorite_shift: float = 1.2
     """Added to ``favorite_bias``: favorites are used more..."""
-    drift_favorite_buy_shift: float = 2.5
+    drift_favorite_buy_shift: float = 3.0
     """... and added to ``favorite_buy_bias``: favoriting now implies buying."""
-    drift_promo_buy_boost: float = 2.0
-    drift_off_promo: float = -0.5
+    drift_promo_buy_boost: float = 2.5
+    """Replaces ``promo_buy_boost`` on promotion days."""
+    drift_off_promo: float = -1.0
+    """Added to purchase logits on the other days."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,10 +246,7 @@ class _UserState:
     rng: random.Random
     seq: int = 0
     sessions: int = 0
-    purchases: int = 0
     busy_until: float = 0.0
-    views: dict[str, int] = field(default_factory=dict)
-    favorites: set[str] = field(default_factory=set)
     recent: deque[Item] = field(default_factory=lambda: deque(maxlen=20))
 
 
@@ -255,9 +259,6 @@ class _Regime:
     interests: dict[str, float]
     max_weight: float
     price_beta: float
-    propensity: float
-    history_weight: float
-    intent_depth: float
     cart_shift: float
     cart_intent: float
     cart_buy_bias: float
@@ -389,6 +390,7 @@ class Shop:
         cats = self._pick_categories(rng, k, set())
         drift_cats = self._pick_categories(rng, k, set(cats)) or cats
         bargain = rng.random() < cfg.bargain_share
+        activity = cfg.sessions_per_day_median * math.exp(rng.gauss(0.0, cfg.sessions_per_day_sigma))
         beta = (cfg.bargain_price_beta if bargain else cfg.price_beta) * math.exp(rng.gauss(0.0, 0.25))
         r, acc, peak = rng.random(), 0.0, _PEAK_HOURS[-1][0]
         for hour, share in _PEAK_HOURS:
@@ -402,9 +404,7 @@ class Shop:
             drift_interests=_dirichlet(rng, drift_cats),
             bargain_hunter=bargain,
             price_beta=beta,
-            activity=min(
-                cfg.max_sessions_per_day, cfg.sessions_per_day_median * math.exp(rng.gauss(0, cfg.sessions_per_day_sigma))
-            ),
+            activity=min(cfg.max_sessions_per_day, activity),
             propensity=rng.gauss(cfg.propensity_mean, cfg.propensity_sd),
             peak_hour=(peak + rng.gauss(0.0, 1.0)) % 24.0,
             drifted=drifted,
@@ -415,6 +415,10 @@ class Shop:
     def events(self) -> Iterator[Event]:
         """Yield the whole event stream in event-time order (deterministic)."""
         states = [_UserState(random.Random(f"{self.seed}:events:{i}")) for i in range(len(self.users))]
+        for user, state in zip(self.users, states):
+            reg = self._regime(user, 0)
+            for _ in range(_WARM_UP_VIEWS):
+                state.recent.append(self._pick_item(state.rng, self._pick_category(state.rng, reg)))
         heap: list[tuple[float, int, int, Event]] = []
         n = 0
         for day in range(self.days):
@@ -448,9 +452,6 @@ class Shop:
             interests=interests,
             max_weight=max(interests.values()),
             price_beta=-user.price_beta if drifted else user.price_beta,
-            propensity=-user.propensity if drifted and cfg.drift_flip_propensity else user.propensity,
-            history_weight=-cfg.history_weight if drifted and cfg.drift_flip_propensity else cfg.history_weight,
-            intent_depth=cfg.drift_intent_depth if drifted else cfg.intent_depth,
             cart_shift=cfg.drift_cart_shift if drifted else 0.0,
             cart_intent=cfg.drift_cart_intent if drifted else cfg.cart_intent,
             cart_buy_bias=cfg.cart_buy_bias + (cfg.drift_cart_buy_shift if drifted else 0.0),
@@ -492,8 +493,6 @@ class Shop:
         a = 1.5 * w / reg.max_weight - 0.5 if w > 0 else -1.5
         a -= reg.price_beta * math.log(price / self._category_median[item.category])
         a += 0.4 * min(st.recent.count(item), 2)
-        if item.item_id in st.favorites:
-            a += 0.3
         return a
 
     def _session(self, user: ShopUser, st: _UserState, reg: _Regime, t: float, out: list[Event]) -> float:
@@ -502,11 +501,10 @@ class Shop:
         rng = st.rng
         sid = f"{user.user_id}-{st.sessions}"
         st.sessions += 1
-        context = {_PROMO_CONTEXT: "1"} if reg.promo else None
         factor = 1.0 - cfg.promo_discount if reg.promo else 1.0
 
         def emit(etype: EventType, when: float, item: Item | None = None, qty: int = 0, query: str = "",
-                 session: str = sid) -> None:
+                 session: str = sid, promo: bool = reg.promo) -> None:
             out.append(
                 Event(
                     event_id="",
@@ -515,11 +513,11 @@ class Shop:
                     event_time=round(when, 3),
                     item_id=item.item_id if item else "",
                     category=item.category if item else "",
-                    price=round(item.price * factor, 2) if item else 0.0,
+                    price=round(item.price * (1.0 - cfg.promo_discount if promo else 1.0), 2) if item else 0.0,
                     quantity=qty,
                     session_id=session,
                     query=query,
-                    context=dict(context) if context else {},
+                    context={_PROMO_CONTEXT: "1"} if promo else {},
                 )
             )
 
@@ -530,12 +528,11 @@ class Shop:
             emit(EventType.SEARCH, t, query=prefix + words)
             t += rng.uniform(2.0, 15.0)
 
-        history = reg.history_weight * math.log1p(st.purchases)
         intent = rng.gauss(0.0, 1.0)
         focus = self._pick_category(rng, reg)
         if rng.random() < cfg.search_prob:
             search(focus)
-        mean_views = cfg.views_mean * math.exp(reg.intent_depth * intent)
+        mean_views = cfg.views_mean * math.exp(cfg.intent_depth * intent)
         n_views = min(50, 1 + int(rng.expovariate(1.0 / max(mean_views - 1.0, 0.1))))
         # item id -> (item, quantity, affinity, buy bias, in cart)
         candidates: dict[str, tuple[Item, int, float, float, bool]] = {}
@@ -553,20 +550,18 @@ class Shop:
             price = item.price * factor
             aff = self._affinity(st, reg, item, price)
             emit(EventType.VIEW, t, item)
-            st.views[item.item_id] = st.views.get(item.item_id, 0) + 1
             st.recent.append(item)
             t += rng.uniform(1.0, 6.0)
             if rng.random() < _sigmoid(cfg.click_bias + aff + 0.3 * intent):
                 emit(EventType.CLICK, t, item)
                 t += rng.uniform(5.0, 60.0)
-                if rng.random() < _sigmoid(cfg.favorite_bias + reg.favorite_shift + aff):
+                if rng.random() < _sigmoid(cfg.favorite_bias + reg.favorite_shift + aff + 0.5 * reg.promo_term):
                     emit(EventType.FAVORITE, t, item)
-                    st.favorites.add(item.item_id)
                     t += rng.uniform(2.0, 20.0)
                     if item.item_id not in candidates:
                         candidates[item.item_id] = (item, self._quantity(rng), aff, reg.favorite_buy_bias, False)
                 cart_logit = cfg.cart_bias + reg.cart_shift + aff + reg.cart_intent * intent
-                cart_logit += 0.5 * (reg.propensity + reg.promo_term)
+                cart_logit += 0.5 * (user.propensity + reg.promo_term)
                 previous = candidates.get(item.item_id)
                 if (previous is None or not previous[4]) and rng.random() < _sigmoid(cart_logit):
                     qty = self._quantity(rng)
@@ -578,9 +573,8 @@ class Shop:
         # the checkout decision for every carted or favorited item
         returning: list[tuple[Item, int, bool]] = []
         for item, qty, aff, bias, in_cart in candidates.values():
-            logit = bias + reg.propensity + aff + 0.5 * intent + history + reg.promo_term
+            logit = bias + user.propensity + aff + 0.5 * intent + reg.promo_term
             if rng.random() < _sigmoid(logit):
-                st.purchases += 1
                 if rng.random() < cfg.in_session_share:
                     t += rng.uniform(20.0, 180.0)
                     emit(EventType.PURCHASE, t, item, qty=qty)
@@ -597,10 +591,12 @@ class Shop:
             rsid = f"{user.user_id}-{st.sessions}"
             st.sessions += 1
             r = end + rng.uniform(cfg.return_min_hours, cfg.return_max_hours) * HOUR
+            promo = int((r - self.start) // DAY) in self.promo_days  # today's prices, not the cart's
             for item, qty, buy in returning:
-                emit(EventType.VIEW, r, item, session=rsid)
+                emit(EventType.VIEW, r, item, session=rsid, promo=promo)
                 r += rng.uniform(10.0, 90.0)
-                emit(EventType.PURCHASE if buy else EventType.REMOVE_FROM_CART, r, item, qty=qty, session=rsid)
+                etype = EventType.PURCHASE if buy else EventType.REMOVE_FROM_CART
+                emit(etype, r, item, qty=qty, session=rsid, promo=promo)
                 r += rng.uniform(5.0, 40.0)
         return end
 
@@ -622,9 +618,10 @@ def simulate(
     """Yield the events of ``Shop(users, days, ...)`` in event-time order.
 
     >>> from collections import Counter
-    >>> counts = Counter(e.type.name for e in simulate(users=50, days=3, seed=3))
-    >>> counts["VIEW"] > counts["CLICK"] > counts["ADD_TO_CART"] > 0 < counts["PURCHASE"]
-    True
+    >>> counts = Counter(e.type.name for e in simulate(users=100, days=3, seed=3))
+    >>> counts.most_common()  # doctest: +NORMALIZE_WHITESPACE
+    [('VIEW', 921), ('CLICK', 421), ('SEARCH', 138), ('ADD_TO_CART', 11), ('FAVORITE', 6),
+     ('PURCHASE', 5), ('REMOVE_FROM_CART', 1)]
     """
     return Shop(users, days, drift_day, seed, start, drift_share, config).events()
 

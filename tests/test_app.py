@@ -88,7 +88,8 @@ def test_serve_embedded_cli_other_process_feast_and_sigterm(tmp_path: Path) -> N
         log.close()
     text = (tmp_path / "serve.log").read_text()
     assert "embedded Redis" in text and "stopped" in text
-    assert not (tmp_path / "var" / "redis" / "redis.pid").exists() or not _alive(tmp_path / "var" / "redis" / "redis.pid")
+    pidfile = tmp_path / "var" / "redis" / "redis.pid"
+    assert not pidfile.exists() or not _alive(pidfile)
 
 
 def _alive(pidfile: Path) -> bool:

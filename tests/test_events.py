@@ -6,7 +6,7 @@ import math
 from dataclasses import replace
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from server.events import (
@@ -167,11 +167,13 @@ INVALID: dict[str, st.SearchStrategy[object]] = {
 }
 
 
+@settings(deadline=None)  # no flaky deadline errors on a loaded CI machine
 @given(valid_events())
 def test_property_valid_events_validate(e: Event) -> None:
     assert validate(e, now=NOW) is None
 
 
+@settings(deadline=None)  # no flaky deadline errors on a loaded CI machine
 @given(valid_events(), st.sampled_from(sorted(INVALID)), st.data())
 def test_property_one_invalid_field_is_named(e: Event, name: str, data: st.DataObject) -> None:
     bad = replace(e, **{name: data.draw(INVALID[name])})
@@ -181,6 +183,7 @@ def test_property_one_invalid_field_is_named(e: Event, name: str, data: st.DataO
     assert err.message
 
 
+@settings(deadline=None)  # no flaky deadline errors on a loaded CI machine
 @given(valid_events())
 def test_property_missing_item_id_or_query_is_named(e: Event) -> None:
     if EventType(e.type) == EventType.SEARCH:

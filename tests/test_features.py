@@ -16,8 +16,8 @@ import pytest
 
 from server.events import Event, EventType
 from server.features import FEATURE_SERVICE, OfflineLog, OnlineStore, offline_dir, open_store
-from server.pipeline import Pipeline, PipelineConfig
 from server.metrics import Metrics
+from server.pipeline import Pipeline, PipelineConfig
 from server.profile import FEATURE_NAMES
 from tests.conftest import ROOT, uid
 from tests.test_servicer import ev

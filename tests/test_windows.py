@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pickle
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from server.windows import TiledWindow
@@ -28,7 +28,7 @@ def test_sums_per_metric_and_values() -> None:
     w.add(119.0, 1, 0.5)
     w.add(120.0, 2, -1.0)
     assert w.sums(120.0) == [1.0, 3.0, -1.0]
-    assert w.sums(60.0) == [1.0, 0.0, 0.0]  # later tiles are not in a window ending earlier
+    assert w.sums(59.0) == [1.0, 0.0, 0.0]  # later tiles are not in a window ending earlier
 
 
 def test_late_event_lands_in_its_tile() -> None:
@@ -88,13 +88,13 @@ def test_sub_window_and_clamp() -> None:
 
 
 def test_pickle_round_trip() -> None:
-    w = TiledWindow(tile_s=10, n_tiles=4, width=2)
-    w.add(5.0, 0)
+    w = TiledWindow(tile_s=10, n_tiles=3, width=2)
+    w.add(15.0, 0)
     w.add(35.0, 1, 2.0)
     w2 = pickle.loads(pickle.dumps(w))
-    assert (w2.tile_s, w2.n_tiles, w2.width, len(w2)) == (10, 4, 2, 2)
+    assert (w2.tile_s, w2.n_tiles, w2.width, len(w2)) == (10, 3, 2, 2)
     assert w2.sums(35.0) == w.sums(35.0) == [1.0, 2.0]
-    assert w2.add(0.0, 0) is False  # the newest tile survived the round trip
+    assert w2.add(5.0, 0) is False  # the newest tile (3) survived the round trip
 
 
 # -- property: against brute force over the raw events -----------------------------------------------
@@ -123,6 +123,7 @@ def brute(evs: list[tuple[int, int, int]], tile_s: int, n: int, asof: int, sub: 
     return out
 
 
+@settings(deadline=None)  # no flaky deadline errors on a loaded CI machine
 @given(events, st.integers(1, 200), st.integers(1, 12), st.integers(0, 3500), st.none() | st.integers(1, 15))
 def test_property_matches_brute_force(evs: list[tuple[int, int, int]], tile_s: int, n: int, asof: int,
                                       sub: int | None) -> None:
@@ -137,6 +138,7 @@ def test_property_matches_brute_force(evs: list[tuple[int, int, int]], tile_s: i
     assert w.sums(float(asof), sub) == brute(evs, tile_s, n, asof, sub)
 
 
+@settings(deadline=None)  # no flaky deadline errors on a loaded CI machine
 @given(events, st.integers(1, 200), st.integers(1, 12))
 def test_property_asof_newest_sums_every_event_in_range(evs: list[tuple[int, int, int]], tile_s: int,
                                                         n: int) -> None:

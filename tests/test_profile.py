@@ -1,0 +1,257 @@
+"""Unit tests of server.profile.UserProfile: window counts at tile boundaries, scalar features, sessions,
+preferred hour, prices, decayed category affinity, rule tags (TagRules) and out-of-order arrival."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+
+from server.events import Event, EventType
+from server.profile import (
+    COUNT_FEATURES,
+    DAY,
+    FEATURE_NAMES,
+    HOUR,
+    MAX_CATEGORIES,
+    MINUTE,
+    SCALAR_FEATURES,
+    TagRules,
+    UserProfile,
+)
+
+T0 = 19676 * DAY  # 2023-11-15T00:00:00Z: aligned to a day, an hour and a minute
+_ids = itertools.count()
+
+
+def ev(etype: EventType, t: float, **kw: object) -> Event:
+    item = "" if etype == EventType.SEARCH else "i1"
+    query = "q" if etype == EventType.SEARCH else ""
+    return Event(f"e{next(_ids)}", "u1", etype, t, item_id=item, query=query, **kw)  # type: ignore[arg-type]
+
+
+def profile(*events: Event) -> UserProfile:
+    p = UserProfile()
+    for e in events:
+        p.update(e)
+    return p
+
+
+V, C, CART, RM, FAV, BUY, S = (EventType.VIEW, EventType.CLICK, EventType.ADD_TO_CART, EventType.REMOVE_FROM_CART,
+                                EventType.FAVORITE, EventType.PURCHASE, EventType.SEARCH)
+
+
+def test_every_feature_name_is_present_and_unique() -> None:
+    assert len(set(FEATURE_NAMES)) == len(FEATURE_NAMES) == len(COUNT_FEATURES) + len(SCALAR_FEATURES)
+    for p in (UserProfile(), profile(ev(V, T0, price=3.0), ev(BUY, T0 + 5, price=2.0))):
+        f = p.features()
+        assert set(f) == set(FEATURE_NAMES)
+        assert all(isinstance(v, float) for v in f.values())
+    assert len(COUNT_FEATURES) == 4 * len(EventType)
+    assert {"views_1h", "searches_30d", "remove_from_carts_7d", "carts_24h", "favorites_1h"} <= set(COUNT_FEATURES)
+
+
+def test_empty_profile_defaults() -> None:
+    f = UserProfile().features()
+    assert all(f[n] == 0.0 for n in COUNT_FEATURES)
+    assert f["preferred_hour"] == -1.0
+    assert (f["first_seen_ts"], f["last_event_ts"], f["last_purchase_ts"], f["avg_order_value"]) == (0, 0, 0, 0)
+    assert UserProfile().tags() == []
+    assert UserProfile().top_categories() == []
+
+
+@pytest.mark.parametrize(("window", "width"), [("1h", HOUR), ("24h", DAY), ("7d", 7 * DAY), ("30d", 30 * DAY)])
+def test_window_counts_at_the_boundary(window: str, width: int) -> None:
+    inside = profile(ev(V, T0), ev(C, T0 + width - 1)).features()
+    outside = profile(ev(V, T0), ev(C, T0 + width)).features()
+    assert inside[f"views_{window}"] == 1.0
+    assert outside[f"views_{window}"] == 0.0
+    assert inside[f"clicks_{window}"] == outside[f"clicks_{window}"] == 1.0
+    assert outside["lifetime_events"] == 2.0
+
+
+def test_windows_are_exact_to_a_tile() -> None:
+    # An event late in its minute leaves the 1 h window with its whole minute tile: 3541 s later.
+    assert profile(ev(V, T0 + 59), ev(C, T0 + HOUR)).features()["views_1h"] == 0.0
+    # ... and the 24 h window moves by hour tiles: out 23 h 00 min 01 s later, in 23 h 59 min 59 s later.
+    assert profile(ev(V, T0 + HOUR - 1), ev(C, T0 + DAY)).features()["views_24h"] == 0.0
+    assert profile(ev(V, T0 + HOUR), ev(C, T0 + DAY + HOUR - 1)).features()["views_24h"] == 1.0
+
+
+def test_counts_by_type_and_window() -> None:
+    p = profile(ev(V, T0), ev(V, T0 + 10 * DAY), ev(CART, T0 + 29 * DAY), ev(S, T0 + 30 * DAY - HOUR),
+                ev(FAV, T0 + 30 * DAY - 1))
+    f = p.features()
+    assert (f["views_30d"], f["views_7d"], f["carts_7d"], f["carts_24h"], f["searches_24h"], f["favorites_1h"]) == (
+        2.0, 0.0, 1.0, 1.0, 1.0, 1.0)
+    assert p.counts() == {n: f[n] for n in COUNT_FEATURES}
+
+
+def test_spend_lifetime_and_timestamps() -> None:
+    p = profile(
+        ev(BUY, T0, price=100.0, quantity=2),  # 200, leaves 30 d
+        ev(V, T0 + 10 * DAY, price=50.0),
+        ev(BUY, T0 + 31 * DAY, price=10.0, quantity=0),  # counts as 1 unit: 10; in 30 d, not in 7 d
+        ev(BUY, T0 + 40 * DAY, price=30.0, quantity=3),  # 90
+        ev(C, T0 + 40 * DAY + 60),
+    )
+    f = p.features()
+    assert f["spend_7d"] == 90.0
+    assert f["spend_30d"] == 100.0
+    assert f["lifetime_spend"] == 300.0
+    assert f["lifetime_purchases"] == 3.0
+    assert f["lifetime_events"] == 5.0
+    assert f["avg_order_value"] == 100.0
+    assert (f["first_seen_ts"], f["last_event_ts"], f["last_purchase_ts"]) == (T0, T0 + 40 * DAY + 60, T0 + 40 * DAY)
+    assert p.updated_at == T0 + 40 * DAY + 60
+
+
+def test_sessions_by_session_id() -> None:
+    sids = ["a", "a", "b", "b", "b", "c"]
+    p = profile(*(ev(V, T0 + i * 10 * HOUR, session_id=s) for i, s in enumerate(sids)))  # gaps don't matter
+    assert p.features()["sessions_7d"] == 3.0
+
+
+def test_sessions_by_gap_without_session_id() -> None:
+    gaps_min = [0, 10, 40, 71, 200]  # 30 min apart exactly: same session; 31 min: new; 129 min: new
+    assert profile(*(ev(V, T0 + m * MINUTE) for m in gaps_min)).features()["sessions_7d"] == 3.0
+    mixed = profile(ev(V, T0, session_id="a"), ev(V, T0 + 60), ev(V, T0 + 120, session_id="a"))
+    # an id-less event between two events of session "a" starts a session; "a" is not counted twice
+    assert mixed.features()["sessions_7d"] == 2.0
+
+
+def test_sessions_older_than_7d_drop_out() -> None:
+    p = profile(ev(V, T0, session_id="a"), ev(V, T0 + 7 * DAY, session_id="b"), ev(V, T0 + 7 * DAY + 1,
+                                                                                  session_id="c"))
+    assert p.features()["sessions_7d"] == 2.0
+
+
+def test_sessions_by_id_do_not_depend_on_arrival_order() -> None:
+    in_order = profile(ev(V, T0, session_id="a"), ev(V, T0 + 90, session_id="a"), ev(V, T0 + 120, session_id="b"))
+    late = profile(ev(V, T0, session_id="a"), ev(V, T0 + 120, session_id="b"), ev(V, T0 + 90, session_id="a"))
+    assert in_order.features()["sessions_7d"] == 2.0
+    assert late.features()["sessions_7d"] == 2.0
+
+
+def test_conversion_rate_30d() -> None:
+    p = profile(*(ev(V, T0 + i) for i in range(4)), ev(BUY, T0 + 10, price=1.0), ev(V, T0 - 31 * DAY))
+    assert p.features()["conversion_rate_30d"] == 0.25
+    assert profile(ev(BUY, T0, price=1.0)).features()["conversion_rate_30d"] == 0.0  # no views: no division
+
+
+def test_preferred_hour_is_decayed() -> None:
+    old = [ev(V, T0 - 60 * DAY + 3 * HOUR + i) for i in range(10)]  # 03:00 UTC, two months ago
+    recent = [ev(C, T0 + 20 * HOUR + i) for i in range(3)]  # 20:00 UTC now
+    assert profile(*old).features()["preferred_hour"] == 3.0
+    assert profile(*old, *recent).features()["preferred_hour"] == 20.0
+    assert profile(*recent, *old).features()["preferred_hour"] == 20.0  # late old events are decayed too
+
+
+def test_average_viewed_and_purchased_prices() -> None:
+    p = profile(
+        ev(V, T0, price=10.0), ev(V, T0 + 1, price=20.0), ev(V, T0 + 2, price=30.0), ev(V, T0 + 3, price=0.0),
+        ev(BUY, T0 + 4, price=5.0, quantity=2), ev(BUY, T0 + 5, price=15.0), ev(BUY, T0 + 6, price=0.0),
+        ev(V, T0 - 40 * DAY, price=1000.0),  # outside 30 d
+    )
+    f = p.features()
+    assert f["avg_viewed_price_30d"] == 20.0  # zero prices are unknown, not free
+    assert f["avg_purchased_price_30d"] == 10.0  # per unit price, per purchase
+    assert profile(ev(C, T0)).features()["avg_viewed_price_30d"] == 0.0
+
+
+def test_top_categories_recent_interest_overtakes_old_heavy_interest() -> None:
+    old = [ev(BUY, T0 + i, category="tv", price=1.0) for i in range(10)]  # affinity 50
+    later = T0 + 35 * DAY  # five half-lives: tv ~ 50/32 = 1.56
+    recent = [ev(V, later, category="books"), ev(V, later + 1, category="books"), ev(CART, later + 2,
+                                                                                   category="games")]
+    assert profile(*old, ev(V, T0 + 20, category="books")).top_categories() == ["tv", "books"]
+    assert profile(*old, *recent).top_categories() == ["games", "books", "tv"]
+    assert profile(*recent, *old).top_categories() == ["games", "books", "tv"]  # old events arriving late
+    assert profile(*old, *recent).top_categories(n=1) == ["games"]
+
+
+def test_top_categories_ignore_non_positive_affinity() -> None:
+    p = profile(ev(RM, T0, category="socks"), ev(V, T0 + 1, category="hats"))
+    assert p.top_categories() == ["hats"]
+    assert p.category_count() == 2
+
+
+def test_categories_are_bounded_keeping_the_strongest() -> None:
+    p = profile(*(ev(V, T0 + i * HOUR, category=f"c{i:02d}") for i in range(MAX_CATEGORIES + 8)))
+    assert p.category_count() == MAX_CATEGORIES
+    assert p.top_categories(3) == ["c39", "c38", "c37"]
+    assert set(p.top_categories(100)) == {f"c{i:02d}" for i in range(8, MAX_CATEGORIES + 8)}
+
+
+def test_bounded_categories_still_admit_a_new_strong_interest() -> None:
+    held = [ev(BUY, T0 + i, category=f"c{i:02d}", price=1.0) for i in range(MAX_CATEGORIES)]  # 5 each
+    new = [ev(V, T0 + 100 + i, category="new") for i in range(10)]  # 10 in total
+    assert profile(*held, *new).top_categories(1) == ["new"]
+
+
+# -- tags --------------------------------------------------------------------------------------------
+def test_tag_new() -> None:
+    assert "new" in profile(ev(V, T0), ev(V, T0 + 7 * DAY - 1)).tags()
+    assert "new" not in profile(ev(V, T0), ev(V, T0 + 7 * DAY)).tags()
+    assert "new" in profile(ev(V, T0), ev(V, T0 + 8 * DAY)).tags(rules=TagRules(new_days=9))
+
+
+def test_tag_active() -> None:
+    two = [ev(V, T0 + i, session_id=s) for i, s in enumerate("ab")]
+    assert "active" not in profile(*two).tags()
+    assert "active" in profile(*two, ev(V, T0 + 5, session_id="c")).tags()
+    assert "active" in profile(*two).tags(rules=TagRules(active_sessions_7d=2))
+
+
+def test_tag_high_value() -> None:
+    assert "high_value" in profile(ev(BUY, T0, price=250.0, quantity=2)).tags()
+    assert "high_value" not in profile(ev(BUY, T0, price=499.99)).tags()
+    assert "high_value" not in profile(ev(BUY, T0, price=1000.0), ev(V, T0 + 31 * DAY)).tags()  # out of 30 d
+
+
+def test_tag_bargain_hunter() -> None:
+    views = [ev(V, T0 + i, price=10.0) for i in range(3)]
+    cheap = [ev(BUY, T0 + 10 + i, price=7.0) for i in range(2)]
+    assert "bargain_hunter" in profile(*views, *cheap).tags()
+    assert "bargain_hunter" not in profile(*views, *cheap[:1]).tags()  # one purchase is not a pattern
+    assert "bargain_hunter" not in profile(*views, *cheap, ev(BUY, T0 + 20, price=13.0)).tags()  # avg 9 > 7
+    assert "bargain_hunter" not in profile(*cheap).tags()  # no viewed prices to compare with
+    assert "bargain_hunter" not in profile(*views, *cheap).tags(rules=TagRules(bargain_price_ratio=0.5))
+
+
+def test_tag_cart_abandoner() -> None:
+    carts = [ev(CART, T0 + i) for i in range(2)]
+    assert "cart_abandoner" in profile(*carts).tags()
+    assert "cart_abandoner" not in profile(*carts[:1]).tags()
+    assert "cart_abandoner" not in profile(*carts, ev(BUY, T0 + 60, price=1.0)).tags()
+    assert "cart_abandoner" in profile(ev(BUY, T0 - 8 * DAY, price=1.0), *carts).tags()  # purchase out of 7 d
+
+
+def test_tags_sorted_and_use_given_features() -> None:
+    p = profile(*(ev(CART, T0 + i, session_id=str(i)) for i in range(3)))
+    assert p.tags() == ["active", "cart_abandoner", "new"]
+    f = dict(p.features(), sessions_7d=0.0)
+    assert p.tags(f) == ["cart_abandoner", "new"]
+
+
+# -- arrival order -----------------------------------------------------------------------------------
+def test_out_of_order_events_give_the_same_window_features() -> None:
+    rng = random.Random(7)
+    types = [V, C, CART, RM, FAV, BUY, S]
+    events = [ev(rng.choice(types), T0 + rng.randrange(0, 40 * DAY), price=float(rng.randrange(1, 50)),
+                 quantity=rng.randrange(0, 3), category=rng.choice("abc")) for _ in range(300)]
+    ordered = profile(*sorted(events, key=lambda e: e.event_time or 0.0)).features()
+    rng.shuffle(events)
+    shuffled = profile(*events).features()
+    order_dependent = {"sessions_7d", "preferred_hour"}
+    for name in FEATURE_NAMES:
+        if name not in order_dependent:
+            assert shuffled[name] == pytest.approx(ordered[name]), name
+
+
+def test_late_purchase_keeps_latest_timestamps() -> None:
+    p = profile(ev(BUY, T0 + 100, price=5.0), ev(V, T0 + 200), ev(BUY, T0 + 50, price=5.0), ev(V, T0 + 10))
+    f = p.features()
+    assert (f["first_seen_ts"], f["last_event_ts"], f["last_purchase_ts"]) == (T0 + 10, T0 + 200, T0 + 100)
+    assert f["purchases_1h"] == 2.0
