@@ -84,14 +84,13 @@ class UserProfile:
 
     __slots__ = (
         "_affinity",
-        "_recent_sessions",
-        "last_type",
         "_affinity_t",
         "_day",
         "_hour",
         "_hours",
         "_hours_t",
         "_minute",
+        "_recent_sessions",
         "_session_id",
         "_session_last",
         "age",
@@ -99,6 +98,7 @@ class UserProfile:
         "gender",
         "last_event",
         "last_purchase",
+        "last_type",
         "lifetime_events",
         "lifetime_purchases",
         "lifetime_spend",
