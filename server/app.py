@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from server._gen.portrait.v1 import portrait_pb2, portrait_pb2_grpc
 from server.config import Settings, redis_url_to_feast
+from server.durability import Durability, RecoveryReport
 from server.embedded_redis import EmbeddedRedis
 from server.features import OfflineLog, OnlineStore, apply_definitions, open_store, set_feast_env
 from server.interceptors import ServerInterceptor
@@ -31,6 +32,8 @@ from server.servicer import ProfileServicer
 log = logging.getLogger("portrait")
 
 SERVICE_NAME = portrait_pb2.DESCRIPTOR.services_by_name["ProfileService"].full_name
+#: Health-check name that is NOT_SERVING while online-store writes fail (ingest keeps working).
+ONLINE_STORE_HEALTH = "portrait.online_store"
 GAUGE_REFRESH_S = 1.0
 
 
@@ -58,6 +61,8 @@ class PortraitServer:
         self._health = health.aio.HealthServicer()
         self._tasks: list[asyncio.Task[None]] = []
         self.core: ProfileCore | None = None
+        self.durability: Durability | None = None
+        self.recovery: RecoveryReport | None = None
 
     async def start(self) -> None:
         """Bring everything up; when this returns the server answers on ``grpc_port``."""
@@ -83,17 +88,28 @@ class PortraitServer:
         writer = OnlineStore(writer_store)
         offline = OfflineLog(data_dir)
         pipeline = Pipeline(pipeline_config(s), self.metrics)
+
+        async def log_durable() -> None:
+            await durability.commit()
+
         materializer = Materializer(
-            pipeline.row, writer.write, offline.append, self.metrics,
+            pipeline.row, writer.write, offline.append, self.metrics, before_write=log_durable,
             flush_interval_s=s.flush_interval_s, flush_max_rows=s.flush_max_rows,
             offline_roll_s=s.offline_roll_s, offline_roll_rows=s.offline_roll_rows,
             max_backoff_s=s.retry_max_backoff_s,
         )
-        self.core = ProfileCore(pipeline, materializer, OnlineStore(reader_store))
+        durability = Durability(data_dir, pipeline, materializer, fsync=s.fsync,
+                                segment_bytes=s.log_segment_bytes, checkpoint_interval_s=s.checkpoint_interval_s,
+                                log_retention_s=s.log_retention_s)
+        self.recovery = await asyncio.to_thread(durability.recover)
+        self.durability = durability
+        self.core = ProfileCore(pipeline, materializer, OnlineStore(reader_store), durability,
+                                max_log_backlog_bytes=s.max_log_backlog_bytes)
 
         options = [("grpc.max_receive_message_length", s.max_message_bytes),
                    ("grpc.max_send_message_length", s.max_message_bytes)]
-        server = grpc.aio.server(interceptors=[ServerInterceptor(self.metrics)], options=options)
+        interceptor = ServerInterceptor(self.metrics, max_inflight=s.max_inflight_rpcs)
+        server = grpc.aio.server(interceptors=[interceptor], options=options)
         portrait_pb2_grpc.add_ProfileServiceServicer_to_server(ProfileServicer(self.core), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection((SERVICE_NAME, reflection.SERVICE_NAME, health.SERVICE_NAME), server)
@@ -104,15 +120,25 @@ class PortraitServer:
         await server.start()
         self._server = server
         self._tasks.append(asyncio.create_task(self._refresh_gauges(), name="gauges"))
-        for name in ("", SERVICE_NAME):
+        self._tasks.append(asyncio.create_task(durability.run(), name="checkpoints"))
+        for name in ("", SERVICE_NAME, ONLINE_STORE_HEALTH):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("serving portrait.v1.ProfileService on %s:%d, metrics on http://%s:%d/metrics",
                  s.bind, self.grpc_port, s.bind, self.metrics_port)
 
     async def _refresh_gauges(self) -> None:
-        assert self.core is not None
+        assert self.core is not None and self.durability is not None
+        online_up = True
         while True:
             self.core.pipeline.refresh_gauges()
+            self.metrics.queue_depth.labels(queue="log").set(self.durability.log.pending_bytes)
+            healthy = self.core.materializer.online_healthy
+            self.metrics.online_store_up.set(1 if healthy else 0)
+            if healthy != online_up:  # degraded: ingest still works, the online store lags
+                online_up = healthy
+                status = health_pb2.HealthCheckResponse.SERVING if healthy else \
+                    health_pb2.HealthCheckResponse.NOT_SERVING
+                await self._health.set(ONLINE_STORE_HEALTH, status)
             await asyncio.sleep(GAUGE_REFRESH_S)
 
     async def stop(self, grace_s: float = 5.0) -> None:
@@ -144,5 +170,5 @@ async def serve(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("shutting down")
+    log.info("shutting down (grace %.1f s)", settings.shutdown_grace_s)
     await server.stop()

@@ -10,6 +10,7 @@ environment at import time.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 from urllib.parse import unquote, urlparse
 
 from pydantic import Field
@@ -63,6 +64,24 @@ class Settings(BaseSettings):
     """Resolved labels per model in the rolling AUC / log-loss gauges."""
     max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     """Largest gRPC message accepted; larger ones get RESOURCE_EXHAUSTED."""
+    fsync: Literal["always", "interval"] = "always"
+    """Event-log durability: ``always`` fsyncs before every acknowledgement (group commit: one fsync per
+    batch of concurrent writes); ``interval`` acknowledges once written to the OS and fsyncs within
+    fsync_interval_s (survives a process crash, may lose that interval on a power loss)."""
+    fsync_interval_s: float = Field(default=0.05, gt=0)
+    """With fsync=interval: longest time between a write and its fsync."""
+    log_segment_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    """Event-log segment size; a new segment file starts beyond it."""
+    checkpoint_interval_s: float = Field(default=60.0, gt=0)
+    """Seconds between checkpoints of the in-memory state (while events arrive); also taken at shutdown."""
+    log_retention_s: float = 0.0
+    """Keep log segments this long after a checkpoint covers them (for `portrait replay-log`); -1 keeps all."""
+    max_log_backlog_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    """Backpressure: writes get RESOURCE_EXHAUSTED while more than this is appended but not yet on disk."""
+    max_inflight_rpcs: int = Field(default=256, ge=1)
+    """Backpressure: RPCs beyond this many in flight get RESOURCE_EXHAUSTED (health checks excepted)."""
+    shutdown_grace_s: float = Field(default=10.0, ge=0)
+    """On SIGTERM: time to finish in-flight RPCs and flush pending rows before exiting."""
     log_level: str = "INFO"
     """Python logging level."""
 

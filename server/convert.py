@@ -7,9 +7,8 @@ from typing import Any
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from server._gen.portrait.v1 import portrait_pb2 as pb
-from server.events import Event, FieldError
+from server.events import BatchResult, Event, FieldError
 from server.features import FLOAT_COLUMNS
-from server.service import BatchResult
 
 
 def event_from_proto(m: pb.Event) -> Event:
@@ -78,3 +77,15 @@ def profile_to_proto(row: dict[str, Any]) -> pb.Profile:
         attributes=pb.UserAttributes(age=int(row.get("age") or 0), gender=row.get("gender") or "",
                                      region=row.get("region") or ""),
     )
+
+
+def event_to_bytes(e: Event) -> bytes:
+    """A domain Event as compact bytes (the event log's record body)."""
+    return bytes(event_to_proto(e).SerializeToString())
+
+
+def event_from_bytes(b: bytes) -> Event:
+    """Inverse of ``event_to_bytes``."""
+    m = pb.Event()
+    m.ParseFromString(b)
+    return event_from_proto(m)

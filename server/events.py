@@ -132,3 +132,12 @@ def validate(e: Event, now: float) -> FieldError | None:
         if len(k) > MAX_CONTEXT_LEN or len(v) > MAX_CONTEXT_LEN:
             return FieldError("context", f"context keys and values must be <= {MAX_CONTEXT_LEN} characters")
     return None
+
+
+@dataclass
+class BatchResult:
+    """Summary of a batch or stream: accepted, duplicates, and (index, event_id, error) per rejected event."""
+
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: list[tuple[int, str, FieldError]] = field(default_factory=list)

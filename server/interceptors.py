@@ -16,7 +16,7 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from server.errors import PortraitError
+from server.errors import PortraitError, ResourceExhausted
 from server.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -40,8 +40,10 @@ def _status(err: PortraitError) -> grpc.Status:
 class ServerInterceptor(grpc.aio.ServerInterceptor):
     """Maps ``PortraitError`` to its status (+ google.rpc.BadRequest) and records gRPC metrics."""
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, max_inflight: int = 256) -> None:
         self._metrics = metrics
+        self.max_inflight = max_inflight
+        self._inflight = 0
 
     async def intercept_service(
         self,
@@ -71,7 +73,11 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
             t0 = time.perf_counter()
             code = grpc.StatusCode.OK
+            self._inflight += 1
             try:
+                if self._inflight > self.max_inflight:  # backpressure: clients retry with backoff
+                    self._metrics.rejected.labels(reason="inflight").inc()
+                    raise ResourceExhausted(f"more than {self.max_inflight} RPCs in flight; retry with backoff")
                 response = await behavior(request, context)
                 code = context.code() or grpc.StatusCode.OK
                 return response
@@ -87,6 +93,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 log.exception("unhandled error in %s/%s", service, method)
                 await context.abort(grpc.StatusCode.INTERNAL, "internal error")
             finally:
+                self._inflight -= 1
                 if isinstance(code, int):
                     code = grpc.StatusCode(code)
                 seconds.observe(time.perf_counter() - t0)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 from server.metrics import Metrics
@@ -39,6 +39,7 @@ class Materializer:
         online: RowSink,
         offline: RowSink,
         metrics: Metrics,
+        before_write: Callable[[], Awaitable[None]] | None = None,
         flush_interval_s: float = 0.05,
         flush_max_rows: int = 2000,
         offline_roll_s: float = 10.0,
@@ -51,6 +52,7 @@ class Materializer:
         self.offline_roll_rows = offline_roll_rows
         self.max_backoff_s = max_backoff_s
         self._build_row = build_row
+        self._before_write = before_write
         self._online = online
         self._offline = offline
         self._metrics = metrics
@@ -76,6 +78,20 @@ class Materializer:
         if len(self._dirty) >= self.flush_max_rows:
             self._wake.set()
         return self._future
+
+    def snapshot(self) -> tuple[list[str], list[Row]]:
+        """Users still to write online and rows still to append offline (for a checkpoint)."""
+        return list(self._dirty), list(self._offline_rows)
+
+    def restore(self, dirty: list[str], offline_rows: list[Row]) -> None:
+        """Re-queue what a checkpoint held (no waiters: nobody is waiting after a restart)."""
+        for u in dirty:
+            self._dirty[u] = None
+        self._offline_rows = offline_rows + self._offline_rows
+
+    def mark_quiet(self, user_id: str) -> None:
+        """Mark a user dirty without a freshness sample or a waiter (replays)."""
+        self._dirty[user_id] = None
 
     @property
     def depth(self) -> int:
@@ -131,6 +147,8 @@ class Materializer:
         rows = [self._build_row(u) for u in users]
         t0 = time.perf_counter()
         try:
+            if self._before_write is not None:
+                await self._before_write()  # e.g. the event log: never show what is not durable
             await asyncio.to_thread(self._online, rows)
         except Exception as exc:
             self._metrics.online_write_errors.inc()

@@ -64,7 +64,8 @@ class Metrics:
             registry=r,
         )
         self.queue_depth = Gauge(
-            "portrait_queue_depth", "Rows waiting in a queue, by queue.", ["queue"], registry=r,
+            "portrait_queue_depth", "Work waiting, by queue: online (users), offline (rows), log (bytes).",
+            ["queue"], registry=r,
         )
         self.rejected = Counter(
             "portrait_rejected", "Requests or events refused, by reason.", ["reason"], registry=r,
@@ -84,6 +85,10 @@ class Metrics:
         self.model_log_loss = Gauge(
             "portrait_model_log_loss", "Rolling prequential log loss from resolved labels, by model.",
             ["model"], registry=r,
+        )
+        self.online_store_up = Gauge(
+            "portrait_online_store_up", "1 while online-store writes succeed, 0 while they fail and rows wait.",
+            registry=r,
         )
         self.users = Gauge("portrait_users", "Users with a profile in memory.", registry=r)
         self.segment_users = Gauge(

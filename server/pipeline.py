@@ -62,11 +62,16 @@ class Outcome:
 class Pipeline:
     """Owns every profile and model; one call per event, one thread."""
 
+    #: Attributes that are wiring, not state: never checkpointed (see ``state``).
+    TRANSIENT = ("config", "metrics", "on_change", "on_label", "_stage")
+
     def __init__(self, config: PipelineConfig, metrics: Metrics,
-                 on_change: Callable[[str], Any] | None = None) -> None:
+                 on_change: Callable[[str], Any] | None = None,
+                 on_label: Callable[[str, Any, bool, float], Any] | None = None) -> None:
         self.config = config
         self.metrics = metrics
         self.on_change = on_change
+        self.on_label = on_label  # (model, decision, label, event time at resolution): for replays/evaluation
         self.profiles: dict[str, UserProfile] = {}
         self.dedupe = Dedupe(config.dedupe_capacity)
         self.labels = DelayedLabels(config.propensity_horizon_s, config.decision_interval_s,
@@ -118,7 +123,7 @@ class Pipeline:
         if profile is None:
             profile = self.profiles[e.user_id] = UserProfile()
         if etype == EventType.PURCHASE:
-            self._learn(self.labels.on_purchase(e.user_id, t))
+            self._learn(self.labels.on_purchase(e.user_id, t), t)
         profile.update(e)
         profile.version += 1
         features = profile.features()
@@ -130,7 +135,7 @@ class Pipeline:
             self.labels.decide(e.user_id, t, x, profile.propensity)
         else:
             profile.propensity = math.nan
-        self._learn(self.labels.advance(t))
+        self._learn(self.labels.advance(t), t)
         t3 = time.perf_counter()
         stage["labels"].observe(t3 - t2)
         segment = self.segmenter.learn_predict(Segmenter.vector(features, profile.category_count(), t))
@@ -160,11 +165,13 @@ class Pipeline:
         f = p.features() if features is None else features
         p.propensity = self.propensity.predict(Propensity.vector(f, p.last_type, p.updated_at))
 
-    def _learn(self, resolved: list[Any]) -> None:
+    def _learn(self, resolved: list[Any], t: float) -> None:
         for decision, label in resolved:
             self.quality.add(decision.p, label)
             self.propensity.learn(decision.x, label)
             self.metrics.labels.labels(model=PROPENSITY, label="positive" if label else "negative").inc()
+            if self.on_label:
+                self.on_label(PROPENSITY, decision, label, t)
 
     def update_attributes(self, user_id: str, age: int, gender: str, region: str) -> int:
         """Replace a user's basic attributes (creating the user); return the new version."""
@@ -184,6 +191,17 @@ class Pipeline:
         if self.on_change:
             self.on_change(user_id)
         return profile.version
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """Everything the pipeline holds (profiles, models, pending labels, dedupe ids), picklable."""
+        return {k: v for k, v in vars(self).items() if k not in self.TRANSIENT}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Replace the held state with a ``state()`` taken earlier (the wiring stays)."""
+        for k, v in state.items():
+            if k not in self.TRANSIENT:
+                setattr(self, k, v)
 
     # -- reads --------------------------------------------------------------------------------
     def row(self, user_id: str) -> dict[str, Any]:

@@ -1,0 +1,100 @@
+"""Checkpoints: the whole in-memory state at a log offset, written atomically.
+
+A checkpoint file is ``<magic><u64 offset><u64 length><u32 crc32><body>``,
+written to a temporary name, fsynced, renamed and the directory fsynced, so a
+reader sees either the whole file or none. On start the newest checkpoint whose
+checksum verifies is loaded; a corrupt or truncated one is skipped (and logged),
+falling back to the one before it.
+
+>>> import tempfile
+>>> d = tempfile.mkdtemp()
+>>> _ = write_checkpoint(d, 42, b"state")
+>>> load_latest(d)[:2]
+(42, b'state')
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import zlib
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"PRTCKPT1"
+HEADER = struct.Struct("<QQI")
+PREFIX, SUFFIX = "ckpt-", ".bin"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def checkpoints(directory: str | Path) -> list[tuple[int, Path]]:
+    """(offset, path) of every checkpoint file, newest first."""
+    out = []
+    for p in Path(directory).glob(f"{PREFIX}*{SUFFIX}"):
+        try:
+            out.append((int(p.name[len(PREFIX):-len(SUFFIX)]), p))
+        except ValueError:
+            continue
+    return sorted(out, reverse=True)
+
+
+def write_checkpoint(directory: str | Path, offset: int, body: bytes) -> Path:
+    """Atomically write a checkpoint of ``body`` taken at log ``offset``."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    final = d / f"{PREFIX}{offset:020d}{SUFFIX}"
+    tmp = final.with_suffix(".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(MAGIC + HEADER.pack(offset, len(body), zlib.crc32(body)))
+        fh.write(body)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, final)
+    _fsync_dir(d)
+    return final
+
+
+def read_checkpoint(path: Path) -> tuple[int, bytes]:
+    """(offset, body) of one checkpoint; ValueError if it is truncated or corrupt."""
+    data = path.read_bytes()
+    head = len(MAGIC) + HEADER.size
+    if len(data) < head or not data.startswith(MAGIC):
+        raise ValueError("bad header")
+    offset, length, crc = HEADER.unpack_from(data, len(MAGIC))
+    body = data[head:]
+    if len(body) != length:
+        raise ValueError(f"truncated: {len(body)} of {length} bytes")
+    if zlib.crc32(body) != crc:
+        raise ValueError("checksum mismatch")
+    return offset, body
+
+
+def load_latest(directory: str | Path) -> tuple[int, bytes, Path] | None:
+    """The newest valid checkpoint as (offset, body, path), skipping corrupt ones; None if there is none."""
+    for _, path in checkpoints(directory):
+        try:
+            offset, body = read_checkpoint(path)
+        except (OSError, ValueError) as exc:
+            log.warning("checkpoint %s is unusable (%s); trying the previous one", path.name, exc)
+            continue
+        return offset, body, path
+    return None
+
+
+def prune(directory: str | Path, keep: int = 2) -> list[Path]:
+    """Delete all but the newest ``keep`` checkpoints (and stale temp files)."""
+    d = Path(directory)
+    removed = [p for _, p in checkpoints(d)[keep:]]
+    removed += list(d.glob(f"{PREFIX}*.tmp"))
+    for p in removed:
+        p.unlink(missing_ok=True)
+    return removed

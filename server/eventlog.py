@@ -1,0 +1,269 @@
+"""The append-only event log: what makes an acknowledgement durable.
+
+Records are appended in memory by the single writer and made durable by
+``commit()``: one ``write`` + ``fsync`` for everything appended so far (group
+commit — concurrent callers share it). Files are segments named by the offset
+of their first record (``00000000000000000000.log``); a segment is rolled once
+it exceeds ``segment_bytes``. Each record is ``<u32 length><u32 crc32><payload>``;
+on open, a torn or corrupt tail of the newest segment (a crash mid-write) is
+detected by its length/checksum and cut off, never replayed as garbage.
+
+Offsets count records from 0 over the whole log.
+
+>>> import tempfile, asyncio
+>>> log = EventLog(tempfile.mkdtemp())
+>>> log.open().next_offset
+0
+>>> log.append(b"a"), log.append(b"b")
+(0, 1)
+>>> asyncio.run(log.commit())
+>>> [(o, p) for o, p in log.read_from(1)]
+[(1, b'b')]
+>>> log.close()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import struct
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+HEADER = struct.Struct("<II")
+MAX_RECORD = 64 * 1024 * 1024
+SUFFIX = ".log"
+
+
+@dataclass(frozen=True)
+class OpenInfo:
+    """What ``open`` found: the next offset, and how many bytes of a torn tail were cut."""
+
+    next_offset: int
+    segments: int
+    truncated_bytes: int
+
+
+def _segment_name(first_offset: int) -> str:
+    return f"{first_offset:020d}{SUFFIX}"
+
+
+def _scan(path: Path) -> tuple[int, int]:
+    """(valid records, valid byte length) of one segment file."""
+    data = path.read_bytes()
+    pos = count = 0
+    while pos + HEADER.size <= len(data):
+        length, crc = HEADER.unpack_from(data, pos)
+        end = pos + HEADER.size + length
+        if length > MAX_RECORD or end > len(data) or zlib.crc32(data[pos + HEADER.size:end]) != crc:
+            break
+        pos, count = end, count + 1
+    return count, pos
+
+
+class EventLog:
+    """Segmented, checksummed, group-committed append-only log in ``directory``."""
+
+    def __init__(self, directory: str | Path, segment_bytes: int = 64 * 1024 * 1024, fsync: str = "always",
+                 fsync_interval_s: float = 0.05) -> None:
+        if fsync not in ("always", "interval"):
+            raise ValueError("fsync must be 'always' or 'interval'")
+        self.dir = Path(directory)
+        self.segment_bytes = segment_bytes
+        self.fsync = fsync
+        self.fsync_interval_s = fsync_interval_s
+        self._fd: int | None = None
+        self._segment_size = 0
+        self._next = 0  # offset of the next appended record
+        self._written = 0  # records handed to the OS
+        self._durable = 0  # records known to be on disk (fsynced)
+        self._buf = bytearray()
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._flushing = False
+        self._fsync_task: asyncio.Task[None] | None = None
+        self._failed: BaseException | None = None
+
+    # -- opening -----------------------------------------------------------------------------
+    def segments(self) -> list[tuple[int, Path]]:
+        """(first offset, path) of every segment, oldest first."""
+        out = []
+        for p in self.dir.glob(f"*{SUFFIX}"):
+            try:
+                out.append((int(p.stem), p))
+            except ValueError:
+                continue
+        return sorted(out)
+
+    def open(self) -> OpenInfo:
+        """Find the end of the log, cutting a torn tail off the newest segment."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        segs = self.segments()
+        truncated = 0
+        if not segs:
+            first, path = 0, self.dir / _segment_name(0)
+            path.touch()
+            count = size = 0
+        else:
+            first, path = segs[-1]
+            count, size = _scan(path)
+            actual = path.stat().st_size
+            if actual > size:
+                truncated = actual - size
+                log.warning("event log: cut a torn/corrupt tail of %d bytes off %s after %d valid records",
+                            truncated, path.name, count)
+                with open(path, "r+b") as fh:
+                    fh.truncate(size)
+                    os.fsync(fh.fileno())
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        self._segment_size = size
+        self._next = self._written = self._durable = first + count
+        return OpenInfo(self._next, max(1, len(segs)), truncated)
+
+    # -- writing (event loop) ----------------------------------------------------------------
+    @property
+    def next_offset(self) -> int:
+        """Offset the next appended record will get (= records appended so far)."""
+        return self._next
+
+    @property
+    def durable_offset(self) -> int:
+        """Records below this offset are durable (per the fsync policy)."""
+        return self._written if self.fsync == "interval" else self._durable
+
+    @property
+    def pending_bytes(self) -> int:
+        """Appended bytes not yet handed to the OS."""
+        return len(self._buf)
+
+    def append(self, payload: bytes) -> int:
+        """Append one record (in memory); returns its offset. Durable after ``commit``."""
+        if self._failed:
+            raise RuntimeError("event log failed earlier; refusing writes") from self._failed
+        self._buf += HEADER.pack(len(payload), zlib.crc32(payload))
+        self._buf += payload
+        offset = self._next
+        self._next += 1
+        return offset
+
+    async def commit(self) -> None:
+        """Return once every record appended so far is durable (``always``: fsynced;
+        ``interval``: written to the OS, fsynced within ``fsync_interval_s``)."""
+        target = self._next
+        if self.durable_offset >= target:
+            return
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters.append((target, fut))
+        if not self._flushing:
+            self._flushing = True
+            asyncio.create_task(self._flush_loop(), name="eventlog-flush")
+        await fut
+
+    async def _flush_loop(self) -> None:
+        try:
+            while self._buf:
+                data, upto = bytes(self._buf), self._next
+                self._buf.clear()
+                first = self._written
+                try:
+                    await asyncio.to_thread(self._write, data, first, self.fsync == "always")
+                except BaseException as exc:  # disk full / I/O error: fail every waiter, refuse further writes
+                    self._failed = exc
+                    log.critical("event log write failed: %s", exc)
+                    for _, fut in self._waiters:
+                        if not fut.done():
+                            fut.set_exception(RuntimeError(f"event log write failed: {exc}"))
+                    self._waiters.clear()
+                    return
+                self._written = upto
+                if self.fsync == "always":
+                    self._durable = upto
+                elif self._fsync_task is None:
+                    self._fsync_task = asyncio.create_task(self._fsync_later(), name="eventlog-fsync")
+                done = self.durable_offset
+                keep = []
+                for target, fut in self._waiters:
+                    if target <= done:
+                        if not fut.done():
+                            fut.set_result(None)
+                    else:
+                        keep.append((target, fut))
+                self._waiters = keep
+        finally:
+            self._flushing = False
+
+    async def _fsync_later(self) -> None:
+        await asyncio.sleep(self.fsync_interval_s)
+        upto = self._written
+        fd = self._fd
+        if fd is not None:
+            await asyncio.to_thread(os.fsync, fd)
+        self._durable = max(self._durable, upto)
+        self._fsync_task = None
+
+    def _write(self, data: bytes, first_offset: int, fsync: bool) -> None:  # worker thread
+        assert self._fd is not None
+        if self._segment_size and self._segment_size + len(data) > self.segment_bytes:
+            os.fsync(self._fd)
+            os.close(self._fd)
+            path = self.dir / _segment_name(first_offset)
+            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            self._segment_size = 0
+            dfd = os.open(self.dir, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        view = memoryview(data)
+        while view:
+            n = os.write(self._fd, view)
+            view = view[n:]
+        self._segment_size += len(data)
+        if fsync:
+            os.fsync(self._fd)
+
+    def close(self) -> None:
+        """Close the current segment (call after a final ``commit``)."""
+        if self._fd is not None:
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = None
+
+    # -- reading and retention -----------------------------------------------------------------
+    def read_from(self, offset: int) -> Iterator[tuple[int, bytes]]:
+        """Yield ``(offset, payload)`` of every valid durable record at or after ``offset``."""
+        segs = self.segments()
+        for i, (first, path) in enumerate(segs):
+            nxt = segs[i + 1][0] if i + 1 < len(segs) else None
+            if nxt is not None and nxt <= offset:
+                continue
+            data = path.read_bytes()
+            pos, off = 0, first
+            while pos + HEADER.size <= len(data):
+                length, crc = HEADER.unpack_from(data, pos)
+                end = pos + HEADER.size + length
+                payload = data[pos + HEADER.size:end]
+                if length > MAX_RECORD or end > len(data) or zlib.crc32(payload) != crc:
+                    break
+                if off >= offset:
+                    yield off, payload
+                pos, off = end, off + 1
+
+    def first_offset(self) -> int:
+        """Offset of the oldest retained record."""
+        segs = self.segments()
+        return segs[0][0] if segs else 0
+
+    def delete_before(self, offset: int) -> list[Path]:
+        """Delete whole segments whose records all lie below ``offset`` (never the current one)."""
+        segs = self.segments()
+        deleted = []
+        for i, (_, path) in enumerate(segs[:-1]):
+            if segs[i + 1][0] <= offset:
+                path.unlink()
+                deleted.append(path)
+        return deleted
