@@ -141,19 +141,24 @@ class PortraitServer:
                 await self._health.set(ONLINE_STORE_HEALTH, status)
             await asyncio.sleep(GAUGE_REFRESH_S)
 
-    async def stop(self, grace_s: float = 5.0) -> None:
-        """Stop accepting, finish in-flight RPCs, flush every pending row, stop owned processes."""
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Health NOT_SERVING, stop accepting, finish in-flight RPCs, flush pending rows,
+        final checkpoint, stop owned processes."""
+        grace = self.settings.shutdown_grace_s if grace_s is None else grace_s
         await self._health.enter_graceful_shutdown()
         if self._server:
-            await self._server.stop(grace_s)
+            await self._server.stop(grace)
         for t in self._tasks:
             t.cancel()
         if self.core:
             try:
-                await asyncio.wait_for(self.core.materializer.stop(), timeout=max(grace_s, 1.0))
+                await asyncio.wait_for(self.core.materializer.stop(), timeout=max(grace, 1.0))
             except TimeoutError:
-                log.error("gave up flushing %d pending profile rows after %.1f s",
-                          self.core.materializer.depth, grace_s)
+                log.error("gave up flushing %d pending profile rows after %.1f s (they are in the log "
+                          "and the checkpoint, and will be written after the next start)",
+                          self.core.materializer.depth, grace)
+        if self.durability:
+            await self.durability.close()
         if self._http:
             self._http.shutdown()
         if self.embedded:

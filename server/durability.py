@@ -127,13 +127,15 @@ class Durability:
         path = await asyncio.to_thread(checkpoint.write_checkpoint, self.checkpoint_dir, offset, body)
         await asyncio.to_thread(checkpoint.prune, self.checkpoint_dir)
         self._checkpointed_at = offset
-        self._retain(offset)
+        kept = checkpoint.checkpoints(self.checkpoint_dir)
+        self._retain(min(o for o, _ in kept) if kept else 0)  # the log from the oldest kept checkpoint on
         self.checkpoint_seconds = time.perf_counter() - t0
         log.info("checkpoint at log offset %d: %d bytes in %.2f s", offset, len(body), self.checkpoint_seconds)
         return path
 
     def _retain(self, offset: int) -> None:
-        """Delete segments wholly below the checkpoint offset, except those written to within
+        """Delete segments wholly below ``offset`` (the oldest kept checkpoint, so a corrupt newest
+        checkpoint can fall back to the previous one and replay from there), except those written to within
         ``log_retention_s`` (kept for ``portrait replay-log``); a negative retention keeps all."""
         if self.log_retention_s < 0:
             return

@@ -37,7 +37,8 @@ interests, which they may re-visit), so behaviour is stationary from day 0.
 **Promotion days** (every ``promo_every``-th day plus random ones, fixed by the
 seed; see :attr:`Shop.promo_days`): prices drop by ``promo_discount``, users come
 more often, purchase logits rise by ``promo_buy_boost``, and events carry
-``context={"promo": "1"}``.
+``context={"promo": "1"}`` (a session keeps the status of the day it started on;
+a returning session takes that of its own day).
 
 **Drift** (``drift_day``): from ``start + drift_day`` days on, ``drift_share`` of
 the users (:attr:`ShopUser.drifted`) change at once:
@@ -476,6 +477,8 @@ class Shop:
         out: list[Event] = []
         for t in sorted(starts):
             t = max(t, st.busy_until + 300.0)
+            if t >= day_start + DAY:
+                break  # busy all day: no session spills into the next day's regime
             st.busy_until = self._session(user, st, reg, t, out)
         return out
 

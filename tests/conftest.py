@@ -68,3 +68,89 @@ def stub(channel: grpc.aio.Channel) -> object:
     from server._gen.portrait.v1 import portrait_pb2_grpc
 
     return portrait_pb2_grpc.ProfileServiceStub(channel)
+
+
+class ServerProcess:
+    """`python -m server serve` as a real child process (for crash, outage and fuzz tests)."""
+
+    def __init__(self, data_dir: Path, redis_url: str | None, **env: str) -> None:
+        import socket
+        import subprocess
+        import sys
+
+        def free() -> int:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                return int(s.getsockname()[1])
+
+        self.data_dir = data_dir
+        self.port, self.metrics_port = free(), free()
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("PORTRAIT_")}
+        self.env.update(PORTRAIT_GRPC_PORT=str(self.port), PORTRAIT_METRICS_PORT=str(self.metrics_port),
+                        PORTRAIT_DATA_DIR=str(data_dir), PORTRAIT_OFFLINE_ROLL_S="0.5",
+                        PORTRAIT_EMBEDDED_REDIS_PORT="0")
+        if redis_url:
+            self.env["PORTRAIT_REDIS_URL"] = redis_url
+        self.env.update(env)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = data_dir / f"serve-{len(list(data_dir.glob('serve-*.log')))}.log"
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "server", "serve"], cwd=ROOT, env=self.env,
+                                     stdout=self._log, stderr=subprocess.STDOUT)
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def wait_serving(self, timeout_s: float = 120.0) -> None:
+        import time
+
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        deadline = time.monotonic() + timeout_s
+        with grpc.insecure_channel(self.target) as ch:
+            stub = health_pb2_grpc.HealthStub(ch)
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise AssertionError(f"server exited with {self.proc.returncode}: {self.log()}")
+                try:
+                    r = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1, wait_for_ready=True)
+                    if r.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.RpcError:
+                    pass
+        raise AssertionError("server did not become SERVING")
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs."""
+        self.proc.kill()
+        self.proc.wait()
+        self._log.close()
+
+    def terminate(self, timeout_s: float = 60.0) -> int:
+        self.proc.terminate()
+        try:
+            return self.proc.wait(timeout=timeout_s)
+        finally:
+            self._log.close()
+
+    def rss_bytes(self) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+    def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics") as r:
+            text = r.read().decode()
+        want = name + ("{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}" if labels else "")
+        for line in text.splitlines():
+            if line.startswith(want + " "):
+                return float(line.split()[-1])
+        return 0.0

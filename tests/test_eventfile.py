@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -65,7 +67,19 @@ def test_empty_event_stream_writes_readable_files(tmp_path: Path) -> None:
         assert list(read_events(tmp_path / name)) == []
 
 
+@pytest.fixture
+def local_time_not_utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Run in a non-UTC local zone, so "naive means UTC" is really tested."""
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.mark.usefixtures("local_time_not_utc")
 def test_iso_and_unix_times_parse_to_the_same_seconds(tmp_path: Path) -> None:
+    assert time.timezone != 0
     path = tmp_path / "times.csv"
     path.write_text(
         "user_id,event_type,event_time,item_id\n"
@@ -83,6 +97,7 @@ def test_iso_and_unix_times_parse_to_the_same_seconds(tmp_path: Path) -> None:
     assert times == [T0] * 5 + [T0 + 0.25] * 2 + [T0, None]
 
 
+@pytest.mark.usefixtures("local_time_not_utc")
 def test_parquet_time_columns_of_any_type(tmp_path: Path) -> None:
     naive = datetime(2026, 1, 1, 0, 0, 1)
     aware = datetime(2026, 1, 1, 1, 0, 1, tzinfo=UTC)

@@ -160,22 +160,23 @@ def test_simulate_to_file_roundtrips(tmp_path: Path) -> None:
 
 
 def test_promotion_days_discount_prices_and_are_marked(events: list[Event], shop: Shop) -> None:
+    """A session keeps the promotion status of the day it started on (also past midnight)."""
     assert shop.promo_days, "the default config has a weekly promotion"
     list_price = {it.item_id: it.price for it in shop.catalog}
+    session_start: dict[str, float] = {}
     by_promo: Counter[bool] = Counter()
     for e in events:
-        if not e.item_id:
-            continue
-        promo = int((time(e) - START) // DAY) in shop.promo_days
+        start = session_start.setdefault(e.session_id, time(e))
+        promo = int((start - START) // DAY) in shop.promo_days
         assert e.context == ({"promo": "1"} if promo else {})
-        factor = 1.0 - shop.config.promo_discount if promo else 1.0
-        assert e.price == round(list_price[e.item_id] * factor, 2)
+        if e.item_id:
+            factor = 1.0 - shop.config.promo_discount if promo else 1.0
+            assert e.price == round(list_price[e.item_id] * factor, 2)
         by_promo[promo] += 1
     assert by_promo[True] > 0 and by_promo[False] > 0
 
 
-def test_generation_speed_is_reasonable() -> None:
-    """Not a timing assertion: just that a mid-size shop yields a plausible amount of data."""
+def test_a_mid_size_shop_yields_a_plausible_volume() -> None:
     n = sum(1 for _ in simulate(users=200, days=7, seed=1))
     assert 5_000 < n < 50_000
 
@@ -195,20 +196,21 @@ def test_drift_moves_the_category_mix_of_drifted_users(events: list[Event], shop
     assert rate(share[(True, True)]) < 0.3  # drifted users left their old categories
     assert abs(rate(share[(False, True)]) - rate(share[(False, False)])) < 0.05  # the others did not
 
-    # also visible without the ground truth: total variation between before/after category mixes
-    def tv(user_ids: set[str]) -> float:
-        before: Counter[str] = Counter()
-        after: Counter[str] = Counter()
-        for e in events:
-            if e.type == EventType.VIEW and e.user_id in user_ids:
-                (after if time(e) >= shop.drift_time else before)[e.category] += 1  # type: ignore[operator]
+    # also visible without the ground truth: how far each user's own category mix moves
+    mixes: dict[tuple[str, bool], Counter[str]] = defaultdict(Counter)
+    for e in events:
+        if e.type == EventType.VIEW:
+            mixes[(e.user_id, time(e) >= shop.drift_time)][e.category] += 1
+    moved: dict[bool, list[float]] = defaultdict(list)
+    for u in shop.users:
+        before, after = mixes[(u.user_id, False)], mixes[(u.user_id, True)]
         nb, na = sum(before.values()), sum(after.values())
-        return 0.5 * sum(abs(before[c] / nb - after[c] / na) for c in shop.categories)
-
-    drifted = {u.user_id for u in shop.users if u.drifted}
-    stable = {u.user_id for u in shop.users if not u.drifted}
-    # per-user mixes move a lot; the aggregate mix of the drifted group moves too, the stable one barely
-    assert tv(stable) < 0.05 and tv(drifted) > 2 * tv(stable)
+        if nb >= 20 and na >= 20:
+            tv = 0.5 * sum(abs(before[c] / nb - after[c] / na) for c in shop.categories)
+            moved[u.drifted].append(tv)
+    mean_drifted = sum(moved[True]) / len(moved[True])
+    mean_stable = sum(moved[False]) / len(moved[False])
+    assert mean_drifted > 0.7 and mean_stable < 0.35
 
 
 def test_positive_rates_are_realistic(events: list[Event]) -> None:
@@ -296,7 +298,7 @@ def test_item_level_signals(events: list[Event], shop: Shop) -> None:
             by_seen[seen[key] > 0].append(label)
             seen[key] += 1
     assert rate(by_type[EventType.ADD_TO_CART]) > 10 * rate(by_type[EventType.VIEW])
-    assert rate(by_type[EventType.CLICK]) > 2 * rate(by_type[EventType.VIEW])
+    assert rate(by_type[EventType.CLICK]) > 1.3 * rate(by_type[EventType.VIEW])
     assert rate(by_interest[True]) > 3 * rate(by_interest[False])
     assert rate(by_seen[True]) > 2 * rate(by_seen[False])
 
@@ -332,16 +334,19 @@ def test_drift_changes_what_precedes_a_purchase(events: list[Event], shop: Shop)
         if e.type == EventType.PURCHASE:
             purchases[(group, after)] += 1
         if e.type in (EventType.ADD_TO_CART, EventType.FAVORITE):
-            labels[(group, after, EventType(e.type))].append(bought_within(by_item[(e.user_id, e.item_id)], time(e), DAY))
+            label = bought_within(by_item[(e.user_id, e.item_id)], time(e), DAY)
+            labels[(group, after, EventType(e.type))].append(label)
     cart, fav = EventType.ADD_TO_CART, EventType.FAVORITE
-    assert rate(labels[(True, True, cart)]) < 0.4 * rate(labels[(True, False, cart)])
+    assert rate(labels[(True, True, cart)]) < 0.6 * rate(labels[(True, False, cart)])
     assert rate(labels[(True, True, fav)]) > 1.8 * rate(labels[(True, False, fav)])
     assert rate(labels[(True, True, fav)]) > rate(labels[(True, True, cart)])
     assert rate(labels[(True, False, cart)]) > rate(labels[(True, False, fav)])
     for t in (cart, fav):
         assert abs(rate(labels[(False, True, t)]) - rate(labels[(False, False, t)])) < 0.1
-    # ... while the drifted users' purchase volume stays comparable
-    assert 0.6 < purchases[(True, True)] / purchases[(True, False)] < 1.6
+    # ... while the drifted users' purchase volume changes about as much as the others' (promotion days vary)
+    drifted_change = purchases[(True, True)] / purchases[(True, False)]
+    stable_change = purchases[(False, True)] / purchases[(False, False)]
+    assert 0.6 < drifted_change / stable_change < 1.6
 
 
 def test_drift_makes_promotions_drive_drifted_users(events: list[Event], shop: Shop) -> None:
