@@ -38,6 +38,15 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument("--wait-visible", action="store_true", help="reply once the profile is readable online")
     send.add_argument("--target", default=None)
 
+    from server import backfill, training
+
+    backfill.add_arguments(sub.add_parser("replay", help=backfill.HELP))
+    training.add_arguments(sub.add_parser("training-set", help=training.HELP))
+    replay_log = sub.add_parser("replay-log", help="rebuild every profile from the retained event log (offline; "
+                                                    "the server must be stopped) and write them to the stores")
+    replay_log.add_argument("--from-start", action="store_true",
+                            help="ignore checkpoints: replay the log from its oldest retained record")
+
     sub.add_parser("settings", help="print the configuration table (markdown, as in README)")
     sub.add_parser("metrics", help="print the metrics table (markdown, as in README)")
 
@@ -64,15 +73,27 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         from server.app import serve
         from server.config import Settings
+        from server.logs import configure_logging
 
         settings = Settings()
-        logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        configure_logging(settings.log_level, settings.log_json)
         asyncio.run(serve(settings))
         return 0
     if args.command == "profile":
         return _profile(args)
     if args.command == "send":
         return _send(args)
+    if args.command in ("replay", "training-set"):
+        from server import backfill, training
+
+        return (backfill if args.command == "replay" else training).run(args)
+    if args.command == "replay-log":
+        from server.config import Settings
+        from server.rebuild import rebuild
+
+        settings = Settings()
+        logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        return rebuild(settings, from_start=args.from_start)
     if args.command == "settings":
         from server.config import markdown_table
 

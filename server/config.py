@@ -84,6 +84,8 @@ class Settings(BaseSettings):
     """On SIGTERM: time to finish in-flight RPCs and flush pending rows before exiting."""
     log_level: str = "INFO"
     """Python logging level."""
+    log_json: bool = False
+    """Log one JSON object per line (ts, level, logger, message, exc_info, extra fields) instead of plain text."""
 
     def feast_redis_connection(self) -> str:
         """The Redis connection in Feast's form, from ``feast_redis`` or else ``redis_url``."""

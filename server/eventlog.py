@@ -86,6 +86,7 @@ class EventLog:
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._flushing = False
         self._fsync_task: asyncio.Task[None] | None = None
+        self._flush_task: asyncio.Task[None] | None = None
         self._failed: BaseException | None = None
 
     # -- opening -----------------------------------------------------------------------------
@@ -160,7 +161,7 @@ class EventLog:
         self._waiters.append((target, fut))
         if not self._flushing:
             self._flushing = True
-            asyncio.create_task(self._flush_loop(), name="eventlog-flush")
+            self._flush_task = asyncio.create_task(self._flush_loop(), name="eventlog-flush")
         await fut
 
     async def _flush_loop(self) -> None:

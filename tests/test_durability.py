@@ -4,6 +4,7 @@ Each test runs `portrait serve` as a child process against a real Redis."""
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import threading
 import time
@@ -286,3 +287,36 @@ def test_sigterm_drains_checkpoints_and_exits_0(tmp_path: Path, redis_url: str) 
     finally:
         assert srv2.terminate() == 0
 
+
+
+def test_replay_log_rebuilds_profiles_into_an_empty_online_store(tmp_path: Path, redis_url: str) -> None:
+    import subprocess
+    import sys
+
+    from server.config import redis_url_to_feast
+    from server.features import FEATURE_SERVICE, open_store, set_feast_env
+    from tests.conftest import ROOT
+
+    srv = ServerProcess(tmp_path / "data", redis_url, PORTRAIT_LOG_RETENTION_S="-1")
+    srv.wait_serving()
+    events, users = make_events(2_000, 30, seed=21)
+    with grpc.insecure_channel(srv.target) as ch:
+        pb_grpc.ProfileServiceStub(ch).TrackBatch(batches(events, 2_000)[0], timeout=30)
+    assert srv.terminate() == 0
+    empty_db = redis_url.rsplit("/", 1)[0] + "/9"  # another database of the same Redis: nothing written there
+    env = dict(srv.env, PORTRAIT_REDIS_URL=empty_db)
+    out = subprocess.run([sys.executable, "-m", "server", "replay-log", "--from-start"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert f"rebuilt {len(users)} profiles from {len(events)} log records" in out.stdout
+    saved = dict(os.environ)
+    try:
+        set_feast_env(tmp_path / "data", redis_url_to_feast(empty_db))
+        store = open_store(ROOT / "feature_repo")
+        got = store.get_online_features(features=store.get_feature_service(FEATURE_SERVICE),
+                                        entity_rows=[{"user_id": u} for u in users]).to_dict()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    expected = Counter(e.user_id for e in events)
+    assert dict(zip(got["user_id"], got["profile_version"])) == {u: expected[u] for u in users}

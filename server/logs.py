@@ -1,0 +1,72 @@
+"""Logging set-up: plain text (the default) or one JSON object per line (``PORTRAIT_LOG_JSON``).
+
+``configure_logging(level, json)`` installs one handler on the root logger (stderr).
+JSON lines carry ``ts`` (ISO-8601 UTC, milliseconds), ``level``, ``logger``,
+``message``, ``exc_info`` (the formatted traceback, when there is one),
+``stack_info`` (when asked for) and every field passed with ``extra=``; values
+that are not JSON types are written as ``str(value)``.
+
+>>> import logging
+>>> record = logging.makeLogRecord({"name": "portrait", "levelname": "INFO", "msg": "served %d events",
+...                                 "args": (3,), "created": 1767225600.5, "batch": 7})
+>>> print(JsonFormatter().format(record))
+{"ts": "2026-01-01T00:00:00.500Z", "level": "INFO", "logger": "portrait", "message": "served 3 events", "batch": 7}
+"""
+
+from __future__ import annotations
+
+import json as _json
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import IO, Any
+
+PLAIN_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+"""The plain-text format (what ``portrait serve`` has always printed)."""
+
+# Attributes every LogRecord has; anything else on a record came from ``extra=``.
+_STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+_RESERVED = ("ts", "level", "logger", "message", "exc_info", "stack_info")
+
+
+class JsonFormatter(logging.Formatter):
+    """Formats a record as one JSON object on one line (see the module docstring)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, tz=UTC).isoformat(timespec="milliseconds").replace(
+                "+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            out["exc_info"] = record.exc_text
+        if record.stack_info:
+            out["stack_info"] = self.formatStack(record.stack_info)
+        for key, value in vars(record).items():
+            if key in _STANDARD_ATTRS or key.startswith("_"):
+                continue
+            out[f"extra_{key}" if key in _RESERVED else key] = value
+        return _json.dumps(out, default=str, ensure_ascii=False)
+
+
+class _PortraitHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Marks the handler this module installed, so reconfiguring replaces only it."""
+
+
+def configure_logging(level: str, json: bool, *, stream: IO[str] | None = None) -> None:
+    """Set the root logger's level and install one handler (stderr unless ``stream`` is given):
+    JSON lines when ``json`` is true, else ``PLAIN_FORMAT``. Calling it again replaces that handler;
+    handlers installed by others (pytest, an embedding application) are left alone."""
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if isinstance(h, _PortraitHandler):
+            root.removeHandler(h)
+            h.close()
+    handler = _PortraitHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(JsonFormatter() if json else logging.Formatter(PLAIN_FORMAT))
+    root.addHandler(handler)
+    root.setLevel(level.upper())
