@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import pickle
 import time
 from dataclasses import dataclass
@@ -111,8 +112,18 @@ class Durability:
         self.log.append(ATTRIBUTES + body.encode())
 
     async def commit(self) -> None:
-        """Return once everything recorded so far is durable."""
-        await self.log.commit()
+        """Return once everything recorded so far is durable.
+
+        If the log cannot be written (disk full, I/O error) the process stops at once (exit 70):
+        memory already holds changes the log does not, so the only consistent state is the log's;
+        a supervisor restarts the server, which recovers every acknowledged change from it.
+        """
+        try:
+            await self.log.commit()
+        except RuntimeError:
+            log.critical("event log write failed: stopping now so a restart recovers from the log")
+            logging.shutdown()
+            os._exit(70)
 
     # -- checkpoints -------------------------------------------------------------------------------
     async def checkpoint(self) -> Path:
