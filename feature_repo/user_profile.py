@@ -19,7 +19,7 @@ _SCALARS = (
     "spend_7d", "spend_30d", "lifetime_events", "lifetime_purchases", "lifetime_spend", "avg_order_value",
     "first_seen_ts", "last_event_ts", "last_purchase_ts", "sessions_7d", "conversion_rate_30d",
     "preferred_hour", "avg_viewed_price_30d", "avg_purchased_price_30d",
-    "updated_at_ts", "purchase_propensity",
+    "updated_at_ts", "purchase_propensity", "risk_score",
 )
 
 # The user whose profile it is; join key user_id.

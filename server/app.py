@@ -26,6 +26,7 @@ from server.interceptors import ServerInterceptor
 from server.materialize import Materializer
 from server.metrics import Metrics
 from server.pipeline import Pipeline, PipelineConfig
+from server.security import AuthInterceptor, SecurityConfigError, access_policy
 from server.service import ProfileCore
 from server.servicer import ProfileServicer
 
@@ -44,6 +45,26 @@ def pipeline_config(s: Settings) -> PipelineConfig:
         allowed_lateness_s=s.allowed_lateness_s, max_pending_labels=s.max_pending_labels,
         segments=s.segments, dedupe_capacity=s.dedupe_capacity, quality_window=s.quality_window,
     )
+
+
+def grpc_server_options(s: Settings) -> list[tuple[str, int]]:
+    """The gRPC server's channel arguments: message size, keepalive and ping enforcement, connection age."""
+    def ms(seconds: float) -> int:
+        return int(seconds * 1000)
+
+    options = [
+        ("grpc.max_receive_message_length", s.max_message_bytes),
+        ("grpc.max_send_message_length", s.max_message_bytes),
+        ("grpc.keepalive_time_ms", ms(s.keepalive_time_s)),
+        ("grpc.keepalive_timeout_ms", ms(s.keepalive_timeout_s)),
+        ("grpc.http2.min_ping_interval_without_data_ms", ms(s.min_ping_interval_s)),
+        ("grpc.http2.max_ping_strikes", s.max_ping_strikes),
+        ("grpc.keepalive_permit_without_calls", int(s.permit_idle_pings)),
+    ]
+    if s.max_connection_age_s > 0:
+        options += [("grpc.max_connection_age_ms", ms(s.max_connection_age_s)),
+                    ("grpc.max_connection_age_grace_ms", ms(s.max_connection_age_grace_s))]
+    return options
 
 
 class PortraitServer:
@@ -67,6 +88,9 @@ class PortraitServer:
     async def start(self) -> None:
         """Bring everything up; when this returns the server answers on ``grpc_port``."""
         s = self.settings
+        policy = access_policy(s)  # first: an unsafe or broken configuration refuses to start at once
+        for line in policy.describe():
+            log.info("%s", line)
         data_dir = Path(s.data_dir).resolve()
         data_dir.mkdir(parents=True, exist_ok=True)
         if s.redis_url:
@@ -106,14 +130,23 @@ class PortraitServer:
         self.core = ProfileCore(pipeline, materializer, OnlineStore(reader_store), durability,
                                 max_log_backlog_bytes=s.max_log_backlog_bytes)
 
-        options = [("grpc.max_receive_message_length", s.max_message_bytes),
-                   ("grpc.max_send_message_length", s.max_message_bytes)]
-        interceptor = ServerInterceptor(self.metrics, max_inflight=s.max_inflight_rpcs)
-        server = grpc.aio.server(interceptors=[interceptor], options=options)
+        # Outermost first: metrics, errors and time limits see every call, including refused ones.
+        interceptors: list[grpc.aio.ServerInterceptor] = [ServerInterceptor(
+            self.metrics, max_inflight=s.max_inflight_rpcs, rpc_timeout_s=s.rpc_timeout_s,
+            stream_timeout_s=s.stream_timeout_s)]
+        if policy.keys is not None:
+            interceptors.append(AuthInterceptor(policy.keys, self.metrics))
+        server = grpc.aio.server(interceptors=interceptors, options=grpc_server_options(s))
         portrait_pb2_grpc.add_ProfileServiceServicer_to_server(ProfileServicer(self.core), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection((SERVICE_NAME, reflection.SERVICE_NAME, health.SERVICE_NAME), server)
-        self.grpc_port = server.add_insecure_port(f"{s.bind}:{s.grpc_port}")
+        if policy.reflection:
+            reflection.enable_server_reflection((SERVICE_NAME, reflection.SERVICE_NAME, health.SERVICE_NAME), server)
+        address = f"{s.bind}:{s.grpc_port}"
+        credentials = policy.credentials()
+        if credentials is None:
+            self.grpc_port = server.add_insecure_port(address)
+        else:
+            self.grpc_port = server.add_secure_port(address, credentials)
         self._http, _ = start_http_server(s.metrics_port, addr=s.bind, registry=self.metrics.registry)
         self.metrics_port = self._http.server_port
         materializer.start()
@@ -169,7 +202,11 @@ class PortraitServer:
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
     server = PortraitServer(settings)
-    await server.start()
+    try:
+        await server.start()
+    except SecurityConfigError as exc:
+        log.error("refusing to start: %s", exc)
+        raise SystemExit(2) from None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

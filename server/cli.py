@@ -8,6 +8,7 @@ import logging
 import sys
 import time
 import uuid
+from typing import Any
 
 from server import __version__
 
@@ -24,6 +25,7 @@ def _parser() -> argparse.ArgumentParser:
     prof = sub.add_parser("profile", help="print a user's profile (read through the online store)")
     prof.add_argument("user_id")
     prof.add_argument("--target", default=None, help="HOST:PORT of the server (default 127.0.0.1:$PORTRAIT_GRPC_PORT)")
+    _connection_arguments(prof)
 
     send = sub.add_parser("send", help="send a few events, for trying the service")
     send.add_argument("user_id")
@@ -37,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument("--count", type=int, default=1, help="send this many such events (default 1)")
     send.add_argument("--wait-visible", action="store_true", help="reply once the profile is readable online")
     send.add_argument("--target", default=None)
+    _connection_arguments(send)
 
     from server import backfill, training
 
@@ -56,7 +59,54 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--drift-day", type=int, default=None)
     sim.add_argument("--seed", type=int, default=0)
     sim.add_argument("--out", required=True, help="output file, .csv or .parquet")
+
+    ev = sub.add_parser("evaluate", help="replay an event file through the pipeline in-process and compare "
+                                         "online / static / periodic / heuristic learners")
+    ev.add_argument("events", help="event file, .csv, .csv.gz or .parquet")
+    ev.add_argument("--task", choices=("item", "user"), default="item",
+                    help="item: P(buys this item within H), user: P(buys anything within H) (default item)")
+    ev.add_argument("--horizon", default=None,
+                    help="label horizon H, e.g. 24h, 30m, 3600 (default: 24h for item, 1h for user)")
+    ev.add_argument("--static-days", type=float, default=3.0,
+                    help="days that train the static model; evaluation starts after them (default 3)")
+    ev.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples over users (default 200)")
+    ev.add_argument("--split-day", type=float, default=None,
+                    help="also score the decisions before / after this day (counted like --static-days), "
+                         "e.g. the day behaviour changed")
+    ev.add_argument("--json", default=None, help="also write the result as JSON to this file")
+    ev.add_argument("--plot", default=None, help="also write a PNG of per-day ROC AUC to this file")
+
+    seg = sub.add_parser("segments", help="describe each user segment in human terms (from an event file "
+                                          "replayed in-process, or the newest checkpoint of a data dir)")
+    src = seg.add_mutually_exclusive_group(required=True)
+    src.add_argument("--events", default=None, help="event file to replay (.csv, .csv.gz, .parquet)")
+    src.add_argument("--data-dir", default=None, help="a server's data dir: read its newest checkpoint")
+    seg.add_argument("--json", default=None, help="also write the report as JSON to this file")
     return p
+
+
+def _connection_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--api-key", default=None,
+                   help="API key (default: $PORTRAIT_CLIENT_API_KEY, which other local users cannot see in ps)")
+    p.add_argument("--tls", action="store_true", help="connect with TLS (implied by the certificate options)")
+    p.add_argument("--ca-cert", default=None, help="PEM file of the CA that signed the server's certificate")
+    p.add_argument("--client-cert", default=None, help="PEM client certificate, for mutual TLS")
+    p.add_argument("--client-key", default=None, help="PEM key of --client-cert")
+
+
+def _client(args: argparse.Namespace) -> Any:
+    """A PortraitClient for ``--target`` and the connection options."""
+    import os
+    from pathlib import Path
+
+    from server.client import PortraitClient
+
+    def read(path: str | None) -> bytes | None:
+        return Path(path).read_bytes() if path else None
+
+    return PortraitClient(_target(args.target), api_key=args.api_key or os.environ.get("PORTRAIT_CLIENT_API_KEY"),
+                          tls=args.tls, root_certificates=read(args.ca_cert),
+                          client_certificate=read(args.client_cert), client_key=read(args.client_key))
 
 
 def _target(arg: str | None) -> str:
@@ -110,16 +160,56 @@ def main(argv: list[str] | None = None) -> int:
         n = simulate_to_file(args.out, users=args.users, days=args.days, drift_day=args.drift_day, seed=args.seed)
         print(f"wrote {n} events to {args.out}")
         return 0
+    if args.command == "evaluate":
+        return _evaluate(args)
+    if args.command == "segments":
+        return _segments(args)
     return 2
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from server import evaluate
+
+    horizon = evaluate.parse_duration(args.horizon) if args.horizon else None
+    result = evaluate.evaluate_file(args.events, args.task, horizon, args.static_days, args.bootstrap,
+                                    progress=sys.stderr.isatty(), split_days=args.split_day)
+    print(evaluate.format_table(result))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(result, fh, indent=2)
+    if args.plot:
+        evaluate.plot(result, args.plot)
+    return 0
+
+
+def _segments(args: argparse.Namespace) -> int:
+    import json
+
+    from server import segments
+
+    if args.events:
+        pipeline = segments.from_events(args.events, progress=sys.stderr.isatty())
+    else:
+        loaded = segments.from_checkpoint(args.data_dir)
+        if loaded is None:
+            print(f"no checkpoint under {args.data_dir}", file=sys.stderr)
+            return 1
+        pipeline = loaded
+    report = segments.segment_report(pipeline)
+    print(segments.format_report(report))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(segments.to_json(report), fh, indent=2)
+    return 0
 
 
 def _profile(args: argparse.Namespace) -> int:
     import grpc
     from google.protobuf import json_format
 
-    from server.client import PortraitClient
-
-    with PortraitClient(_target(args.target)) as c:
+    with _client(args) as c:
         try:
             prof = c.get_profile(args.user_id)
         except grpc.RpcError as err:
@@ -132,11 +222,10 @@ def _profile(args: argparse.Namespace) -> int:
 def _send(args: argparse.Namespace) -> int:
     import grpc
 
-    from server.client import PortraitClient
     from server.events import Event, EventType
 
     etype = EventType[args.type.upper()]
-    with PortraitClient(_target(args.target)) as c:
+    with _client(args) as c:
         for _ in range(args.count):
             e = Event(f"cli-{uuid.uuid4()}", args.user_id, etype, time.time(),
                       item_id="" if etype == EventType.SEARCH and args.item == "sku-1" else args.item,

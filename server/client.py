@@ -6,6 +6,11 @@ gRPC's own retry policy (service config), and sets a deadline on every call.
     with PortraitClient("127.0.0.1:50051") as c:
         c.track(Event("e1", "u1", EventType.VIEW, time.time(), item_id="sku-1"))
         print(c.get_profile("u1").features["views_1h"])
+
+Against a server with TLS and API keys (docs/security.md):
+
+    PortraitClient("portrait.example:50051", api_key=key, tls=True,
+                   root_certificates=open("ca.pem", "rb").read())   # omit for the system CAs
 """
 
 from __future__ import annotations
@@ -32,19 +37,71 @@ _SERVICE_CONFIG = json.dumps({
 })
 
 
+class _CallDetails(grpc.ClientCallDetails):
+    def __init__(self, base: grpc.ClientCallDetails, metadata: list[tuple[str, str]]) -> None:
+        self.method = base.method
+        self.timeout = base.timeout
+        self.metadata = metadata
+        self.credentials = base.credentials
+        self.wait_for_ready = getattr(base, "wait_for_ready", None)
+        self.compression = getattr(base, "compression", None)
+
+
+class _ApiKey(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
+              grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+    """Adds ``authorization: Bearer KEY`` to every call (also on plaintext loopback channels,
+    where gRPC's call credentials are not sent)."""
+
+    def __init__(self, key: str) -> None:
+        self._header = ("authorization", f"Bearer {key}")
+
+    def _details(self, details: grpc.ClientCallDetails) -> _CallDetails:
+        return _CallDetails(details, [*(details.metadata or ()), self._header])
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_stream_unary(self, continuation: Any, details: Any, request_iterator: Any) -> Any:
+        return continuation(self._details(details), request_iterator)
+
+    def intercept_stream_stream(self, continuation: Any, details: Any, request_iterator: Any) -> Any:
+        return continuation(self._details(details), request_iterator)
+
+
 class PortraitClient:
-    """Blocking client; ``timeout_s`` is the deadline of each call."""
+    """Blocking client; ``timeout_s`` is the deadline of each call.
+
+    ``api_key``: sent as ``authorization: Bearer KEY``. TLS when ``tls`` is true or any
+    certificate is given: ``root_certificates`` (PEM bytes; default: the system CAs),
+    ``client_certificate`` + ``client_key`` for mutual TLS, ``server_name`` to verify the
+    server's certificate against a name other than the target's host.
+    """
 
     def __init__(self, target: str = "127.0.0.1:50051", timeout_s: float = 10.0,
-                 max_message_bytes: int = 16 * 1024 * 1024) -> None:
+                 max_message_bytes: int = 16 * 1024 * 1024, *, api_key: str | None = None, tls: bool = False,
+                 root_certificates: bytes | None = None, client_certificate: bytes | None = None,
+                 client_key: bytes | None = None, server_name: str | None = None) -> None:
         self.target = target
         self.timeout_s = timeout_s
-        self._channel = grpc.insecure_channel(target, options=[
+        options: list[tuple[str, Any]] = [
             ("grpc.service_config", _SERVICE_CONFIG), ("grpc.enable_retries", 1),
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
-        ])
-        self.stub = pb_grpc.ProfileServiceStub(self._channel)
+        ]
+        if (client_certificate is None) != (client_key is None):
+            raise ValueError("client_certificate and client_key go together")
+        if tls or root_certificates or client_certificate or server_name:
+            if server_name:
+                options.append(("grpc.ssl_target_name_override", server_name))
+            creds = grpc.ssl_channel_credentials(root_certificates, client_key, client_certificate)
+            self._channel = grpc.secure_channel(target, creds, options=options)
+        else:
+            self._channel = grpc.insecure_channel(target, options=options)
+        channel = grpc.intercept_channel(self._channel, _ApiKey(api_key)) if api_key else self._channel
+        self.stub = pb_grpc.ProfileServiceStub(channel)
 
     def __enter__(self) -> PortraitClient:
         return self

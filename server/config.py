@@ -9,9 +9,10 @@ environment at import time.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Literal
-from urllib.parse import unquote, urlparse
+from urllib.parse import parse_qs, unquote, urlparse
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -29,7 +30,7 @@ class Settings(BaseSettings):
     bind: str = "127.0.0.1"
     """Address the gRPC and metrics servers listen on (0.0.0.0 in containers)."""
     redis_url: str | None = None
-    """Redis for the online store, ``redis://[user:pass@]host:port/db``. Unset: start an embedded redis-server."""
+    """Redis for the online store, ``redis[s]://[user:pass@]host:port/db[?ssl_ca_certs=PEM]``. Unset: embedded."""
     feast_redis: str | None = None
     """Feast's own ``host:port,db=N`` form of the Redis connection; derived from redis_url when unset."""
     embedded_redis_port: int = Field(default=6390, ge=0, le=65535)
@@ -80,6 +81,36 @@ class Settings(BaseSettings):
     """Backpressure: writes get RESOURCE_EXHAUSTED while more than this is appended but not yet on disk."""
     max_inflight_rpcs: int = Field(default=256, ge=1)
     """Backpressure: RPCs beyond this many in flight get RESOURCE_EXHAUSTED (health checks excepted)."""
+    rpc_timeout_s: float = Field(default=30.0, gt=0)
+    """Server-side time limit of a unary RPC, whatever deadline the client sets; beyond it DEADLINE_EXCEEDED."""
+    stream_timeout_s: float = Field(default=600.0, ge=0)
+    """Server-side time limit of a client-streaming RPC (TrackStream); 0 = none."""
+    keepalive_time_s: float = Field(default=60.0, gt=0)
+    """The server pings a connection idle this long; unanswered within keepalive_timeout_s, it is dropped."""
+    keepalive_timeout_s: float = Field(default=20.0, gt=0)
+    """How long the server waits for the answer to its keepalive ping."""
+    min_ping_interval_s: float = Field(default=10.0, ge=0)
+    """Clients may ping at most this often while no data flows; each faster ping is a strike."""
+    max_ping_strikes: int = Field(default=2, ge=0)
+    """Strikes tolerated before the connection is closed (GOAWAY too_many_pings); 0 = unlimited."""
+    permit_idle_pings: bool = True
+    """Accept client keepalive pings on connections without an RPC (at the min_ping_interval_s rate)."""
+    max_connection_age_s: float = Field(default=3600.0, ge=0)
+    """Connections are closed (GOAWAY) after this long: clients rebalance, see renewed certificates. 0 = never."""
+    max_connection_age_grace_s: float = Field(default=600.0, ge=0)
+    """After max_connection_age_s, in-flight RPCs get this long to finish before the connection is cut."""
+    tls_cert: Path | None = None
+    """PEM certificate chain of the gRPC port (with tls_key): TLS on. Re-read when the file changes."""
+    tls_key: Path | None = None
+    """PEM private key (unencrypted) of tls_cert. Re-read when the file changes."""
+    tls_client_ca: Path | None = None
+    """PEM CA certificate(s): clients must present a certificate issued by them (mutual TLS)."""
+    allow_insecure: bool = False
+    """Allow a non-loopback bind without TLS or without authentication (e.g. behind a mesh doing mTLS)."""
+    api_keys: Path | None = None
+    """File of `ROLE:SHA256_HEX` lines (ingest, read, admin); RPCs but health need `authorization: Bearer KEY`."""
+    reflection: bool | None = None
+    """gRPC server reflection. Unset: on without API keys, off with them (then it needs a valid key)."""
     shutdown_grace_s: float = Field(default=10.0, ge=0)
     """On SIGTERM: time to finish in-flight RPCs and flush pending rows before exiting."""
     log_level: str = "INFO"
@@ -97,7 +128,14 @@ class Settings(BaseSettings):
 
 
 def redis_url_to_feast(url: str) -> str:
-    """``redis://user:pw@host:port/db`` -> ``host:port,db=N[,username=..][,password=..][,ssl=true]``."""
+    """``redis[s]://user:pw@host:port/db`` -> ``host:port,db=N[,username=..][,password=..][,ssl=true]``.
+
+    ``rediss://`` turns TLS on (certificate verified against the system CAs, or the PEM file in the
+    ``ssl_ca_certs`` query parameter); ``ssl_certfile`` + ``ssl_keyfile`` give a client certificate.
+
+    >>> redis_url_to_feast("rediss://portrait:s3cret@cache:6380/1?ssl_ca_certs=/etc/ca.pem")
+    'cache:6380,db=1,username=portrait,password=s3cret,ssl=true,ssl_ca_certs=/etc/ca.pem'
+    """
     u = urlparse(url)
     if u.scheme not in ("redis", "rediss"):
         raise ValueError(f"redis_url must start with redis:// or rediss://, got {u.scheme!r}")
@@ -107,10 +145,34 @@ def redis_url_to_feast(url: str) -> str:
             value = unquote(raw)
             if "," in value or "=" in value:
                 raise ValueError(f"the Redis {key} contains ',' or '=', which Feast's connection string cannot carry")
+            if _json_changes(value):
+                raise ValueError(f"Feast would read the Redis {key} as a JSON value (e.g. true, null, 1e3, \"x\"): "
+                                 "choose another one")
             parts.append(f"{key}={value}")
     if u.scheme == "rediss":
         parts.append("ssl=true")
+    for key, values in parse_qs(u.query).items():
+        if key not in _TLS_QUERY:
+            raise ValueError(f"unsupported redis_url query parameter {key!r} (supported: {', '.join(_TLS_QUERY)})")
+        if u.scheme != "rediss":
+            raise ValueError(f"{key} needs a rediss:// URL")
+        value = values[-1]
+        if "," in value or "=" in value:
+            raise ValueError(f"the redis_url parameter {key} contains ',' or '='")
+        parts.append(f"{key}={value}")
     return ",".join(parts)
+
+
+_TLS_QUERY = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
+
+
+def _json_changes(value: str) -> bool:
+    """Feast json-decodes connection-string values: True when that would change ``value``."""
+    try:
+        decoded = json.loads(value)
+    except ValueError:
+        return False
+    return str(decoded) != value
 
 
 def markdown_table() -> str:

@@ -89,3 +89,13 @@ def event_from_bytes(b: bytes) -> Event:
     m = pb.Event()
     m.ParseFromString(b)
     return event_from_proto(m)
+
+
+def candidates_from_proto(m: pb.ScoreRequest) -> list[tuple[str, str, float]]:
+    """ScoreRequest candidates -> (item_id, category, price) tuples."""
+    return [(c.item_id, c.category, c.price) for c in m.candidates]
+
+
+def score_response(ranked: list[tuple[str, float]]) -> pb.ScoreResponse:
+    """(item_id, probability) pairs, best first -> ScoreResponse."""
+    return pb.ScoreResponse(items=[pb.ScoredItem(item_id=i, probability=p) for i, p in ranked])

@@ -25,7 +25,7 @@ from server.profile import FEATURE_NAMES
 
 FEATURE_VIEW = "user_profile"
 FEATURE_SERVICE = "user_profile_v1"
-FLOAT_COLUMNS = (*FEATURE_NAMES, "updated_at_ts", "purchase_propensity")
+FLOAT_COLUMNS = (*FEATURE_NAMES, "updated_at_ts", "purchase_propensity", "risk_score")
 INT_COLUMNS = ("profile_version", "segment", "age")
 STRING_COLUMNS = ("gender", "region")
 LIST_COLUMNS = ("tags", "top_categories")

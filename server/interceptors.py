@@ -1,13 +1,18 @@
-"""Server interceptors: map domain errors to gRPC statuses, and count/time every RPC.
+"""Server interceptors: map domain errors to gRPC statuses, count/time every RPC, limit its time.
 
-One interceptor does both, so every RPC — including ones that fail — is
-counted in ``grpc_server_handled_total`` with its final code.
+One interceptor does all three, so every RPC — including ones that fail — is
+counted in ``grpc_server_handled_total`` with its final code. It is the outermost
+interceptor: refusals by inner ones (``security.AuthInterceptor``) are counted too.
+Unexpected exceptions are logged with their type and stack only: exception messages
+can carry data (redis-py puts Redis keys, i.e. user ids, into its error strings).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -20,6 +25,8 @@ from server.errors import PortraitError, ResourceExhausted
 from server.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+HEALTH_SERVICE = "grpc.health.v1.Health"
 
 
 def _split(method: str) -> tuple[str, str]:
@@ -37,12 +44,45 @@ def _status(err: PortraitError) -> grpc.Status:
     return rpc_status.to_status(st)
 
 
-class ServerInterceptor(grpc.aio.ServerInterceptor):
-    """Maps ``PortraitError`` to its status (+ google.rpc.BadRequest) and records gRPC metrics."""
+class TimeLimitExceeded(PortraitError):
+    """The server-side time limit of the RPC ran out."""
 
-    def __init__(self, metrics: Metrics, max_inflight: int = 256) -> None:
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def redacted_traceback(exc: BaseException) -> str:
+    """The exception's type and stack (with its causes), without any exception message.
+
+    >>> user = "user-42"
+    >>> try:
+    ...     raise KeyError(f"no row for {user}")
+    ... except KeyError as e:
+    ...     text = redacted_traceback(e)
+    >>> "KeyError" in text, user in text
+    (True, False)
+    """
+    parts: list[str] = []
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        name = f"{type(cur).__module__}.{type(cur).__qualname__}"
+        parts.append("".join(traceback.format_tb(cur.__traceback__)) + f"{name} (message withheld)")
+        cur = cur.__cause__ or cur.__context__
+    return "\n  caused by:\n".join(parts)
+
+
+class ServerInterceptor(grpc.aio.ServerInterceptor):
+    """Maps ``PortraitError`` to its status (+ google.rpc.BadRequest), records gRPC metrics and
+    applies the server-side time limits (``rpc_timeout_s`` for unary RPCs, ``stream_timeout_s``
+    for client streams; None or 0 = none)."""
+
+    def __init__(self, metrics: Metrics, max_inflight: int = 256, rpc_timeout_s: float | None = None,
+                 stream_timeout_s: float | None = None) -> None:
         self._metrics = metrics
         self.max_inflight = max_inflight
+        self.rpc_timeout_s = rpc_timeout_s
+        self.stream_timeout_s = stream_timeout_s
         self._inflight = 0
 
     async def intercept_service(
@@ -69,16 +109,31 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
     def _wrap(self, behavior: Callable[..., Any], kind: str, service: str, method: str) -> Callable[..., Any]:
         handled = self._metrics.grpc_handled
         seconds = self._metrics.grpc_handling.labels(grpc_type=kind, grpc_service=service, grpc_method=method)
+        limit = (self.rpc_timeout_s if kind == "unary" else self.stream_timeout_s) or None
+        counted = 0 if service == HEALTH_SERVICE else 1  # probes must answer under load: not capped
+
+        async def limited(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            if limit is None:
+                return await behavior(request, context)
+            timer = asyncio.timeout(limit)
+            try:
+                async with timer:
+                    return await behavior(request, context)
+            except TimeoutError:
+                if not timer.expired():
+                    raise
+                self._metrics.rejected.labels(reason="time_limit").inc()
+                raise TimeLimitExceeded(f"the server's time limit of {limit:g} s for this call ran out") from None
 
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
             t0 = time.perf_counter()
             code = grpc.StatusCode.OK
-            self._inflight += 1
+            self._inflight += counted
             try:
-                if self._inflight > self.max_inflight:  # backpressure: clients retry with backoff
+                if counted and self._inflight > self.max_inflight:  # backpressure: clients retry with backoff
                     self._metrics.rejected.labels(reason="inflight").inc()
                     raise ResourceExhausted(f"more than {self.max_inflight} RPCs in flight; retry with backoff")
-                response = await behavior(request, context)
+                response = await limited(request, context)
                 code = context.code() or grpc.StatusCode.OK
                 return response
             except PortraitError as err:
@@ -88,12 +143,12 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             except grpc.aio.AbortError:
                 code = context.code() or grpc.StatusCode.UNKNOWN
                 raise
-            except Exception:
+            except Exception as exc:
                 code = grpc.StatusCode.INTERNAL
-                log.exception("unhandled error in %s/%s", service, method)
+                log.error("unhandled error in %s/%s: %s", service, method, redacted_traceback(exc))
                 await context.abort(grpc.StatusCode.INTERNAL, "internal error")
             finally:
-                self._inflight -= 1
+                self._inflight -= counted
                 if isinstance(code, int):
                     code = grpc.StatusCode(code)
                 seconds.observe(time.perf_counter() - t0)

@@ -24,7 +24,11 @@ FAST_BUCKETS = (
 # Event -> visible in the online store: a flush interval plus a Redis round trip, up to outages.
 FRESHNESS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
-STAGES = ("validate", "dedupe", "profile", "labels", "models", "enqueue", "online_write", "offline_write")
+# Risk scores live in [0, 1]; the suspicious threshold is near the top.
+RISK_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.99, 1.0)
+
+STAGES = ("validate", "dedupe", "profile", "labels", "ranking", "risk", "models", "enqueue", "online_write",
+          "offline_write")
 
 
 class Metrics:
@@ -89,6 +93,10 @@ class Metrics:
         self.online_store_up = Gauge(
             "portrait_online_store_up", "1 while online-store writes succeed, 0 while they fail and rows wait.",
             registry=r,
+        )
+        self.risk_score = Histogram(
+            "portrait_risk_score", "Anomaly score of each accepted event (0 ordinary .. 1 most unusual).",
+            buckets=RISK_BUCKETS, registry=r,
         )
         self.users = Gauge("portrait_users", "Users with a profile in memory.", registry=r)
         self.segment_users = Gauge(

@@ -1,4 +1,4 @@
-"""The single writer: validate -> dedupe -> profile -> labels -> models -> enqueue.
+"""The single writer: validate -> dedupe -> profile -> labels -> ranking -> risk -> models -> enqueue.
 
 Transport-agnostic and synchronous: the server calls it from its event loop
 only, so profiles and River models have exactly one writer and need no locks.
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,8 +31,13 @@ from server.metrics import Metrics
 from server.models import Propensity, Segmenter
 from server.profile import TagRules, UserProfile
 from server.quality import RollingQuality
+from server.ranking import Ranker
+from server.risk import Risk
 
 PROPENSITY = "propensity"
+ITEM = "item"
+MAX_CANDIDATES = 500
+_COLD_START = UserProfile().features()  # an unknown user's features (all zero)
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,20 @@ class PipelineConfig:
     dedupe_capacity: int = 1_000_000
     quality_window: int = 10_000
     tag_rules: TagRules = field(default_factory=TagRules)
+    item_horizon_s: float = 86_400.0
+    """Item model horizon H_item: 'will the user buy this item within H_item after touching it?'."""
+    item_decision_interval_s: float = 3600.0
+    """At most one item decision per (user, item, action) per this many seconds."""
+    max_pending_item_labels: int = 500_000
+    """Hard cap on pending item decisions (~550 bytes each); beyond it new ones are not recorded."""
+    item_decision_sample: float = 1.0
+    """Share of (user, item) pairs whose decisions are recorded (deterministic); lower it at high traffic."""
+    item_history: int = 20
+    """Recently touched items remembered per user (history features of the item model)."""
+    max_items: int = 200_000
+    """Items with popularity/conversion statistics in memory (least recently seen dropped first)."""
+    risk_threshold: float = 0.94
+    """A user whose decayed risk score is at least this gets the ``suspicious`` tag."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,9 +99,13 @@ class Pipeline:
         self.segmenter = Segmenter(k=config.segments)
         self.quality = RollingQuality(config.quality_window)
         self.segment_sizes = [0] * config.segments
+        self.ranker = Ranker(config.item_horizon_s, config.item_decision_interval_s, config.allowed_lateness_s,
+                             config.max_pending_item_labels, config.item_history, config.max_items,
+                             quality_window=config.quality_window, sample=config.item_decision_sample)
+        self.risk = Risk(threshold=config.risk_threshold)
         self._row_ts: dict[str, int] = {}
         self._stage = {s: metrics.stage_duration.labels(stage=s) for s in
-                       ("validate", "dedupe", "profile", "labels", "models")}
+                       ("validate", "dedupe", "profile", "labels", "ranking", "risk", "models")}
 
     # -- ingest -------------------------------------------------------------------------------
     def check(self, e: Event, now: float | None = None) -> FieldError | None:
@@ -124,6 +147,7 @@ class Pipeline:
             profile = self.profiles[e.user_id] = UserProfile()
         if etype == EventType.PURCHASE:
             self._learn(self.labels.on_purchase(e.user_id, t), t)
+        previous_t = profile.last_event
         profile.update(e)
         profile.version += 1
         features = profile.features()
@@ -138,13 +162,21 @@ class Pipeline:
         self._learn(self.labels.advance(t), t)
         t3 = time.perf_counter()
         stage["labels"].observe(t3 - t2)
+        if e.item_id:
+            self._learn_items(self.ranker.observe(e, features, profile, t), t)
+        self._learn_items(self.ranker.advance(t), t)
+        t4 = time.perf_counter()
+        stage["ranking"].observe(t4 - t3)
+        self.metrics.risk_score.observe(self.risk.observe(e, features, previous_t))
+        t5 = time.perf_counter()
+        stage["risk"].observe(t5 - t4)
         segment = self.segmenter.learn_predict(Segmenter.vector(features, profile.category_count(), t))
         if segment != profile.segment:
             if profile.segment >= 0:
                 self.segment_sizes[profile.segment] -= 1
             self.segment_sizes[segment] += 1
             profile.segment = segment
-        stage["models"].observe(time.perf_counter() - t3)
+        stage["models"].observe(time.perf_counter() - t5)
         self.metrics.events.labels(event_type=etype.name.lower(), outcome="accepted").inc()
         if self.on_change:
             self.on_change(e.user_id)
@@ -172,6 +204,13 @@ class Pipeline:
             self.metrics.labels.labels(model=PROPENSITY, label="positive" if label else "negative").inc()
             if self.on_label:
                 self.on_label(PROPENSITY, decision, label, t)
+
+    def _learn_items(self, resolved: list[Any], t: float) -> None:
+        for decision, label in resolved:
+            self.ranker.learn(decision, label)
+            self.metrics.labels.labels(model=ITEM, label="positive" if label else "negative").inc()
+            if self.on_label:
+                self.on_label(ITEM, decision, label, t)
 
     def update_attributes(self, user_id: str, age: int, gender: str, region: str) -> int:
         """Replace a user's basic attributes (creating the user); return the new version."""
@@ -221,9 +260,38 @@ class Pipeline:
             user_id=user_id, event_timestamp_us=ts, updated_at_ts=p.updated_at,
             purchase_propensity=p.propensity, segment=p.segment, profile_version=p.version,
             tags=p.tags(features, self.config.tag_rules), top_categories=p.top_categories(),
-            age=p.age, gender=p.gender, region=p.region,
+            age=p.age, gender=p.gender, region=p.region, risk_score=self.risk.user_risk(user_id, p.updated_at),
         )
+        if row["risk_score"] >= self.risk.threshold:
+            row["tags"] = sorted([*row["tags"], "suspicious"])
         return row
+
+    def score(self, user_id: str, candidates: Sequence[tuple[str, str, float]]) -> list[tuple[str, float]]:
+        """Rank ``(item_id, category, price)`` candidates for a user, best first: (item_id, P(bought within
+        ``item_horizon_s`` if viewed now)). An unknown user gets cold-start scores (an empty profile).
+
+        "Now" is the latest event time seen (event time, like every feature). Ties keep the request order.
+        """
+        if not user_id or len(user_id) > 128:
+            raise InvalidArgument("user_id must be 1..128 characters", field="user_id")
+        if len(candidates) > MAX_CANDIDATES:
+            raise InvalidArgument(f"at most {MAX_CANDIDATES} candidates, got {len(candidates)}", field="candidates")
+        for i, (item, category, price) in enumerate(candidates):
+            if not item or len(item) > 128:
+                raise InvalidArgument("item_id must be 1..128 characters", field=f"candidates[{i}].item_id")
+            if len(category) > 128:
+                raise InvalidArgument("category is longer than 128 characters", field=f"candidates[{i}].category")
+            if not math.isfinite(price) or price < 0:
+                raise InvalidArgument("price must be a finite number >= 0", field=f"candidates[{i}].price")
+        p = self.profiles.get(user_id)
+        t = max(self.ranker.labels.max_time, 0.0)
+        if p is None or p.last_event is None:
+            features, top = _COLD_START, []
+        else:
+            features, top, t = p.features(), p.top_categories(), max(t, p.updated_at)
+        scores = self.ranker.score(user_id, features, top, candidates, t)
+        order = sorted(range(len(candidates)), key=lambda i: -scores[i])
+        return [(candidates[i][0], scores[i]) for i in order]
 
     def refresh_gauges(self) -> None:
         """Update the gauges that summarise state (called periodically, not per event)."""
@@ -234,6 +302,9 @@ class Pipeline:
             m.segment_users.labels(segment=str(i)).set(n)
         m.model_roc_auc.labels(model=PROPENSITY).set(self.quality.roc_auc())
         m.model_log_loss.labels(model=PROPENSITY).set(self.quality.log_loss())
+        m.pending_labels.labels(model=ITEM).set(len(self.ranker.labels))
+        m.model_roc_auc.labels(model=ITEM).set(self.ranker.quality.roc_auc())
+        m.model_log_loss.labels(model=ITEM).set(self.ranker.quality.log_loss())
 
 
 def _type_label(t: int) -> str:

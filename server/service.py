@@ -133,3 +133,7 @@ class ProfileCore:
         if row is None:
             raise NotFound(f"no profile for user_id {user_id!r}", field="user_id")
         return row
+
+    async def score(self, user_id: str, candidates: list[tuple[str, str, float]]) -> list[tuple[str, float]]:
+        """Rank (item_id, category, price) candidates for a user, best first (unknown user: cold start)."""
+        return self.pipeline.score(user_id, candidates)

@@ -46,3 +46,7 @@ class ProfileServicer(pb_grpc.ProfileServiceServicer):
         a = request.attributes
         version = await self.core.update_attributes(request.user_id, a.age, a.gender, a.region)
         return pb.UpdateAttributesResponse(profile_version=version)
+
+    async def Score(self, request: pb.ScoreRequest, context: grpc.aio.ServicerContext) -> pb.ScoreResponse:
+        ranked = await self.core.score(request.user_id, convert.candidates_from_proto(request))
+        return convert.score_response(ranked)

@@ -1,0 +1,230 @@
+"""In-process measurements of Portrait's own code (no gRPC, no Redis), one subprocess each.
+
+``python -m bench.inproc limit --events F --rounds N``
+    The limit: ``Pipeline.check`` + ``Pipeline.apply(e, score=False)`` over the events (what the
+    server does per event in TrackBatch/TrackStream, minus transport and materialization),
+    a fresh Pipeline per round. Prints events/s per round.
+``python -m bench.inproc memory --users N --days D --seed S``
+    RSS per user: a Pipeline fed the simulated stream of N users (events rebuilt with fresh
+    strings, as from protobufs); VmRSS delta / users. The dedupe set is sized to 1 here (it is
+    bounded by event count, not users) and measured separately, per remembered id.
+``python -m bench.inproc scaling --events F --population N --rounds R``
+    Events/s and RSS with N users in memory: N users get one event each (untimed), then the
+    same base events, mapped onto the population, are timed.
+
+Each prints one JSON object on its last stdout line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import gc
+import io
+import json
+import pstats
+import sys
+import time
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from bench import stream
+from bench.procs import rss_bytes
+from server.events import Event, EventType
+from server.metrics import Metrics
+from server.pipeline import Pipeline, PipelineConfig
+
+
+def new_pipeline(**config: Any) -> Pipeline:
+    """A Pipeline as the server builds it (default config), with its own metrics registry."""
+    return Pipeline(PipelineConfig(**config), Metrics(CollectorRegistry()))
+
+
+def run_loop(p: Pipeline, events: list[Event], now: float, cpu: list[float] | None = None) -> tuple[int, float]:
+    """The limit loop; returns (accepted, wall seconds) and appends the CPU seconds to ``cpu``."""
+    check, apply = p.check, p.apply
+    accepted = 0
+    c0 = time.process_time()
+    t0 = time.perf_counter()
+    for e in events:
+        if check(e, now) is None:
+            apply(e, score=False)
+            accepted += 1
+    dt = time.perf_counter() - t0
+    if cpu is not None:
+        cpu.append(time.process_time() - c0)
+    return accepted, dt
+
+
+def cmd_limit(a: argparse.Namespace) -> dict[str, Any]:
+    events = stream.load(a.events)
+    now = time.time()
+    rounds: list[float] = []
+    cpu: list[float] = []
+    accepted = 0
+    for _ in range(a.rounds):
+        p = new_pipeline()
+        gc.collect()
+        accepted, dt = run_loop(p, events, now, cpu)
+        rounds.append(len(events) / dt)
+        del p
+    out: dict[str, Any] = {"events": len(events), "accepted": accepted, "eps_rounds": rounds,
+                           "eps_per_cpu_s_rounds": [len(events) / c for c in cpu],
+                           "users": len({e.user_id for e in events})}
+    if a.cprofile:
+        p = new_pipeline()
+        prof = cProfile.Profile()
+        prof.enable()
+        run_loop(p, events, now)
+        prof.disable()
+        prof.dump_stats(a.cprofile)
+        out["cprofile"] = top_functions(prof, 25)
+        out["cprofile_file"] = a.cprofile
+    return out
+
+
+def top_functions(prof: cProfile.Profile, n: int) -> list[dict[str, Any]]:
+    """The ``n`` functions with the most own time, with their share of the total."""
+    st = pstats.Stats(prof, stream=io.StringIO())
+    raw: dict[Any, Any] = st.stats  # type: ignore[attr-defined]
+    total = sum(v[2] for v in raw.values()) or 1.0
+    rows = sorted(raw.items(), key=lambda kv: kv[1][2], reverse=True)[:n]
+    out = []
+    for (file, line, func), (_cc, nc, tt, ct, _callers) in rows:
+        short = file.split("/site-packages/")[-1].split("/work/main/")[-1]
+        out.append({"function": f"{short}:{line}({func})", "calls": nc, "own_s": round(tt, 4),
+                    "own_pct": round(100 * tt / total, 1), "cum_s": round(ct, 4)})
+    return out
+
+
+def cmd_memory(a: argparse.Namespace) -> dict[str, Any]:
+    events = stream.generate(a.users, a.days, a.seed)
+    now = time.time()
+    p = new_pipeline(dedupe_capacity=1)
+    # warm the code paths and the models on a few events of other users, then take the baseline
+    for e in stream.variant(events[:2000], "warm-"):
+        if p.check(e, now) is None:
+            p.apply(e, score=False)
+    gc.collect()
+    before = rss_bytes()
+    users_before = len(p.profiles)
+    for e in events:
+        e = stream.fresh_strings(e)
+        if p.check(e, now) is None:
+            p.apply(e, score=False)
+    gc.collect()
+    after = rss_bytes()
+    users = len(p.profiles) - users_before
+    pending = len(p.labels)
+    # the dedupe set: bounded by PORTRAIT_DEDUPE_CAPACITY ids, whatever the number of users
+    from server.dedupe import Dedupe
+
+    n_ids = 200_000
+    d = Dedupe(n_ids)
+    gc.collect()
+    d0 = rss_bytes()
+    for i in range(n_ids):
+        d.seen_or_add(f"s0-{i}-{'x' * 10}")
+    gc.collect()
+    d1 = rss_bytes()
+    return {"users": users, "events": len(events), "rss_before": before, "rss_after": after,
+            "bytes_per_user": (after - before) / max(users, 1), "pending_labels": pending,
+            "events_per_user": len(events) / max(users, 1),
+            "dedupe_bytes_per_id": (d1 - d0) / n_ids}
+
+
+class GcTimer:
+    """Time spent in the cyclic garbage collector, by generation (``gc.callbacks``)."""
+
+    def __init__(self) -> None:
+        self.seconds = [0.0, 0.0, 0.0]
+        self.count = [0, 0, 0]
+        self._t0 = 0.0
+        gc.callbacks.append(self._cb)
+
+    def _cb(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._t0 = time.perf_counter()
+        else:
+            g = info["generation"]
+            self.seconds[g] += time.perf_counter() - self._t0
+            self.count[g] += 1
+
+    def reset(self) -> None:
+        self.seconds, self.count = [0.0, 0.0, 0.0], [0, 0, 0]
+
+
+def cmd_scaling(a: argparse.Namespace) -> dict[str, Any]:
+    base = stream.load(a.events)
+    n = a.population
+    now = time.time()
+    t_end = float(base[0].event_time or 0.0)
+    span = stream.slot_span(base)
+    gc.collect()
+    rss0 = rss_bytes()
+    p = new_pipeline()
+    t0 = time.perf_counter()
+    for e in stream.population_events(n, "p", t_end):
+        e = stream.fresh_strings(e)
+        if p.check(e, now) is None:
+            p.apply(e, score=False)
+    populate_s = time.perf_counter() - t0
+    # settle: one event at the stream's start resolves every decision the population made (each user's
+    # first event records one; they all turn negative here), so the timed rounds measure steady state
+    t1 = time.perf_counter()
+    pending = len(p.labels)
+    settle = Event("p-settle", "p-settle", EventType.VIEW, t_end - 1.0, item_id="i-settle", category="c00")
+    if p.check(settle, now) is None:
+        p.apply(settle, score=False)
+    settle_s = time.perf_counter() - t1
+    gc.collect()
+    rss1 = rss_bytes()
+    if a.gc_freeze:  # diagnostic: move the population out of the collector's reach (gc.freeze)
+        gc.freeze()
+    mapped = stream.remap_users(base, n, "p")
+    active = len({e.user_id for e in mapped})
+    rounds = []
+    timer = GcTimer()
+    gc_share = []
+    for r in range(a.rounds):
+        events = stream.variant(mapped, f"r{r}-", shift_s=r * span, users="keep") if r else mapped
+        gc.collect()
+        timer.reset()
+        _, dt = run_loop(p, events, now)
+        rounds.append(len(events) / dt)
+        gc_share.append(sum(timer.seconds) / dt)
+    gc.collect()
+    rss2 = rss_bytes()
+    return {"population": n, "users": len(p.profiles), "active_users": active, "events": len(base),
+            "eps_rounds": rounds, "populate_eps": n / populate_s, "rss_bytes": rss2 - rss0,
+            "rss_per_user": (rss2 - rss0) / max(len(p.profiles), 1), "rss_after_populate": rss1 - rss0,
+            "pending_labels": len(p.labels), "gc_freeze": a.gc_freeze,
+            "settled_labels": pending - len(p.labels), "settle_s": settle_s,
+            "gc_share_rounds": gc_share, "gc_collections_last_round": timer.count}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.inproc")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    lim = sub.add_parser("limit")
+    lim.add_argument("--events", required=True)
+    lim.add_argument("--rounds", type=int, default=3)
+    lim.add_argument("--cprofile", default="", help="also run one round under cProfile, stats to this file")
+    mem = sub.add_parser("memory")
+    mem.add_argument("--users", type=int, required=True)
+    mem.add_argument("--days", type=int, default=2)
+    mem.add_argument("--seed", type=int, default=1)
+    sc = sub.add_parser("scaling")
+    sc.add_argument("--events", required=True)
+    sc.add_argument("--population", type=int, required=True)
+    sc.add_argument("--rounds", type=int, default=1)
+    sc.add_argument("--gc-freeze", action="store_true", help="gc.freeze() after populating (diagnostic)")
+    a = ap.parse_args(argv)
+    fn = {"limit": cmd_limit, "memory": cmd_memory, "scaling": cmd_scaling}[a.cmd]
+    print(json.dumps(fn(a)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,208 @@
+"""One table (rich if importable, else plain text) and the JSON files."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+TARGETS = {
+    "e2e_vs_limit": 0.7,  # sustained end-to-end events/s >= 0.7 x the in-process limit
+    "e2e_vs_naive": 25.0,  # ... and >= 25 x the naive peer
+    "e2e_abs": 5000.0,  # ... and >= 5,000 events/s
+    "freshness_p99_s": 0.100,  # event sent -> row readable, p99, at 2k events/s offered
+    "unary_p99_s": 0.005,  # Track p99 at 1k calls/s
+    "rss_per_user": 2048.0,  # bytes of RSS per user (profiles + models + pending labels)
+}
+
+
+def _get(d: Any, *path: str | int) -> Any:
+    """``d[p0][p1]...``, or None where a key or index is missing."""
+    for p in path:
+        if isinstance(d, dict):
+            if p not in d:
+                return None
+            d = d[p]
+        elif isinstance(d, list | tuple) and isinstance(p, int) and -len(d) <= p < len(d):
+            d = d[p]
+        else:
+            return None
+    return d
+
+
+def _ok(x: Any) -> bool:
+    return isinstance(x, int | float) and not math.isnan(x)
+
+
+def eps(s: dict[str, Any] | None) -> str:
+    """``8,100/s [7,900–8,300]`` from a round summary."""
+    if not s or not _ok(s.get("median")):
+        return "—"
+    if len(s.get("rounds", [])) > 1:
+        return f"{s['median']:,.0f}/s [{s['min']:,.0f}–{s['max']:,.0f}]"
+    return f"{s['median']:,.0f}/s"
+
+
+def ms(s: dict[str, Any] | float | None) -> str:
+    """Milliseconds (with the rounds' spread for a summary)."""
+    if isinstance(s, dict):
+        if not _ok(s.get("median")):
+            return "—"
+        if len(s.get("rounds", [])) > 1:
+            return f"{s['median'] * 1e3:.1f} ms [{s['min'] * 1e3:.1f}–{s['max'] * 1e3:.1f}]"
+        return f"{s['median'] * 1e3:.1f} ms"
+    return f"{s * 1e3:.1f} ms" if s is not None and _ok(s) else "—"
+
+
+def nbytes(x: Any) -> str:
+    if not _ok(x):
+        return "—"
+    return f"{x / 1024:,.1f} KB" if x >= 1024 else f"{x:,.0f} B"
+
+
+def check(ok: bool | None) -> str:
+    return "—" if ok is None else ("PASS" if ok else "FAIL")
+
+
+def rows(doc: dict[str, Any]) -> list[list[str]]:
+    """metric, Portrait, naive peer, limit, ratio, target (verdict)."""
+    T = TARGETS
+    out: list[list[str]] = []
+    lim = _get(doc, "limit", "eps", "median")
+    e2e = _get(doc, "portrait", "batch", "eps", "median")
+    naive = _get(doc, "naive", "batch", "eps", "median")
+    ratios, verdict = [], []
+    if _ok(e2e) and _ok(lim):
+        ratios.append(f"{e2e / lim:.2f}× limit")
+        verdict.append(e2e / lim >= T["e2e_vs_limit"])
+    if _ok(e2e) and _ok(naive) and naive > 0:
+        ratios.append(f"{e2e / naive:,.0f}× naive")
+        verdict.append(e2e / naive >= T["e2e_vs_naive"])
+    if _ok(e2e):
+        verdict.append(e2e >= T["e2e_abs"])
+    out.append(["events/s, TrackBatch ×500, until visible", eps(_get(doc, "portrait", "batch", "eps")),
+                eps(_get(doc, "naive", "batch", "eps")), eps(_get(doc, "limit", "eps")), " · ".join(ratios) or "—",
+                f"≥0.7× limit, ≥25× naive, ≥5,000/s: {check(all(verdict) if verdict else None)}"])
+    pc = _get(doc, "portrait", "batch", "eps_per_server_cpu_s", "median")
+    lc = _get(doc, "limit", "eps_per_cpu_s", "median")
+    out.append(["events per CPU-second (TrackBatch server / limit)", eps(_get(doc, "portrait", "batch",
+                "eps_per_server_cpu_s")), "—", eps(_get(doc, "limit", "eps_per_cpu_s")),
+                f"{pc / lc:.2f}× limit" if _ok(pc) and _ok(lc) else "—", "(less sensitive to machine load)"])
+    st = _get(doc, "portrait", "stream", "eps", "median")
+    out.append(["events/s, TrackStream, until visible", eps(_get(doc, "portrait", "stream", "eps")), "—",
+                eps(_get(doc, "limit", "eps")), f"{st / lim:.2f}× limit" if _ok(st) and _ok(lim) else "—",
+                "(same as TrackBatch)"])
+    u99 = _get(doc, "portrait", "unary", "p99", "median")
+    rate = _get(doc, "sizes", "unary_rate") or 1000
+    out.append([f"Track latency p50 @{rate:,.0f}/s", ms(_get(doc, "portrait", "unary", "p50")), "—", "—", "—", ""])
+    errors: dict[str, int] = {}
+    for run in _get(doc, "portrait", "unary", "runs") or []:
+        for code, n in (run.get("errors") or {}).items():
+            errors[code] = errors.get(code, 0) + n
+    err = (" + errors: " + ", ".join(f"{n:,} {c}" for c, n in errors.items())) if errors else ""
+    out.append([f"Track latency p99 @{rate:,.0f}/s", ms(_get(doc, "portrait", "unary", "p99")) + err, "—", "—", "—",
+                f"≤5 ms: {check(u99 <= T['unary_p99_s'] and not errors if _ok(u99) else None)}"])
+    f99 = _get(doc, "portrait", "freshness", "p99", "median")
+    fe = _get(doc, "sizes", "fresh_eps") or 2000
+    out.append([f"freshness p50 @{fe:,.0f} ev/s (sent→readable)", ms(_get(doc, "portrait", "freshness", "p50")),
+                "—", "—", "—", ""])
+    missing = sum(r.get("missing", 0) for r in _get(doc, "portrait", "freshness", "runs") or [])
+    miss = f" ({missing:,} never seen: counted at give-up time)" if missing else ""
+    out.append([f"freshness p99 @{fe:,.0f} ev/s (sent→readable)",
+                ms(_get(doc, "portrait", "freshness", "p99")) + miss, "—", "—", "—",
+                f"≤100 ms: {check(f99 <= T['freshness_p99_s'] if _ok(f99) else None)}"])
+    fs = _get(doc, "portrait", "freshness_server")
+    out.append(["freshness p50 / p99, server histogram",
+                f"{ms(_get(fs, 'p50'))} / {ms(_get(fs, 'p99'))}" if fs else "—", "—", "—", "—", ""])
+    bpu = _get(doc, "memory", "bytes_per_user")
+    out.append(["RSS per user: profiles+models+labels",
+                f"{nbytes(bpu)} ({bpu * 1e5 / 2**20:,.0f} MB/100k users)" if _ok(bpu) else "—", "—", "—",
+                f"{_get(doc, 'memory', 'events_per_user') or 0:.0f} events/user",
+                f"≤2 KB: {check(bpu <= T['rss_per_user'] if _ok(bpu) else None)}"])
+    out.append(["dedupe, RSS per remembered event id", nbytes(_get(doc, "memory", "dedupe_bytes_per_id")), "—", "—",
+                "—", "(bounded by PORTRAIT_DEDUPE_CAPACITY)"])
+    srv = _get(doc, "portrait", "server_rss_per_user")
+    out.append(["server RSS growth per user added (whole run)",
+                f"{nbytes(srv)} ({_get(doc, 'portrait', 'server_users') or 0:,.0f} users)" if _ok(srv) else "—",
+                "—", "—", "—", "(incl. dedupe ids, allocator slack)"])
+    rb = _get(doc, "portrait", "redis", "bytes_per_user")
+    rd = _get(doc, "portrait", "redis", "used_memory_delta_per_user")
+    out.append(["Redis bytes per user (MEMORY USAGE / used_memory Δ)",
+                f"{nbytes(rb)} / {nbytes(rd)}" if _ok(rb) else "—", "—", "—", "—", ""])
+    base = None
+    for r in doc.get("scaling") or []:
+        e = _get(r, "eps", "median")
+        base = base or e
+        out.append([f"limit events/s with {r['population']:,} users in memory", "—", "—", eps(r.get("eps")),
+                    f"{e / base:.2f}× of {doc['scaling'][0]['population']:,}" if _ok(e) and base else "—",
+                    f"RSS {nbytes(r.get('rss_per_user'))}/user, {r.get('rss_bytes', 0) / 2**20:,.0f} MB"
+                    + (f", GC {100 * max(r['gc_share_rounds']):.0f}% of time" if r.get("gc_share_rounds") else "")])
+    return out
+
+
+HEAD = ["metric", "Portrait", "naive peer", "limit", "ratio", "target"]
+
+
+def print_table(doc: dict[str, Any]) -> None:
+    """Print the table (and any phase errors)."""
+    data = rows(doc)
+    title = (f"Portrait benchmark — {doc.get('mode')} — {doc.get('timestamp')} — "
+             f"{_get(doc, 'stream', 'events') or 0:,} events, {_get(doc, 'sizes', 'rounds')} round(s), "
+             f"load {_get(doc, 'machine', 'load_before', 0) or 0:.2f}")
+    try:
+        from rich.console import Console
+        from rich.table import Table
+
+        t = Table(title=title, show_lines=False)
+        for h in HEAD:
+            t.add_column(h, overflow="fold")
+        for r in data:
+            t.add_row(*r)
+        Console(width=200).print(t)
+    except ImportError:
+        widths = [max(len(r[i]) for r in [HEAD, *data]) for i in range(len(HEAD))]
+        print(title)
+        for r in [HEAD, *data]:
+            print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+    stages = _get(doc, "portrait", "stages")
+    if stages:
+        print("server time per stage (TrackBatch rounds): "
+              + ", ".join(f"{k} {v['pct']}%" for k, v in sorted(stages.items(), key=lambda kv: -kv[1]["seconds"])))
+    for kind in ("batch", "stream"):
+        busy = [r["server_cores_busy"] for r in _get(doc, "portrait", kind, "runs") or [] if "server_cores_busy" in r]
+        if busy:
+            print(f"server CPU during Track{kind.title()} rounds: {', '.join(f'{x:.2f}' for x in busy)} cores busy "
+                  f"(of {_get(doc, 'machine', 'cpus')}; ~1.0 = the event loop + GIL saturated)")
+    for where, key in (("limit", "profile"), ("portrait", "profile"), ("portrait", "profile_stream")):
+        prof = _get(doc, where, key)
+        if prof and prof.get("top_self"):
+            name = f"{where} {key.replace('profile', '').strip('_') or ('TrackBatch' if where == 'portrait' else '')}"
+            top = ", ".join(f"{x['function']} {x.get('pct_of_busy', x.get('own_pct'))}%" for x in prof["top_self"][:6])
+            libs = ", ".join(f"{x['function']} {x['pct_of_busy']}%" for x in prof.get("self_by_library", [])[:6])
+            print(f"hot spots ({name.strip()}, {prof.get('tool')}, own time): {top}")
+            if libs:
+                print(f"  by library: {libs}")
+    for k, v in (doc.get("errors") or {}).items():
+        print(f"ERROR in {k}: {v}")
+
+
+def write_json(doc: dict[str, Any], results: Path, stamp: str, latest: str = "latest.json") -> list[Path]:
+    """Write ``<stamp>.json`` and, unless ``latest`` is empty, ``latest``; NaN becomes null."""
+    text = json.dumps(_clean(doc), indent=1, sort_keys=False) + "\n"
+    paths = [results / f"{stamp}.json"]
+    if latest:
+        paths.append(results / latest)
+    for p in paths:
+        p.write_text(text)
+    return paths
+
+
+def _clean(x: Any) -> Any:
+    if isinstance(x, float) and (math.isnan(x) or math.isinf(x)):
+        return None
+    if isinstance(x, dict):
+        return {str(k): _clean(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_clean(v) for v in x]
+    return x
