@@ -35,6 +35,8 @@ PROPENSITY_INPUTS = (
     "conversion_rate_30d", "log_hours_since_purchase", "never_purchased", "log_days_since_first_seen",
     *(f"is_{t.name.lower()}" for t in EventType), "hour_sin", "hour_cos",
 )
+_TYPE_VALUES = tuple(int(t) for t in EventType)  # iterating an Enum is slow on the hot path
+_COUNTS_30D = tuple(f"{t.plural}_30d" for t in EventType)
 SEGMENT_INPUTS = (
     "log_days_since_purchase", "log_events_30d", "log_spend_30d", "log_avg_order_value", "log_categories",
     "log_sessions_7d", "log_purchases_30d",
@@ -71,7 +73,7 @@ class Propensity:
         xs.append(_since(t, last_purchase, HOUR) if last_purchase else 0.0)
         xs.append(0.0 if last_purchase else 1.0)
         xs.append(_since(t, features["first_seen_ts"], DAY))
-        xs.extend(1.0 if int(et) == event_type else 0.0 for et in EventType)
+        xs.extend(1.0 if v == event_type else 0.0 for v in _TYPE_VALUES)
         angle = 2 * math.pi * ((t % DAY) / DAY)
         xs.extend((math.sin(angle), math.cos(angle)))
         return tuple(xs)
@@ -122,7 +124,7 @@ class Segmenter:
         last_purchase = features["last_purchase_ts"] or features["first_seen_ts"]
         return (
             _since(t, last_purchase, DAY),
-            math.log1p(sum(features[f"{et.plural}_30d"] for et in EventType)),
+            math.log1p(sum(features[n] for n in _COUNTS_30D)),
             math.log1p(features["spend_30d"]),
             math.log1p(features["avg_order_value"]),
             math.log1p(categories),

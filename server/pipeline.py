@@ -293,13 +293,17 @@ class Pipeline:
         order = sorted(range(len(candidates)), key=lambda i: -scores[i])
         return [(candidates[i][0], scores[i]) for i in order]
 
-    def refresh_gauges(self) -> None:
-        """Update the gauges that summarise state (called periodically, not per event)."""
+    def refresh_gauges(self, quality: bool = True) -> None:
+        """Update the gauges that summarise state (called periodically, not per event); ``quality``
+        also recomputes the exact rolling AUC / log loss (O(window log window): not every second)."""
         m = self.metrics
         m.users.set(len(self.profiles))
         m.pending_labels.labels(model=PROPENSITY).set(len(self.labels))
         for i, n in enumerate(self.segment_sizes):
             m.segment_users.labels(segment=str(i)).set(n)
+        if not quality:
+            m.pending_labels.labels(model=ITEM).set(len(self.ranker.labels))
+            return
         m.model_roc_auc.labels(model=PROPENSITY).set(self.quality.roc_auc())
         m.model_log_loss.labels(model=PROPENSITY).set(self.quality.log_loss())
         m.pending_labels.labels(model=ITEM).set(len(self.ranker.labels))
