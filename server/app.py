@@ -45,6 +45,9 @@ def pipeline_config(s: Settings) -> PipelineConfig:
         propensity_horizon_s=s.propensity_horizon_s, decision_interval_s=s.decision_interval_s,
         allowed_lateness_s=s.allowed_lateness_s, max_pending_labels=s.max_pending_labels,
         segments=s.segments, dedupe_capacity=s.dedupe_capacity, quality_window=s.quality_window,
+        item_horizon_s=s.item_horizon_s, item_decision_interval_s=s.item_decision_interval_s,
+        max_pending_item_labels=s.max_pending_item_labels, item_decision_sample=s.item_decision_sample,
+        item_history=s.item_history, max_items=s.max_items, risk_threshold=s.risk_threshold,
     )
 
 

@@ -57,6 +57,20 @@ class Settings(BaseSettings):
     """Watermark = max event time seen - this; a decision turns negative when the watermark passes t + H."""
     max_pending_labels: int = Field(default=1_000_000, ge=1)
     """Hard cap on pending decisions in memory; beyond it new decisions are not recorded."""
+    item_horizon_s: float = Field(default=86_400.0, gt=0)
+    """Item model horizon H_item: 'will the user buy this item within H_item after touching it?'."""
+    item_decision_interval_s: float = Field(default=3600.0, ge=0)
+    """At most one item decision per (user, item, action class) per this many seconds."""
+    max_pending_item_labels: int = Field(default=500_000, ge=1)
+    """Hard cap on pending item decisions (~550 bytes each); beyond it new ones are not recorded."""
+    item_decision_sample: float = Field(default=1.0, gt=0, le=1)
+    """Share of (user, item) pairs whose decisions are recorded (deterministic); lower it at high traffic."""
+    item_history: int = Field(default=20, ge=1)
+    """Recently touched items remembered per user (history features of the item model)."""
+    max_items: int = Field(default=200_000, ge=1)
+    """Items with popularity/conversion statistics in memory (least recently seen dropped first)."""
+    risk_threshold: float = Field(default=0.94, ge=0, le=1)
+    """A user whose decayed risk score is at least this gets the `suspicious` tag."""
     segments: int = Field(default=8, ge=2, le=64)
     """Number of KMeans user segments (ids 0..k-1)."""
     dedupe_capacity: int = Field(default=1_000_000, ge=1)
