@@ -70,6 +70,40 @@ def stub(channel: grpc.aio.Channel) -> object:
     return portrait_pb2_grpc.ProfileServiceStub(channel)
 
 
+def scrape(metrics_port: int, name: str, labels: dict[str, str] | None = None) -> float:
+    """One sample from a server's /metrics (0.0 when absent)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics") as r:
+        text = r.read().decode()
+    want = name + ("{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}" if labels else "")
+    for line in text.splitlines():
+        if line.startswith(want + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def wait_serving(target: str, proc: object, timeout_s: float = 120.0, log: object = None) -> None:
+    """Await gRPC health SERVING from a child process (fail early if it exits)."""
+    import time
+
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(target) as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:  # type: ignore[attr-defined]
+                raise AssertionError(f"server exited with {proc.returncode}: {log() if log else ''}")  # type: ignore[attr-defined, operator]
+            try:
+                r = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1, wait_for_ready=True)
+                if r.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+    raise AssertionError("server did not become SERVING")
+
+
 class ServerProcess:
     """`python -m server serve` as a real child process (for crash, outage and fuzz tests)."""
 
@@ -103,23 +137,7 @@ class ServerProcess:
         return f"127.0.0.1:{self.port}"
 
     def wait_serving(self, timeout_s: float = 120.0) -> None:
-        import time
-
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-        deadline = time.monotonic() + timeout_s
-        with grpc.insecure_channel(self.target) as ch:
-            stub = health_pb2_grpc.HealthStub(ch)
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    raise AssertionError(f"server exited with {self.proc.returncode}: {self.log()}")
-                try:
-                    r = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1, wait_for_ready=True)
-                    if r.status == health_pb2.HealthCheckResponse.SERVING:
-                        return
-                except grpc.RpcError:
-                    pass
-        raise AssertionError("server did not become SERVING")
+        wait_serving(self.target, self.proc, timeout_s, self.log)
 
     def log(self) -> str:
         self._log.flush()
@@ -145,12 +163,4 @@ class ServerProcess:
         return 0
 
     def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
-        import urllib.request
-
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics") as r:
-            text = r.read().decode()
-        want = name + ("{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}" if labels else "")
-        for line in text.splitlines():
-            if line.startswith(want + " "):
-                return float(line.split()[-1])
-        return 0.0
+        return scrape(self.metrics_port, name, labels)

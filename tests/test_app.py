@@ -9,13 +9,9 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-from tests.conftest import ROOT, uid
+from tests.conftest import ROOT, uid, wait_serving
 
 PORTRAIT = [sys.executable, "-m", "server"]
 
@@ -27,18 +23,7 @@ def _free_port() -> int:
 
 
 def _wait_serving(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-        stub = health_pb2_grpc.HealthStub(ch)
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, "server exited during start-up"
-            try:
-                r = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1, wait_for_ready=True)
-                if r.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-        raise AssertionError("server did not become SERVING")
+    wait_serving(f"127.0.0.1:{port}", proc, timeout_s)
 
 
 def test_serve_embedded_cli_other_process_feast_and_sigterm(tmp_path: Path) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import urllib.request
 from typing import Any
 
 import grpc
@@ -14,7 +13,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 
 from server._gen.portrait.v1 import portrait_pb2 as pb
-from tests.conftest import uid
+from tests.conftest import scrape, uid
 
 NOW = time.time()
 
@@ -28,13 +27,7 @@ def ev(user: str, type_: int = pb.EVENT_TYPE_VIEW, t: float | None = None, **kw:
 
 
 def metric(server: Any, name: str, labels: dict[str, str] | None = None) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics") as r:
-        text = r.read().decode()
-    want = name + ("{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}" if labels else "")
-    for line in text.splitlines():
-        if line.startswith(want + " "):
-            return float(line.split()[-1])
-    return 0.0
+    return scrape(server.metrics_port, name, labels)
 
 
 async def test_track_then_get_profile_reads_back_through_feast(stub: Any) -> None:
