@@ -82,7 +82,7 @@ class Pipeline:
     """Owns every profile and model; one call per event, one thread."""
 
     #: Attributes that are wiring, not state: never checkpointed (see ``state``).
-    TRANSIENT = ("config", "metrics", "on_change", "on_label", "_stage")
+    TRANSIENT = ("config", "metrics", "on_change", "on_label", "_stage", "_counted")
 
     def __init__(self, config: PipelineConfig, metrics: Metrics,
                  on_change: Callable[[str], Any] | None = None,
@@ -104,6 +104,9 @@ class Pipeline:
                              quality_window=config.quality_window, sample=config.item_decision_sample)
         self.risk = Risk(threshold=config.risk_threshold)
         self._row_ts: dict[str, int] = {}
+        # the per-event counters, resolved once (a labels() lookup per event was measurable)
+        self._counted = {(t, o): metrics.events.labels(event_type=t.name.lower(), outcome=o)
+                         for t in EventType for o in ("accepted", "duplicate")}
         self._stage = {s: metrics.stage_duration.labels(stage=s) for s in
                        ("validate", "dedupe", "profile", "labels", "ranking", "risk", "models")}
 
@@ -136,9 +139,11 @@ class Pipeline:
         t0 = time.perf_counter()
         if self.dedupe.seen_or_add(e.event_id):
             stage["dedupe"].observe(time.perf_counter() - t0)
-            self.metrics.events.labels(event_type=etype.name.lower(), outcome="duplicate").inc()
+            self._counted[etype, "duplicate"].inc()
             p = self.profiles.get(e.user_id)
-            return Outcome(True, p.version if p else 0, self._score(e.user_id) if p else 0.0, p.segment if p else -1)
+            if p is None:
+                return Outcome(True, 0, 0.0, -1)
+            return Outcome(True, p.version, self._score(e.user_id) if score else math.nan, p.segment)
         t1 = time.perf_counter()
         stage["dedupe"].observe(t1 - t0)
         t = float(e.event_time)  # type: ignore[arg-type]
@@ -177,7 +182,7 @@ class Pipeline:
             self.segment_sizes[segment] += 1
             profile.segment = segment
         stage["models"].observe(time.perf_counter() - t5)
-        self.metrics.events.labels(event_type=etype.name.lower(), outcome="accepted").inc()
+        self._counted[etype, "accepted"].inc()
         if self.on_change:
             self.on_change(e.user_id)
         return Outcome(False, profile.version, profile.propensity, segment)
