@@ -67,6 +67,7 @@ class Durability:
         self.log = EventLog(Path(data_dir) / "log", segment_bytes=segment_bytes, fsync=fsync)
         self.checkpoint_seconds = 0.0
         self._checkpointed_at = self.log.next_offset
+        self._checkpointing = asyncio.Lock()
 
     # -- start-up -----------------------------------------------------------------------------
     def recover(self) -> RecoveryReport:
@@ -129,6 +130,10 @@ class Durability:
     async def checkpoint(self) -> Path:
         """Snapshot the state (synchronously: a consistent cut), make the log durable up to it,
         write the checkpoint, then delete log segments it makes unnecessary."""
+        async with self._checkpointing:  # one at a time: the periodic task and close() may overlap
+            return await self._checkpoint()
+
+    async def _checkpoint(self) -> Path:
         t0 = time.perf_counter()
         offset = self.log.next_offset
         dirty, offline_rows = self.materializer.snapshot()
