@@ -18,6 +18,8 @@ from __future__ import annotations
 import logging
 import os
 import struct
+import time
+import uuid
 import zlib
 from pathlib import Path
 
@@ -52,7 +54,7 @@ def write_checkpoint(directory: str | Path, offset: int, body: bytes) -> Path:
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     final = d / f"{PREFIX}{offset:020d}{SUFFIX}"
-    tmp = final.with_suffix(".tmp")
+    tmp = d / f"{PREFIX}{offset:020d}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"  # unique: writers never clash
     with open(tmp, "wb") as fh:
         fh.write(MAGIC + HEADER.pack(offset, len(body), zlib.crc32(body)))
         fh.write(body)
@@ -94,7 +96,8 @@ def prune(directory: str | Path, keep: int = 2) -> list[Path]:
     """Delete all but the newest ``keep`` checkpoints (and stale temp files)."""
     d = Path(directory)
     removed = [p for _, p in checkpoints(d)[keep:]]
-    removed += list(d.glob(f"{PREFIX}*.tmp"))
+    stale = time.time() - 3600  # a temp file this old belongs to no running writer
+    removed += [p for p in d.glob(f"{PREFIX}*.tmp") if p.stat().st_mtime < stale]
     for p in removed:
         p.unlink(missing_ok=True)
     return removed

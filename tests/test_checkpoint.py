@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -46,7 +47,9 @@ def test_none_when_there_is_no_valid_checkpoint(tmp_path: Path) -> None:
 def test_prune_keeps_the_newest_and_removes_temp_files(tmp_path: Path) -> None:
     for off in (1, 2, 3, 4):
         write_checkpoint(tmp_path, off, b"s")
-    (tmp_path / "ckpt-00000000000000000009.tmp").write_bytes(b"partial")
+    old_tmp = tmp_path / "ckpt-00000000000000000009.tmp"
+    old_tmp.write_bytes(b"partial")
+    os.utime(old_tmp, (0, 0))  # left by a writer long gone
     removed = prune(tmp_path, keep=2)
     assert len(removed) == 3
     assert [o for o, _ in checkpoints(tmp_path)] == [4, 3]
