@@ -21,11 +21,13 @@ from server._gen.portrait.v1 import portrait_pb2, portrait_pb2_grpc
 from server.config import Settings, redis_url_to_feast
 from server.durability import Durability, RecoveryReport
 from server.embedded_redis import EmbeddedRedis
-from server.features import OfflineLog, OnlineStore, apply_definitions, open_store, set_feast_env
+from server.erasure import load_salt
+from server.features import OfflineLog, OnlineStore, apply_definitions, offline_dir, open_store, set_feast_env
 from server.interceptors import ServerInterceptor
 from server.materialize import Materializer
 from server.metrics import Metrics
 from server.pipeline import Pipeline, PipelineConfig
+from server.pseudonym import Pseudonymizer, PseudonymKeyError
 from server.security import AuthInterceptor, SecurityConfigError, access_policy
 from server.service import ProfileCore
 from server.servicer import ProfileServicer
@@ -48,6 +50,7 @@ def pipeline_config(s: Settings) -> PipelineConfig:
         item_horizon_s=s.item_horizon_s, item_decision_interval_s=s.item_decision_interval_s,
         max_pending_item_labels=s.max_pending_item_labels, item_decision_sample=s.item_decision_sample,
         item_history=s.item_history, max_items=s.max_items, risk_threshold=s.risk_threshold,
+        erasure_salt=load_salt(s.data_dir),
     )
 
 
@@ -93,8 +96,14 @@ class PortraitServer:
         """Bring everything up; when this returns the server answers on ``grpc_port``."""
         s = self.settings
         policy = access_policy(s)  # first: an unsafe or broken configuration refuses to start at once
+        try:
+            ids = Pseudonymizer.load(s.pseudonym_key_file)
+        except PseudonymKeyError as exc:
+            raise SecurityConfigError(str(exc)) from None
         for line in policy.describe():
             log.info("%s", line)
+        if ids.enabled:
+            log.info("user ids are stored as pseudonyms (key version %s of %d)", ids.keys[-1][0], len(ids.keys))
         data_dir = Path(s.data_dir).resolve()
         data_dir.mkdir(parents=True, exist_ok=True)
         if s.redis_url:
@@ -121,7 +130,7 @@ class PortraitServer:
             await durability.commit()
 
         materializer = Materializer(
-            pipeline.row, writer.write, offline.append, self.metrics, before_write=log_durable,
+            pipeline.row, writer.write, offline.append, self.metrics, delete=writer.delete, before_write=log_durable,
             flush_interval_s=s.flush_interval_s, flush_max_rows=s.flush_max_rows,
             offline_roll_s=s.offline_roll_s, offline_roll_rows=s.offline_roll_rows,
             max_backoff_s=s.retry_max_backoff_s,
@@ -132,7 +141,10 @@ class PortraitServer:
         self.recovery = await asyncio.to_thread(durability.recover)
         self.durability = durability
         self.core = ProfileCore(pipeline, materializer, OnlineStore(reader_store), durability,
-                                max_log_backlog_bytes=s.max_log_backlog_bytes)
+                                max_log_backlog_bytes=s.max_log_backlog_bytes, ids=ids,
+                                offline_dir=offline_dir(data_dir), erase_timeout_s=s.erase_timeout_s,
+                                # the embedded Redis keeps its files in the data dir: rewrite them too
+                                rewrite_online=writer.rewrite_persistence if self.embedded else None)
 
         # Outermost first: metrics, errors and time limits see every call, including refused ones.
         interceptors: list[grpc.aio.ServerInterceptor] = [ServerInterceptor(
@@ -158,6 +170,7 @@ class PortraitServer:
         self._server = server
         self._tasks.append(asyncio.create_task(self._refresh_gauges(), name="gauges"))
         self._tasks.append(asyncio.create_task(durability.run(), name="checkpoints"))
+        self._tasks.append(asyncio.create_task(self._compact_periodically(), name="compaction"))
         for name in ("", SERVICE_NAME, ONLINE_STORE_HEALTH):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("serving portrait.v1.ProfileService on %s:%d, metrics on http://%s:%d/metrics",
@@ -179,6 +192,16 @@ class PortraitServer:
                     health_pb2.HealthCheckResponse.NOT_SERVING
                 await self._health.set(ONLINE_STORE_HEALTH, status)
             await asyncio.sleep(GAUGE_REFRESH_S)
+
+    async def _compact_periodically(self) -> None:
+        assert self.core is not None
+        while True:
+            await asyncio.sleep(self.settings.compact_interval_s)
+            if self.core.pipeline.erasures.pending:
+                try:
+                    await self.core.compact()
+                except Exception:
+                    log.exception("compaction failed; erased users stay pending for the next one")
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Health NOT_SERVING, stop accepting, finish in-flight RPCs, flush pending rows,

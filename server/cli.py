@@ -50,6 +50,20 @@ def _parser() -> argparse.ArgumentParser:
     replay_log.add_argument("--from-start", action="store_true",
                             help="ignore checkpoints: replay the log from its oldest retained record")
 
+    for name, help_ in (("delete-user", "erase a user (admin key): online row and memory now, stored files at the "
+                                        "next compaction; later events are suppressed"),
+                        ("unsuppress", "accept an erased user's events again (admin key)")):
+        cmd = sub.add_parser(name, help=help_)
+        cmd.add_argument("user_id")
+        cmd.add_argument("--target", default=None)
+        _connection_arguments(cmd)
+    compact = sub.add_parser("compact", help="rewrite stored files without erased users now (admin key)")
+    compact.add_argument("--target", default=None)
+    _connection_arguments(compact)
+    pseud = sub.add_parser("pseudonym", help="print the stored id (pseudonym) of a user id under "
+                                              "$PORTRAIT_PSEUDONYM_KEY_FILE, e.g. to read Feast directly")
+    pseud.add_argument("user_id")
+
     sub.add_parser("settings", help="print the configuration table (markdown, as in README)")
     sub.add_parser("metrics", help="print the metrics table (markdown, as in README)")
 
@@ -144,6 +158,14 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings()
         logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         return rebuild(settings, from_start=args.from_start)
+    if args.command in ("delete-user", "unsuppress", "compact"):
+        return _admin(args)
+    if args.command == "pseudonym":
+        from server.config import Settings
+        from server.pseudonym import Pseudonymizer
+
+        print(Pseudonymizer.load(Settings().pseudonym_key_file).map(args.user_id))
+        return 0
     if args.command == "settings":
         from server.config import markdown_table
 
@@ -216,6 +238,26 @@ def _profile(args: argparse.Namespace) -> int:
             print(f"{err.code().name}: {err.details()}", file=sys.stderr)
             return 1
     print(json_format.MessageToJson(prof, preserving_proto_field_name=True, always_print_fields_with_no_presence=True))
+    return 0
+
+
+def _admin(args: argparse.Namespace) -> int:
+    import grpc
+
+    with _client(args) as c:
+        try:
+            if args.command == "delete-user":
+                print(f"erased (held data: {'yes' if c.delete_user(args.user_id) else 'no'}); stored files are "
+                      "rewritten at the next compaction (`portrait compact`)")
+            elif args.command == "unsuppress":
+                print("suppression lifted" if c.unsuppress_user(args.user_id) else "the user was not suppressed")
+            else:
+                r = c.compact()
+                print(f"compacted {r.erased_users} erased users: {r.offline_files} offline files, "
+                      f"{r.log_segments} log segments, {r.checkpoints} checkpoints rewritten")
+        except grpc.RpcError as err:
+            print(f"{err.code().name}: {err.details()}", file=sys.stderr)
+            return 1
     return 0
 
 

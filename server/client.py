@@ -152,3 +152,16 @@ class PortraitClient:
             user_id=user_id, attributes=pb.UserAttributes(age=age, gender=gender, region=region)),
             timeout=self.timeout_s)
         return int(r.profile_version)
+
+    def delete_user(self, user_id: str) -> bool:
+        """Erase a user (admin key); True if the server held data for them."""
+        return bool(self.stub.DeleteUser(pb.DeleteUserRequest(user_id=user_id), timeout=self.timeout_s).existed)
+
+    def unsuppress_user(self, user_id: str) -> bool:
+        """Accept an erased user's events again (admin key); True if they were suppressed."""
+        r = self.stub.UnsuppressUser(pb.UnsuppressUserRequest(user_id=user_id), timeout=self.timeout_s)
+        return bool(r.was_suppressed)
+
+    def compact(self, timeout_s: float | None = None) -> pb.CompactResponse:
+        """Rewrite stored files without erased users now (admin key; may take minutes on big data dirs)."""
+        return self.stub.Compact(pb.CompactRequest(), timeout=timeout_s)

@@ -121,6 +121,12 @@ class Settings(BaseSettings):
     """PEM CA certificate(s): clients must present a certificate issued by them (mutual TLS)."""
     allow_insecure: bool = False
     """Allow a non-loopback bind without TLS or without authentication (e.g. behind a mesh doing mTLS)."""
+    pseudonym_key_file: Path | None = None
+    """File of `VERSION:HEX_SECRET` lines (last = active): user ids are stored as keyed HMAC pseudonyms."""
+    compact_interval_s: float = Field(default=86_400.0, gt=0)
+    """Compaction (stored files rewritten without erased users) runs this often while erasures wait."""
+    erase_timeout_s: float = Field(default=10.0, gt=0)
+    """DeleteUser waits this long for the online row's deletion (then UNAVAILABLE; the erasure still completes)."""
     api_keys: Path | None = None
     """File of `ROLE:SHA256_HEX` lines (ingest, read, admin); RPCs but health need `authorization: Bearer KEY`."""
     reflection: bool | None = None

@@ -51,13 +51,14 @@ def batch_response(r: BatchResult) -> pb.TrackBatchResponse:
         duplicates=r.duplicates,
         rejected=[pb.EventError(index=i, event_id=eid, field=err.field, message=err.message)
                   for i, eid, err in r.rejected],
+        suppressed=r.suppressed,
     )
 
 
 def batch_from_response(m: pb.TrackBatchResponse) -> BatchResult:
     """TrackBatchResponse -> BatchResult (client side)."""
     return BatchResult(m.accepted, m.duplicates,
-                       [(x.index, x.event_id, FieldError(x.field, x.message)) for x in m.rejected])
+                       [(x.index, x.event_id, FieldError(x.field, x.message)) for x in m.rejected], m.suppressed)
 
 
 def profile_to_proto(row: dict[str, Any]) -> pb.Profile:

@@ -1,7 +1,9 @@
 """Durability: every accepted change goes to the event log before it is acknowledged;
 checkpoints of the whole state let a restart load the newest one and replay the log after it.
 
-Record kinds in the log: ``E`` + an event (protobuf bytes), ``A`` + JSON attributes.
+Record kinds in the log: ``E`` + an event (protobuf bytes), ``A`` + JSON attributes,
+``D`` + JSON ``{"digest", "at"}`` (an erasure; ``server.erasure``), ``U`` + a digest (suppression
+lifted), ``X`` (a record compaction removed: offsets stay), ``N`` (no-op: closes a segment).
 The pipeline applies a change and the log records it in the same synchronous step,
 so the log order is the apply order and a replay reproduces the state exactly.
 """
@@ -14,11 +16,13 @@ import logging
 import os
 import pickle
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from server import checkpoint, convert
+from server import checkpoint, compaction, convert
+from server.erasure import Erasures
 from server.eventlog import EventLog
 from server.events import Event
 from server.materialize import Materializer
@@ -26,7 +30,7 @@ from server.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 
-EVENT, ATTRIBUTES = b"E", b"A"
+EVENT, ATTRIBUTES, ERASE, UNSUPPRESS, TOMBSTONE, NOOP = b"E", b"A", b"D", b"U", b"X", b"N"
 
 
 @dataclass(frozen=True)
@@ -40,17 +44,42 @@ class RecoveryReport:
     seconds: float
 
 
-def apply_record(pipeline: Pipeline, payload: bytes) -> str | None:
-    """Apply one log record to ``pipeline``; return the user it changed (None if nothing changed)."""
+def apply_record(pipeline: Pipeline, payload: bytes, offset: int = -1,
+                 on_erase: Callable[[str], Any] | None = None) -> str | None:
+    """Apply one log record to ``pipeline``; return the user it changed (None if nothing changed).
+    ``on_erase`` gets the stored id of a user an erasure record dropped."""
     kind, body = payload[:1], payload[1:]
     if kind == EVENT:
         e = convert.event_from_bytes(body)
-        return None if pipeline.apply(e, score=False).duplicate else e.user_id
+        out = pipeline.apply(e, score=False)
+        return None if out.duplicate or out.suppressed else e.user_id
     if kind == ATTRIBUTES:
         a = json.loads(body)
         pipeline.update_attributes(a["user_id"], a["age"], a["gender"], a["region"])
         return str(a["user_id"])
+    if kind == ERASE:
+        d = json.loads(body)
+        user = pipeline.erase_digest(d["digest"], offset, d["at"])
+        if user is not None and on_erase is not None:
+            on_erase(user)
+        return None
+    if kind == UNSUPPRESS:
+        u = json.loads(body)
+        pipeline.unsuppress(u["digest"], u["at"])
+        return None
+    if kind in (TOMBSTONE, NOOP):
+        return None
     raise ValueError(f"unknown log record kind {kind!r}")
+
+
+def record_user(payload: bytes) -> str | None:
+    """The stored user id a record holds (events and attribute updates), for compaction."""
+    kind, body = payload[:1], payload[1:]
+    if kind == EVENT:
+        return convert.event_from_bytes(body).user_id
+    if kind == ATTRIBUTES:
+        return str(json.loads(body)["user_id"])
+    return None
 
 
 class Durability:
@@ -80,7 +109,7 @@ class Durability:
             start, body, path = found
             state = pickle.loads(body)
             self.pipeline.load_state(state["pipeline"])
-            self.materializer.restore(state["dirty"], state["offline_rows"])
+            self.materializer.restore(state["dirty"], state["offline_rows"], state.get("deletes", ()))
             log.info("loaded checkpoint %s (log offset %d, %d users)", path.name, start,
                      len(self.pipeline.profiles))
         first = self.log.first_offset()
@@ -88,8 +117,8 @@ class Durability:
             log.warning("the log starts at offset %d but the checkpoint is at %d: records %d..%d are gone; "
                         "profiles miss them", first, start, start, first - 1)
         replayed = 0
-        for _, payload in self.log.read_from(start):
-            user = apply_record(self.pipeline, payload)
+        for offset, payload in self.log.read_from(start):
+            user = apply_record(self.pipeline, payload, offset, self.materializer.forget)
             if user is not None:
                 self.materializer.mark_quiet(user)
             replayed += 1
@@ -111,6 +140,14 @@ class Durability:
         """Record an applied attribute update."""
         body = json.dumps({"user_id": user_id, "age": age, "gender": gender, "region": region})
         self.log.append(ATTRIBUTES + body.encode())
+
+    def log_erasure(self, digest: str, at: float) -> int:
+        """Record an erasure (by digest only); returns its log offset."""
+        return self.log.append(ERASE + json.dumps({"digest": digest, "at": at}).encode())
+
+    def log_unsuppress(self, digest: str, at: float) -> None:
+        """Record that a suppression was lifted."""
+        self.log.append(UNSUPPRESS + json.dumps({"digest": digest, "at": at}).encode())
 
     async def commit(self) -> None:
         """Return once everything recorded so far is durable.
@@ -137,8 +174,8 @@ class Durability:
         t0 = time.perf_counter()
         offset = self.log.next_offset
         dirty, offline_rows = self.materializer.snapshot()
-        body = pickle.dumps({"pipeline": self.pipeline.state(), "dirty": dirty, "offline_rows": offline_rows},
-                            protocol=pickle.HIGHEST_PROTOCOL)
+        body = pickle.dumps({"pipeline": self.pipeline.state(), "dirty": dirty, "offline_rows": offline_rows,
+                             "deletes": self.materializer.pending_deletes()}, protocol=pickle.HIGHEST_PROTOCOL)
         await self.log.commit()
         path = await asyncio.to_thread(checkpoint.write_checkpoint, self.checkpoint_dir, offset, body)
         await asyncio.to_thread(checkpoint.prune, self.checkpoint_dir)
@@ -180,6 +217,59 @@ class Durability:
             await self.checkpoint()
         await self.log.commit()
         self.log.close()
+
+    # -- compaction ------------------------------------------------------------------------------
+    async def compact(self, offline_dir: Path, rewrite_online: Callable[[], Any] | None = None
+                      ) -> compaction.CompactionReport:
+        """Rewrite every stored file holding a user erased since the last compaction (see
+        ``server.compaction``): roll the log, write a fresh checkpoint (the in-memory state is already
+        clean), then rewrite closed log segments, older checkpoints and offline parquet parts, and
+        (``rewrite_online``) the online store's own files. Erasures whose online row is not deleted yet
+        wait for the next compaction."""
+        async with self._checkpointing:
+            t0 = time.perf_counter()
+            erasures = self.pipeline.erasures
+            waiting = {erasures.digest(u) for u in self.materializer.pending_deletes()}
+            todo = {d: v for d, v in erasures.pending.items() if d not in waiting}
+            if not todo:
+                return compaction.CompactionReport()
+            frozen = erasures.subset(todo)
+            await self.log.roll(NOOP)
+            await self._checkpoint()
+            report = compaction.CompactionReport(erased_users=len(todo))
+            report.log_segments = await asyncio.to_thread(compaction.compact_log, self.log, frozen, record_user,
+                                                          TOMBSTONE)
+            report.checkpoints = await asyncio.to_thread(
+                compaction.compact_checkpoints, self.checkpoint_dir, frozen, lambda s: self._erase_state(s, frozen))
+            compaction.remove_temp_files(self.checkpoint_dir)
+            async with self.materializer.offline_lock:
+                report.offline_files = await asyncio.to_thread(compaction.compact_offline, offline_dir, frozen)
+                compaction.remove_temp_files(offline_dir)
+            if rewrite_online is not None:
+                await asyncio.to_thread(rewrite_online)
+            for d, v in todo.items():  # done, unless erased again meanwhile
+                if erasures.pending.get(d) == v:
+                    del erasures.pending[d]
+            report.seconds = time.perf_counter() - t0
+            log.info("compaction: %d erased users; rewrote %d log segments, %d checkpoints, %d offline files "
+                     "in %.2f s", report.erased_users, report.log_segments, report.checkpoints,
+                     report.offline_files, report.seconds)
+            return report
+
+    def _erase_state(self, state: dict[str, Any], erasures: Erasures) -> dict[str, Any]:
+        """A checkpoint's state without the users of ``erasures`` (worker thread; a scratch pipeline)."""
+        from prometheus_client import CollectorRegistry
+
+        from server.metrics import Metrics
+
+        scratch = Pipeline(self.pipeline.config, Metrics(CollectorRegistry()))
+        scratch.load_state(state["pipeline"])
+        for d, (offset, at, _) in erasures.pending.items():
+            scratch.erase_digest(d, offset, at)
+        keep = [u for u in state["dirty"] if erasures.digest(u) not in erasures.pending]
+        rows = [r for r in state["offline_rows"] if erasures.digest(r["user_id"]) not in erasures.pending]
+        deletes = [u for u in state.get("deletes", ()) if erasures.digest(u) not in erasures.pending]
+        return {"pipeline": scratch.state(), "dirty": keep, "offline_rows": rows, "deletes": deletes}
 
     def state_summary(self) -> dict[str, Any]:
         """Numbers for logs/metrics."""

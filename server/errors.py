@@ -38,3 +38,9 @@ class ResourceExhausted(PortraitError):
     """The server is overloaded; the caller should back off and retry."""
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class FailedPrecondition(PortraitError):
+    """The request is valid but the user's state forbids it (e.g. an erased, suppressed user)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION

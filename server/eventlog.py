@@ -88,6 +88,7 @@ class EventLog:
         self._fsync_task: asyncio.Task[None] | None = None
         self._flush_task: asyncio.Task[None] | None = None
         self._failed: BaseException | None = None
+        self._roll_from: int | None = None
 
     # -- opening -----------------------------------------------------------------------------
     def segments(self) -> list[tuple[int, Path]]:
@@ -208,7 +209,9 @@ class EventLog:
 
     def _write(self, data: bytes, first_offset: int, fsync: bool) -> None:  # worker thread
         assert self._fd is not None
-        if self._segment_size and self._segment_size + len(data) > self.segment_bytes:
+        roll = self._roll_from is not None and first_offset >= self._roll_from
+        if self._segment_size and (roll or self._segment_size + len(data) > self.segment_bytes):
+            self._roll_from = None
             os.fsync(self._fd)
             os.close(self._fd)
             path = self.dir / _segment_name(first_offset)
@@ -226,6 +229,19 @@ class EventLog:
         self._segment_size += len(data)
         if fsync:
             os.fsync(self._fd)
+
+    async def roll(self, filler: bytes) -> int:
+        """Start a new segment such that every record appended before this call lies in older segments
+        (which then never change: compaction may rewrite them). Appends ``filler`` records (a no-op kind
+        of the caller's) until a write opens the new segment; returns its first offset."""
+        target = self._next
+        while True:
+            self._roll_from = self._next
+            self.append(filler)
+            await self.commit()
+            first = self.segments()[-1][0]
+            if first >= target:
+                return first
 
     def close(self) -> None:
         """Close the current segment (call after a final ``commit``)."""

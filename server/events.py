@@ -136,8 +136,10 @@ def validate(e: Event, now: float) -> FieldError | None:
 
 @dataclass
 class BatchResult:
-    """Summary of a batch or stream: accepted, duplicates, and (index, event_id, error) per rejected event."""
+    """Summary of a batch or stream: accepted, duplicates, and (index, event_id, error) per rejected event;
+    ``suppressed``: events of erased users (dropped)."""
 
     accepted: int = 0
     duplicates: int = 0
     rejected: list[tuple[int, str, FieldError]] = field(default_factory=list)
+    suppressed: int = 0

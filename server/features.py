@@ -77,6 +77,14 @@ def apply_definitions(repo: Path, data_dir: Path) -> Any:
     return store
 
 
+def _wait_until(cond: Any, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        if time.monotonic() > deadline:
+            raise TimeoutError("redis persistence rewrite did not finish")
+        time.sleep(0.05)
+
+
 def _ts(us: int) -> datetime:
     return datetime.fromtimestamp(us / 1e6, tz=UTC)
 
@@ -106,6 +114,29 @@ class OnlineStore:
         if row.get("profile_version") is None:
             return None
         return row
+
+    def delete(self, user_ids: Sequence[str]) -> int:
+        """Delete the users' online rows: the Redis hash Feast writes per entity (Feast has no per-entity
+        delete; the key is Feast's own ``_redis_key``). Returns how many existed."""
+        from feast.infra.online_stores.helpers import _redis_key
+        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+        from feast.protos.feast.types.Value_pb2 import Value
+
+        cfg = self._store.config
+        keys = [_redis_key(cfg.project, EntityKey(join_keys=["user_id"], entity_values=[Value(string_val=u)]),
+                           entity_key_serialization_version=cfg.entity_key_serialization_version)
+                for u in user_ids]
+        client = self._store._get_provider().online_store._get_client(cfg.online_store)
+        return int(client.delete(*keys)) if keys else 0
+
+    def rewrite_persistence(self) -> None:
+        """Make the Redis server rewrite its append-only file and snapshot (so deleted rows leave its files).
+        Used for the embedded Redis, whose files live in the data directory."""
+        client = self._store._get_provider().online_store._get_client(self._store.config.online_store)
+        client.bgrewriteaof()
+        _wait_until(lambda: not int(client.info("persistence")["aof_rewrite_in_progress"])
+                    and not int(client.info("persistence")["aof_rewrite_scheduled"]))
+        client.save()
 
     def ping(self) -> None:
         """Raise if the online store's Redis is unreachable."""

@@ -120,6 +120,17 @@ class ItemLabels:
         self._count -= n
         return out
 
+    def drop_user(self, user: str) -> bool:
+        """Forget every pending decision of ``user``, deadlines included (erasure); True if any were held."""
+        keys = [k for k in self._pending if k[0] == user]
+        for k in keys:
+            self._count -= len(self._pending.pop(k))
+        before = len(self._deadlines)
+        self._deadlines = [d for d in self._deadlines if d[1] != user]
+        if len(self._deadlines) != before:
+            heapq.heapify(self._deadlines)
+        return bool(keys) or len(self._deadlines) != before
+
     def advance(self, event_time: float) -> list[tuple[ItemDecision, bool]]:
         """Move the watermark with a new event time; return the decisions that became negative."""
         if event_time > self._max_time:

@@ -151,6 +151,6 @@ class ItemHistory:
                     strong += e[CARTS] + e[FAVORITES]
         return touches, strong
 
-    def drop_user(self, user: str) -> None:
-        """Forget a user's history."""
-        self._users.pop(user, None)
+    def drop_user(self, user: str) -> bool:
+        """Forget a user's history; True if there was one."""
+        return self._users.pop(user, None) is not None

@@ -136,8 +136,13 @@ class DelayedLabels:
         q = self._pending.get(user)
         return len(q) if q else 0
 
-    def drop_user(self, user: str) -> None:
-        """Forget a user's pending decisions."""
+    def drop_user(self, user: str) -> bool:
+        """Forget a user's pending decisions, deadlines included (erasure); True if any were held."""
         q = self._pending.pop(user, None)
         if q:
             self._count -= len(q)
+        before = len(self._deadlines)
+        self._deadlines = [d for d in self._deadlines if d[1] != user]
+        if len(self._deadlines) != before:
+            heapq.heapify(self._deadlines)
+        return bool(q) or len(self._deadlines) != before

@@ -7,6 +7,10 @@ and writes them in one batch, off the event loop. A failed write loses nothing:
 the users go back into the dirty set and are retried with exponential backoff,
 so when the store returns the newest version of each is written. Callers that
 need read-your-writes await the future returned by ``mark``.
+
+Erasures (``forget``) drop a user's pending rows and queue the deletion of its online row;
+the flush loop deletes before it writes, after any write already in flight (one loop, in order),
+so a row built before the erasure can never land after the delete.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ class Materializer:
         online: RowSink,
         offline: RowSink,
         metrics: Metrics,
+        delete: Callable[[Sequence[str]], Any] | None = None,
         before_write: Callable[[], Awaitable[None]] | None = None,
         flush_interval_s: float = 0.05,
         flush_max_rows: int = 2000,
@@ -54,6 +59,8 @@ class Materializer:
         self._build_row = build_row
         self._before_write = before_write
         self._online = online
+        self._delete = delete
+        self._deletes: dict[str, list[asyncio.Future[None]]] = {}
         self._offline = offline
         self._metrics = metrics
         self._dirty: dict[str, None] = {}
@@ -66,6 +73,7 @@ class Materializer:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self.online_healthy = True
+        self.offline_lock = asyncio.Lock()  # held while a part file is written (compaction waits for it)
 
     # -- producer side (event loop, single writer) --------------------------------------------
     def mark(self, user_id: str, received: float) -> asyncio.Future[None]:
@@ -83,11 +91,35 @@ class Materializer:
         """Users still to write online and rows still to append offline (for a checkpoint)."""
         return list(self._dirty), list(self._offline_rows)
 
-    def restore(self, dirty: list[str], offline_rows: list[Row]) -> None:
+    def pending_deletes(self) -> list[str]:
+        """Users whose online row is still to be deleted (for a checkpoint)."""
+        return list(self._deletes)
+
+    def restore(self, dirty: list[str], offline_rows: list[Row], deletes: Sequence[str] = ()) -> None:
         """Re-queue what a checkpoint held (no waiters: nobody is waiting after a restart)."""
         for u in dirty:
             self._dirty[u] = None
         self._offline_rows = offline_rows + self._offline_rows
+        for u in deletes:
+            self.forget(u)
+
+    def forget(self, user_id: str) -> asyncio.Future[None] | None:
+        """An erasure: drop the user's pending online and offline rows and queue the deletion of its
+        online row. The future (None outside an event loop or without a delete sink) resolves once
+        the row is deleted; until the store is reachable the delete is retried with the writes."""
+        self._dirty.pop(user_id, None)
+        if self._offline_rows:
+            self._offline_rows = [r for r in self._offline_rows if r["user_id"] != user_id]
+        if self._delete is None:
+            return None
+        waiters = self._deletes.setdefault(user_id, [])
+        self._wake.set()
+        try:
+            fut = asyncio.get_running_loop().create_future()
+        except RuntimeError:
+            return None
+        waiters.append(fut)
+        return fut
 
     def mark_quiet(self, user_id: str) -> None:
         """Mark a user dirty without a freshness sample or a waiter (replays)."""
@@ -132,12 +164,38 @@ class Materializer:
             else:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.max_backoff_s)
-            if self._stopping and not self._dirty and not self._offline_rows:
+            if self._stopping and not self._dirty and not self._offline_rows and not self._deletes:
                 return
 
+    async def _flush_deletes(self) -> bool:
+        deletes, self._deletes = self._deletes, {}
+        try:
+            await asyncio.to_thread(self._delete, list(deletes))  # type: ignore[arg-type]
+        except Exception as exc:
+            self._metrics.online_write_errors.inc()
+            log.warning("online store delete failed (%d users kept for retry): %s", len(deletes),
+                        type(exc).__name__)
+            self.online_healthy = False
+            for u, ws in deletes.items():
+                self._deletes.setdefault(u, []).extend(ws)
+            return False
+        for ws in deletes.values():
+            for w in ws:
+                if not w.done():
+                    w.set_result(None)
+        return True
+
     async def _flush_online(self) -> bool:
+        if self._deletes and not await self._flush_deletes():
+            return False
         if not self._dirty:
             self._metrics.queue_depth.labels(queue="online").set(0)
+            if self._future is not None:  # its users were erased meanwhile: nothing left to show
+                waiters = [*self._waiters, self._future]
+                self._future, self._waiters, self._received = None, [], []
+                for w in waiters:
+                    if not w.done():
+                        w.set_result(None)
             return True
         users, received, future = list(self._dirty), self._received, self._future
         self._dirty, self._received, self._future = {}, [], None
@@ -155,8 +213,9 @@ class Materializer:
             if self.online_healthy:
                 log.warning("online store write failed (%d rows kept for retry): %s", len(rows), type(exc).__name__)
             self.online_healthy = False
-            for u in users:  # back into the dirty set; newer changes are already there
-                self._dirty.setdefault(u, None)
+            for u in users:  # back into the dirty set (unless erased meanwhile); newer changes are already there
+                if u not in self._deletes:
+                    self._dirty.setdefault(u, None)
             self._received = received + self._received
             self._waiters = waiters + self._waiters
             self._metrics.queue_depth.labels(queue="online").set(len(self._dirty))
@@ -187,7 +246,8 @@ class Materializer:
         rows, self._offline_rows = self._offline_rows, []
         t0 = time.perf_counter()
         try:
-            await asyncio.to_thread(self._offline, rows)
+            async with self.offline_lock:
+                await asyncio.to_thread(self._offline, rows)
         except Exception:
             log.exception("offline store append failed (%d rows kept for retry)", len(rows))
             self._metrics.offline_write_errors.inc()

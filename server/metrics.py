@@ -38,7 +38,7 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         self.events = Counter(
-            "portrait_events", "Events received, by type and outcome (accepted|duplicate|rejected).",
+            "portrait_events", "Events received, by type and outcome (accepted|duplicate|rejected|suppressed).",
             ["event_type", "outcome"], registry=r,
         )
         self.update_latency = Histogram(
@@ -89,6 +89,21 @@ class Metrics:
         self.model_log_loss = Gauge(
             "portrait_model_log_loss", "Rolling prequential log loss from resolved labels, by model.",
             ["model"], registry=r,
+        )
+        self.erasures = Counter(
+            "portrait_erasures", "Users erased (DeleteUser calls that completed).", registry=r,
+        )
+        self.suppressed_users = Gauge(
+            "portrait_suppressed_users", "Erased users whose events are dropped until an admin lifts it.", registry=r,
+        )
+        self.erasures_pending_compaction = Gauge(
+            "portrait_erasures_pending_compaction",
+            "Erased users still present in stored files (offline parquet, log, checkpoints) until compaction.",
+            registry=r,
+        )
+        self.compaction_duration = Histogram(
+            "portrait_compaction_duration_seconds", "Wall time of one compaction.",
+            buckets=(0.1, 0.5, 1, 5, 15, 60, 300, 1800), registry=r,
         )
         self.online_store_up = Gauge(
             "portrait_online_store_up", "1 while online-store writes succeed, 0 while they fail and rows wait.",

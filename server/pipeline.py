@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from server.dedupe import Dedupe
-from server.errors import InvalidArgument
+from server.erasure import Erasures
+from server.errors import FailedPrecondition, InvalidArgument
 from server.events import Event, EventType, FieldError, validate
 from server.labels import DelayedLabels
 from server.metrics import Metrics
@@ -66,6 +67,8 @@ class PipelineConfig:
     """Items with popularity/conversion statistics in memory (least recently seen dropped first)."""
     risk_threshold: float = 0.94
     """A user whose decayed risk score is at least this gets the ``suspicious`` tag."""
+    erasure_salt: bytes = b""
+    """Key of the digests erased users are held by (``server.erasure``; the server uses its data dir's)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +79,7 @@ class Outcome:
     version: int
     propensity: float
     segment: int
+    suppressed: bool = False
 
 
 class Pipeline:
@@ -104,9 +108,10 @@ class Pipeline:
                              quality_window=config.quality_window, sample=config.item_decision_sample)
         self.risk = Risk(threshold=config.risk_threshold)
         self._row_ts: dict[str, int] = {}
+        self.erasures = Erasures(config.erasure_salt)
         # the per-event counters, resolved once (a labels() lookup per event was measurable)
         self._counted = {(t, o): metrics.events.labels(event_type=t.name.lower(), outcome=o)
-                         for t in EventType for o in ("accepted", "duplicate")}
+                         for t in EventType for o in ("accepted", "duplicate", "suppressed")}
         self._stage = {s: metrics.stage_duration.labels(stage=s) for s in
                        ("validate", "dedupe", "profile", "labels", "ranking", "risk", "models")}
 
@@ -137,19 +142,22 @@ class Pipeline:
         stage = self._stage
         etype = EventType(e.type)
         t0 = time.perf_counter()
-        if self.dedupe.seen_or_add(e.event_id):
+        if self.erasures.suppressed and self.erasures.is_suppressed(e.user_id):
+            self._counted[etype, "suppressed"].inc()  # an erased user: nothing is stored
+            return Outcome(False, 0, math.nan, -1, suppressed=True)
+        profile = self.profiles.get(e.user_id)
+        if e.event_id in self.dedupe:
             stage["dedupe"].observe(time.perf_counter() - t0)
             self._counted[etype, "duplicate"].inc()
-            p = self.profiles.get(e.user_id)
-            if p is None:
+            if profile is None:
                 return Outcome(True, 0, 0.0, -1)
-            return Outcome(True, p.version, self._score(e.user_id) if score else math.nan, p.segment)
+            return Outcome(True, profile.version, self._score(e.user_id) if score else math.nan, profile.segment)
+        if profile is None:
+            profile = self.profiles[e.user_id] = UserProfile()
+        self.dedupe.add(e.event_id, profile)  # owned by the profile: an erasure forgets the user's ids
         t1 = time.perf_counter()
         stage["dedupe"].observe(t1 - t0)
         t = float(e.event_time)  # type: ignore[arg-type]
-        profile = self.profiles.get(e.user_id)
-        if profile is None:
-            profile = self.profiles[e.user_id] = UserProfile()
         if etype == EventType.PURCHASE:
             self._learn(self.labels.on_purchase(e.user_id, t), t)
         previous_t = profile.last_event
@@ -227,6 +235,8 @@ class Pipeline:
             raise InvalidArgument("attributes.gender is longer than 32 characters", field="attributes.gender")
         if len(region) > 128:
             raise InvalidArgument("attributes.region is longer than 128 characters", field="attributes.region")
+        if self.erasures.is_suppressed(user_id):
+            raise FailedPrecondition("the user was erased and is suppressed (an admin can lift it)", field="user_id")
         profile = self.profiles.get(user_id)
         if profile is None:
             profile = self.profiles[user_id] = UserProfile()
@@ -235,6 +245,41 @@ class Pipeline:
         if self.on_change:
             self.on_change(user_id)
         return profile.version
+
+    # -- erasure ------------------------------------------------------------------------------------
+    def erase(self, user_id: str, offset: int = -1, at: float | None = None) -> bool:
+        """Drop everything held for ``user_id`` (profile, pending labels, item history, risk, dedupe ids)
+        and suppress its later events; ``offset``/``at`` locate the erasure record (for compaction).
+        True if anything was held."""
+        self.erasures.add(self.erasures.digest(user_id), offset, at)
+        return self._drop(user_id)
+
+    def erase_digest(self, digest: str, offset: int = -1, at: float | None = None) -> str | None:
+        """``erase`` by digest (log replay and compaction, which never see the id): O(users) scan;
+        returns the user found, if any."""
+        self.erasures.add(digest, offset, at)
+        for user_id in self.profiles:
+            if self.erasures.digest(user_id) == digest:
+                self._drop(user_id)
+                return user_id
+        return None
+
+    def unsuppress(self, digest: str, at: float | None = None) -> bool:
+        """Accept the user's events again; True if they were suppressed."""
+        return self.erasures.unsuppress(digest, at)
+
+    def _drop(self, user_id: str) -> bool:
+        profile = self.profiles.pop(user_id, None)
+        held = profile is not None
+        if profile is not None:
+            if profile.segment >= 0:
+                self.segment_sizes[profile.segment] -= 1
+            self.dedupe.forget(profile)
+        held = self.labels.drop_user(user_id) or held
+        held = self.ranker.drop_user(user_id) or held
+        held = self.risk.drop_user(user_id) or held
+        self._row_ts.pop(user_id, None)
+        return held
 
     # -- checkpoints --------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -303,6 +348,8 @@ class Pipeline:
         also recomputes the exact rolling AUC / log loss (O(window log window): not every second)."""
         m = self.metrics
         m.users.set(len(self.profiles))
+        m.suppressed_users.set(len(self.erasures.suppressed))
+        m.erasures_pending_compaction.set(len(self.erasures.pending))
         m.pending_labels.labels(model=PROPENSITY).set(len(self.labels))
         for i, n in enumerate(self.segment_sizes):
             m.segment_users.labels(segment=str(i)).set(n)

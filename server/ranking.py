@@ -216,6 +216,12 @@ class Ranker:
         the same in every process and replay), so that pending labels stay under the cap at high traffic."""
         return self.sample >= 1.0 or zlib.crc32(f"{user}\x1f{item}".encode()) < self.sample * 4_294_967_296
 
+    def drop_user(self, user: str) -> bool:
+        """Forget the user's item history and pending decisions (erasure); True if any were held.
+        Item and category statistics are aggregates over all users and stay."""
+        held = self.history.drop_user(user)
+        return self.labels.drop_user(user) or held
+
     def advance(self, t: float) -> list[tuple[ItemDecision, bool]]:
         """Move the watermark; return the decisions that became negative."""
         return self.labels.advance(t)

@@ -100,6 +100,11 @@ class Risk:
     def _decayed(self, risk: float, risk_t: float, t: float) -> float:
         return risk * math.pow(0.5, (t - risk_t) / self.half_life_s) if t > risk_t else risk
 
+    def drop_user(self, user: str) -> bool:
+        """Forget the user's risk, categories and devices (erasure); True if any were held.
+        The detector's window holds feature vectors of recent events, not ids."""
+        return self._users.pop(user, None) is not None
+
     def user_risk(self, user: str, t: float) -> float:
         """The user's risk as of ``t``: the highest recent event score, halving every ``half_life_s``."""
         s = self._users.get(user)

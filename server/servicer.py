@@ -22,7 +22,7 @@ class ProfileServicer(pb_grpc.ProfileServiceServicer):
     async def Track(self, request: pb.TrackRequest, context: grpc.aio.ServicerContext) -> pb.TrackResponse:
         out = await self.core.track(convert.event_from_proto(request.event), request.wait_visible)
         return pb.TrackResponse(duplicate=out.duplicate, profile_version=out.version,
-                                purchase_propensity=out.propensity, segment=out.segment)
+                                purchase_propensity=out.propensity, segment=out.segment, suppressed=out.suppressed)
 
     async def TrackBatch(self, request: pb.TrackBatchRequest,
                          context: grpc.aio.ServicerContext) -> pb.TrackBatchResponse:
@@ -50,3 +50,16 @@ class ProfileServicer(pb_grpc.ProfileServiceServicer):
     async def Score(self, request: pb.ScoreRequest, context: grpc.aio.ServicerContext) -> pb.ScoreResponse:
         ranked = await self.core.score(request.user_id, convert.candidates_from_proto(request))
         return convert.score_response(ranked)
+
+    async def DeleteUser(self, request: pb.DeleteUserRequest,
+                         context: grpc.aio.ServicerContext) -> pb.DeleteUserResponse:
+        return pb.DeleteUserResponse(existed=await self.core.delete_user(request.user_id))
+
+    async def UnsuppressUser(self, request: pb.UnsuppressUserRequest,
+                             context: grpc.aio.ServicerContext) -> pb.UnsuppressUserResponse:
+        return pb.UnsuppressUserResponse(was_suppressed=await self.core.unsuppress_user(request.user_id))
+
+    async def Compact(self, request: pb.CompactRequest, context: grpc.aio.ServicerContext) -> pb.CompactResponse:
+        r = await self.core.compact()
+        return pb.CompactResponse(offline_files=r.offline_files, log_segments=r.log_segments,
+                                  checkpoints=r.checkpoints, erased_users=r.erased_users)

@@ -438,11 +438,13 @@ async def test_api_keys_and_roles(secured: Secured) -> None:
             assert await code(score, b"", metadata=bearer(keys.ingest)) == P
             assert await code(score, b"", metadata=bearer(keys.read)) not in (U, P)
 
-            # methods without a policy: admin only (a future DeleteUser); unknown services: nobody
-            delete = ch.unary_unary("/portrait.v1.ProfileService/DeleteUser")
-            assert await code(delete, b"", metadata=bearer(keys.ingest)) == P
-            assert await code(delete, b"", metadata=bearer(keys.admin)) == grpc.StatusCode.UNIMPLEMENTED
-            assert await code(delete, b"") == U
+            # admin-only methods (DeleteUser, UnsuppressUser, Compact, and any future one); unknown services: nobody
+            for method in ("DeleteUser", "UnsuppressUser", "Compact", "SomeFutureMethod"):
+                call = ch.unary_unary(f"/portrait.v1.ProfileService/{method}")
+                assert await code(call, b"", metadata=bearer(keys.ingest)) == P
+                assert await code(call, b"", metadata=bearer(keys.read)) == P
+                assert await code(call, b"", metadata=bearer(keys.admin)) not in (U, P)
+                assert await code(call, b"") == U
             other = ch.unary_unary("/grpc.channelz.v1.Channelz/GetTopChannels")
             assert await code(other, b"", metadata=bearer(keys.admin)) == P
             assert await code(other, b"") == U
@@ -775,8 +777,11 @@ async def test_least_privilege_redis_user_runs_portrait_and_can_do_nothing_else(
         p = await stub.GetProfile(pb.GetProfileRequest(user_id=user), timeout=TIMEOUT)
         assert p.version == 1 and p.features["lifetime_spend"] == 12.5
         assert sample(srv, "portrait_online_write_errors_total") == 0
-    admin = r.client("default", r.admin_password)
-    assert any(user.encode() in k for k in admin.keys("*"))  # the row really is in this Redis
+        admin = r.client("default", r.admin_password)
+        assert any(user.encode() in k for k in admin.keys("*"))  # the row really is in this Redis
+        assert (await stub.DeleteUser(pb.DeleteUserRequest(user_id=user), timeout=TIMEOUT)).existed  # needs +del
+        assert not any(user.encode() in k for k in admin.keys("*"))
+        assert sample(srv, "portrait_online_write_errors_total") == 0
 
     restricted = r.client("portrait", password)
     restricted.ping()
@@ -784,7 +789,7 @@ async def test_least_privilege_redis_user_runs_portrait_and_can_do_nothing_else(
         restricted.flushall, restricted.flushdb, lambda: restricted.config_get("*"), lambda: restricted.keys("*"),
         lambda: restricted.scan(0), lambda: restricted.set("portrait", "x"), lambda: restricted.get("x-portrait"),
         lambda: restricted.hset("other-key", "f", "v"), lambda: restricted.hmget("other-key", "f"),
-        lambda: restricted.delete(*admin.keys("*")),
+        lambda: restricted.delete("other-key"),
         lambda: restricted.acl_list(), lambda: restricted.execute_command("SHUTDOWN", "NOSAVE"),
         lambda: restricted.execute_command("DEBUG", "SLEEP", "0"), lambda: restricted.eval("return 1", 0),
         lambda: restricted.publish("ch", "x"), lambda: restricted.execute_command("MODULE", "LIST"),
