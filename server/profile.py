@@ -18,8 +18,11 @@ compare ``updated_at`` with their own clock to judge staleness).
 
 from __future__ import annotations
 
+import hashlib
 import math
+from array import array
 from dataclasses import dataclass
+from typing import Any
 
 from server.events import Event, EventType
 from server.windows import TiledWindow
@@ -30,6 +33,8 @@ AFFINITY_HALF_LIFE_S = 7 * DAY
 HOUR_HALF_LIFE_S = 14 * DAY
 MAX_CATEGORIES = 32
 RECENT_SESSIONS = 8  # session ids remembered, so a late event of a recent session does not count it again
+REBASE_HALF_LIVES = 64.0  # decayed scores are kept relative to a reference time at most this many half-lives old
+MAX_INTERNED = 100_000  # category names shared between profiles (beyond this many, each keeps its own copy)
 
 TYPES = tuple(EventType)
 N_TYPES = len(TYPES)
@@ -48,6 +53,9 @@ AFFINITY_WEIGHTS = {
 }
 
 COUNT_FEATURES = tuple(f"{t.plural}_{w}" for t in TYPES for w in WINDOWS)
+_TYPE_INDEX = {int(t): i for i, t in enumerate(TYPES)}
+_AFFINITY_BY_INDEX = tuple(float(AFFINITY_WEIGHTS[t]) for t in TYPES)
+_PURCHASE, _VIEW = TYPES.index(EventType.PURCHASE), TYPES.index(EventType.VIEW)
 SCALAR_FEATURES = (
     "spend_7d", "spend_30d", "lifetime_events", "lifetime_purchases", "lifetime_spend", "avg_order_value",
     "first_seen_ts", "last_event_ts", "last_purchase_ts", "sessions_7d", "conversion_rate_30d",
@@ -79,12 +87,39 @@ def _decay(half_life_s: float, dt: float) -> float:
     return math.pow(0.5, dt / half_life_s)
 
 
+_interned: dict[str, str] = {}
+
+
+def _intern(s: str) -> str:
+    """One shared string object per category name (names repeat across millions of profiles; every
+    event brings a fresh copy). Bounded: past ``MAX_INTERNED`` names a new one is kept as it is."""
+    shared = _interned.get(s)
+    if shared is not None:
+        return shared
+    if len(_interned) < MAX_INTERNED:
+        _interned[s] = s
+    return s
+
+
+def _session_key(session_id: str) -> int:
+    """A stable 64-bit digest of a session id (not ``hash()``: that changes between processes)."""
+    return int.from_bytes(hashlib.blake2b(session_id.encode(), digest_size=8).digest(), "little", signed=True)
+
+
 class UserProfile:
-    """Per-user state; ``update`` folds in one accepted event."""
+    """Per-user state; ``update`` folds in one accepted event.
+
+    Kept compact (there are millions): ``__slots__``, window sums in ``array('d')`` (``TiledWindow``),
+    decayed scores (hour of day, category affinity) as ``array('d')`` relative to a reference time —
+    an event adds ``weight * 2 ** ((t - reference) / half_life)`` instead of decaying every score on
+    every event; ranks and signs, all that is read, do not depend on the common scale — category names
+    shared between profiles, and recent sessions as 64-bit digests.
+    """
 
     __slots__ = (
         "_affinity",
         "_affinity_t",
+        "_affinity_w",
         "_day",
         "_hour",
         "_hours",
@@ -122,12 +157,13 @@ class UserProfile:
         self._minute = TiledWindow(MINUTE, 60, N_TYPES)
         self._hour = TiledWindow(HOUR, 7 * 24, N_TYPES + 2)
         self._day = TiledWindow(DAY, 30, N_TYPES + 5)
-        self._session_id = ""
+        self._session_id = False  # whether the latest session had an id
         self._session_last: float | None = None
-        self._recent_sessions: tuple[str, ...] = ()
-        self._hours = [0.0] * 24
+        self._recent_sessions = array("q")  # digests of the last RECENT_SESSIONS session ids (_session_key)
+        self._hours = array("d", bytes(8 * 24))  # decayed events per hour of day, relative to _hours_t
         self._hours_t = 0.0
-        self._affinity: dict[str, float] = {}
+        self._affinity: list[str] = []  # categories, in the order first seen (ties: the first one)
+        self._affinity_w = array("d")  # their decayed affinities, relative to _affinity_t
         self._affinity_t = 0.0
         self.propensity = math.nan  # NaN: not scored since the last event (scored lazily)
         self.segment = -1
@@ -137,17 +173,19 @@ class UserProfile:
     def update(self, e: Event) -> None:
         """Fold one valid event into the profile (any arrival order)."""
         t = float(e.event_time)  # type: ignore[arg-type]
-        etype = EventType(e.type)
-        i = TYPES.index(etype)
-        self.first_seen = t if self.first_seen is None else min(self.first_seen, t)
-        self.last_event = t if self.last_event is None else max(self.last_event, t)
+        etype = int(e.type)
+        i = _TYPE_INDEX[etype]
+        first = self.first_seen is None
+        if first or t < self.first_seen:  # type: ignore[operator]
+            self.first_seen = t
+        if first or t >= self.last_event:  # type: ignore[operator]
+            self.last_event = t
+            self.last_type = etype
         self.lifetime_events += 1
-        if t == self.last_event:
-            self.last_type = int(etype)
         self._minute.add(t, i)
         self._hour.add(t, i)
         self._day.add(t, i)
-        if etype == EventType.PURCHASE:
+        if i == _PURCHASE:
             amount = e.price * e.units
             self.lifetime_purchases += 1
             self.lifetime_spend += amount
@@ -157,46 +195,52 @@ class UserProfile:
             if e.price > 0:
                 self._day.add(t, _BUY_PRICE_SUM, e.price)
                 self._day.add(t, _BUY_PRICE_N)
-        elif etype == EventType.VIEW and e.price > 0:
+        elif i == _VIEW and e.price > 0:
             self._day.add(t, _VIEW_PRICE_SUM, e.price)
             self._day.add(t, _VIEW_PRICE_N)
         self._update_session(e, t)
-        self._hours = self._decayed(self._hours, self._hours_t, t, HOUR_HALF_LIFE_S)
-        self._hours_t = max(self._hours_t, t)
+        if first:
+            self._hours_t = t
+        self._hours_t = _rebase(self._hours, self._hours_t, t, HOUR_HALF_LIFE_S)
         self._hours[int(t // HOUR) % 24] += _decay(HOUR_HALF_LIFE_S, self._hours_t - t)
         if e.category:
-            self._add_affinity(e.category, AFFINITY_WEIGHTS[etype], t)
+            self._add_affinity(e.category, _AFFINITY_BY_INDEX[i], t)
 
     def _update_session(self, e: Event, t: float) -> None:
         if e.session_id:
-            new = e.session_id not in self._recent_sessions
+            key = _session_key(e.session_id)
+            recent = self._recent_sessions
+            new = key not in recent
             if new:
-                self._recent_sessions = (*self._recent_sessions[-(RECENT_SESSIONS - 1):], e.session_id)
+                recent.append(key)
+                if len(recent) > RECENT_SESSIONS:
+                    del recent[0]
         else:
             new = self._session_last is None or abs(t - self._session_last) > SESSION_GAP_S or bool(self._session_id)
         if new:
             self._hour.add(t, _SESSIONS)
-            self._session_id = e.session_id
+            self._session_id = bool(e.session_id)
             self._session_last = t
         else:
             self._session_last = t if self._session_last is None else max(self._session_last, t)
 
-    @staticmethod
-    def _decayed(hist: list[float], t0: float, t: float, half_life: float) -> list[float]:
-        if t <= t0:
-            return hist
-        f = _decay(half_life, t - t0)
-        return [v * f for v in hist]
-
     def _add_affinity(self, category: str, weight: float, t: float) -> None:
-        if t > self._affinity_t:
-            f = _decay(AFFINITY_HALF_LIFE_S, t - self._affinity_t)
-            self._affinity = {c: s * f for c, s in self._affinity.items()}
+        cats, scores = self._affinity, self._affinity_w
+        if not cats:
             self._affinity_t = t
-        score = self._affinity.get(category, 0.0) + weight * _decay(AFFINITY_HALF_LIFE_S, self._affinity_t - t)
-        self._affinity[category] = max(0.0, score)
-        if len(self._affinity) > MAX_CATEGORIES:  # evict the weakest *other* category
-            del self._affinity[min((c for c in self._affinity if c != category), key=self._affinity.__getitem__)]
+        ref = self._affinity_t = _rebase(scores, self._affinity_t, t, AFFINITY_HALF_LIFE_S)
+        added = weight * _decay(AFFINITY_HALF_LIFE_S, ref - t)
+        try:
+            i = cats.index(category)
+        except ValueError:
+            cats.append(_intern(category))
+            scores.append(max(0.0, 0.0 + added))
+            i = len(cats) - 1
+        else:
+            scores[i] = max(0.0, scores[i] + added)
+        if len(cats) > MAX_CATEGORIES:  # evict the weakest *other* category (the first one on a tie)
+            j = min((j for j in range(len(cats)) if j != i), key=scores.__getitem__)
+            del cats[j], scores[j]
 
     def set_attributes(self, age: int, gender: str, region: str) -> None:
         """Replace the basic attributes."""
@@ -216,13 +260,8 @@ class UserProfile:
 
     @staticmethod
     def _counts(w1h: list[float], w24h: list[float], w7d: list[float], w30d: list[float]) -> dict[str, float]:
-        out: dict[str, float] = {}
-        for i, t in enumerate(TYPES):
-            out[f"{t.plural}_1h"] = w1h[i]
-            out[f"{t.plural}_24h"] = w24h[i]
-            out[f"{t.plural}_7d"] = w7d[i]
-            out[f"{t.plural}_30d"] = w30d[i]
-        return out
+        # zip stops at the shortest (the 1 h window has only the per-type counts); order: COUNT_FEATURES
+        return dict(zip(COUNT_FEATURES, [v for vs in zip(w1h, w24h, w7d, w30d) for v in vs]))
 
     def features(self) -> dict[str, float]:
         """Every numeric feature (see ``FEATURE_NAMES``)."""
@@ -249,7 +288,7 @@ class UserProfile:
 
     def top_categories(self, n: int = 3) -> list[str]:
         """The ``n`` categories with the highest decayed affinity (half-life 7 days)."""
-        ranked = sorted(self._affinity.items(), key=lambda kv: (-kv[1], kv[0]))
+        ranked = sorted(zip(self._affinity, self._affinity_w), key=lambda kv: (-kv[1], kv[0]))
         return [c for c, s in ranked[:n] if s > 0]
 
     def category_count(self) -> int:
@@ -275,3 +314,34 @@ class UserProfile:
         if f["carts_7d"] >= rules.abandoner_carts_7d and f["purchases_7d"] == 0:
             out.append("cart_abandoner")
         return sorted(out)
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__slots__}
+
+    def __setstate__(self, state: Any) -> None:
+        if isinstance(state, tuple):  # the default __slots__ pickle of older checkpoints: (None, {slot: value})
+            state = dict(state[1])
+        if isinstance(state.get("_affinity"), dict):  # older checkpoints: {category: affinity as of _affinity_t}
+            affinity = state["_affinity"]
+            state["_affinity"] = [_intern(c) for c in affinity]
+            state["_affinity_w"] = array("d", affinity.values())
+        if isinstance(state.get("_hours"), list):
+            state["_hours"] = array("d", state["_hours"])
+        if isinstance(state.get("_recent_sessions"), tuple):  # older checkpoints: the ids themselves
+            state["_recent_sessions"] = array("q", map(_session_key, state["_recent_sessions"]))
+        state["_session_id"] = bool(state.get("_session_id"))
+        for k, v in state.items():
+            setattr(self, k, v)
+
+
+def _rebase(scores: array, ref: float, t: float, half_life: float) -> float:  # type: ignore[type-arg]
+    """The reference time for a decayed score at ``t``: ``ref``, or ``t`` (``scores`` rescaled to it) once
+    ``t`` is more than ``REBASE_HALF_LIVES`` half-lives later (so that ``2 ** ((t - ref) / half_life)``
+    stays far from overflowing)."""
+    if t - ref <= REBASE_HALF_LIVES * half_life:
+        return ref
+    f = _decay(half_life, t - ref)
+    for i, v in enumerate(scores):
+        scores[i] = v * f
+    return t

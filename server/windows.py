@@ -1,10 +1,10 @@
 """Tiled sliding-window sums in event time, with bounded memory.
 
-A window of ``n_tiles`` tiles of ``tile_s`` seconds keeps one vector of sums
-per non-empty tile. The window "as of" time ``t`` is the sum of the tiles
+A window of ``n_tiles`` tiles of ``tile_s`` seconds keeps the non-zero sums of each
+non-empty tile. The window "as of" time ``t`` is the sum of the tiles
 ``(tile(t) - n_tiles, tile(t)]``: exact to a tile. Tiles that fall out of
 the window of the newest time seen are dropped, so memory is at most
-``n_tiles`` vectors per window. Late events land in the tile they belong to,
+``n_tiles * width`` sums per window. Late events land in the tile they belong to,
 as long as that tile is still inside the window.
 
 >>> w = TiledWindow(tile_s=60, n_tiles=60, width=2)  # 1 h of minute tiles
@@ -18,84 +18,110 @@ as long as that tile is still inside the window.
 
 from __future__ import annotations
 
+from array import array
+from typing import Any
+
+_NO_TILE = float("-inf")  # "newest tile" before the first add: every tile is newer
+
 
 class TiledWindow:
-    """Sliding sums of ``width`` metrics over ``n_tiles`` tiles of ``tile_s`` seconds."""
+    """Sliding sums of ``width`` metrics over ``n_tiles`` tiles of ``tile_s`` seconds.
 
-    __slots__ = ("_newest", "_tiles", "_total", "n_tiles", "tile_s", "width")
+    All state is one ``array('d')`` (8 bytes a number, no per-tile objects), which matters with
+    three windows per user and millions of users::
+
+        [newest tile, total_0 .. total_{width-1}, key, sum, key, sum, ...]
+
+    ``total`` is the sum over every held tile (the window ending at the newest tile); each (key, sum)
+    pair is one metric of one tile with ``key = tile * width + metric``, in increasing key order (tile
+    ids are far below 2**53 / width, so keys are exact as floats). Only metrics that were added to
+    are stored: a typical tile holds one or two of them.
+    """
+
+    __slots__ = ("_a", "n_tiles", "tile_s", "width")
 
     def __init__(self, tile_s: int, n_tiles: int, width: int) -> None:
         self.tile_s = tile_s
         self.n_tiles = n_tiles
         self.width = width
-        self._tiles: dict[int, list[float]] = {}
-        self._newest: int | None = None
-        self._total = [0.0] * width  # sums over every held tile = the window ending at the newest tile
-
-    def _tile(self, t: float) -> int:
-        return int(t // self.tile_s)
+        self._a = array("d", (_NO_TILE, *(0.0,) * width))
 
     def add(self, t: float, index: int, value: float = 1.0) -> bool:
         """Add ``value`` to metric ``index`` at time ``t``; False if ``t`` is too old to count."""
-        tile = self._tile(t)
-        if self._newest is not None and tile <= self._newest - self.n_tiles:
+        tile = int(t // self.tile_s)
+        a = self._a
+        newest = a[0]
+        if tile <= newest - self.n_tiles:
             return False
-        vec = self._tiles.get(tile)
-        if vec is None:
-            vec = self._tiles[tile] = [0.0] * self.width
-        vec[index] += value
-        self._total[index] += value
-        if self._newest is None or tile > self._newest:
-            self._newest = tile
-            self._evict()
+        w = self.width
+        key = tile * w + index
+        first = w + 1
+        j = len(a) - 2  # the last pair: most adds are to the newest tile, found at once from the end
+        while j >= first and a[j] > key:
+            j -= 2
+        if j >= first and a[j] == key:
+            a[j + 1] += value
+        else:
+            a.insert(j + 2, 0.0 + value)
+            a.insert(j + 2, key)
+        a[1 + index] += value
+        if tile > newest:
+            a[0] = tile
+            self._evict(tile - self.n_tiles)
         return True
 
-    def _evict(self) -> None:
-        assert self._newest is not None
-        oldest = self._newest - self.n_tiles
-        stale = [k for k in self._tiles if k <= oldest]
-        if stale:
-            for k in stale:
-                del self._tiles[k]
-            total = [0.0] * self.width  # recomputed, not subtracted: stays exact for float sums
-            for vec in self._tiles.values():
-                for i, v in enumerate(vec):
-                    total[i] += v
-            self._total = total
+    def _evict(self, oldest: int) -> None:
+        """Drop the tiles ``<= oldest``; recompute the totals if any was dropped."""
+        a, w = self._a, self.width
+        first = w + 1
+        bound = (oldest + 1) * w
+        j = first
+        while j < len(a) and a[j] < bound:
+            j += 2
+        if j > first:
+            del a[first:j]
+            total = [0.0] * w  # recomputed, not subtracted: stays exact for float sums
+            for k in range(first, len(a), 2):
+                total[int(a[k]) % w] += a[k + 1]
+            a[1:first] = array("d", total)
 
     def sums(self, asof: float, n_tiles: int | None = None) -> list[float]:
         """Per-metric sums over the last ``n_tiles`` tiles (default: the whole window) ending at ``asof``."""
-        end = self._tile(asof)
+        end = int(asof // self.tile_s)
         n = self.n_tiles if n_tiles is None else min(n_tiles, self.n_tiles)
-        if end == self._newest and n == self.n_tiles:
-            return list(self._total)  # the common case: as of the newest tile, O(width)
-        out = [0.0] * self.width
-        if n < len(self._tiles):  # a short sub-window: look its tiles up
-            for tile in range(end - n + 1, end + 1):
-                vec = self._tiles.get(tile)
-                if vec is not None:
-                    for i, v in enumerate(vec):
-                        out[i] += v
-            return out
-        start = end - n
-        for tile, vec in self._tiles.items():
-            if start < tile <= end:
-                for i, v in enumerate(vec):
-                    out[i] += v
+        a, w = self._a, self.width
+        if end == a[0] and n == self.n_tiles:
+            return a[1:w + 1].tolist()  # the common case: as of the newest tile, O(width)
+        out = [0.0] * w
+        lo, hi = (end - n + 1) * w, (end + 1) * w
+        j = len(a) - 2
+        first = w + 1
+        while j >= first and a[j] >= lo:  # from the newest tile back to the first one in range
+            if a[j] < hi:
+                out[int(a[j]) % w] += a[j + 1]
+            j -= 2
         return out
 
     def __len__(self) -> int:
         """Number of tiles held (the memory bound is ``n_tiles``)."""
-        return len(self._tiles)
+        a, w = self._a, self.width
+        return len({int(a[k]) // w for k in range(w + 1, len(a), 2)})
 
-    def __getstate__(self) -> dict[str, object]:
-        return {"tile_s": self.tile_s, "n_tiles": self.n_tiles, "width": self.width,
-                "tiles": self._tiles, "newest": self._newest, "total": self._total}
+    def __getstate__(self) -> dict[str, Any]:
+        return {"tile_s": self.tile_s, "n_tiles": self.n_tiles, "width": self.width, "a": self._a}
 
-    def __setstate__(self, state: dict[str, object]) -> None:
-        self.tile_s = state["tile_s"]  # type: ignore[assignment]
-        self.n_tiles = state["n_tiles"]  # type: ignore[assignment]
-        self.width = state["width"]  # type: ignore[assignment]
-        self._tiles = state["tiles"]  # type: ignore[assignment]
-        self._newest = state["newest"]  # type: ignore[assignment]
-        self._total = state["total"]  # type: ignore[assignment]
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.tile_s = state["tile_s"]
+        self.n_tiles = state["n_tiles"]
+        self.width = w = state["width"]
+        if "a" in state:
+            self._a = state["a"]
+            return
+        # a checkpoint from before the compact layout: {tile: [sums]} with "newest" and "total"
+        newest = state["newest"]
+        a = array("d", (_NO_TILE if newest is None else newest, *state["total"]))
+        for tile in sorted(state["tiles"]):
+            for i, v in enumerate(state["tiles"][tile]):
+                if v:
+                    a.extend((tile * w + i, v))
+        self._a = a

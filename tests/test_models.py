@@ -1,17 +1,21 @@
 """Unit tests of server.models: input vectors, Propensity learning a synthetic signal (held-out exact AUC),
-and Segmenter ids, stability and separation of distinct user groups."""
+Segmenter ids, stability and separation of distinct user groups, and both compact models against River's
+own pipelines (same streams, same results), through pickling and from River-era checkpoints."""
 
 from __future__ import annotations
 
 import collections
 import math
+import pickle
 import random
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from river import compose, linear_model, optim, preprocessing
 
 from server.events import Event, EventType
-from server.models import PROPENSITY_INPUTS, SEGMENT_INPUTS, Propensity, Segmenter
+from server.models import PROPENSITY_INPUTS, SEGMENT_INPUTS, DenseScaler, Propensity, Segmenter, StableKMeans
 from server.profile import DAY, FEATURE_NAMES, HOUR, UserProfile
 from server.quality import roc_auc
 
@@ -109,3 +113,100 @@ def test_well_separated_groups_get_different_segments() -> None:
     b = collections.Counter(seg.predict(heavy()) for _ in range(200)).most_common(1)[0]
     assert a[0] != b[0]
     assert a[1] >= 180 and b[1] >= 180
+
+
+# -- the compact models are River's models: same streams, same results -------------------------------------
+def _river_propensity(adaptive: bool, l2: float) -> compose.Pipeline:
+    opt = optim.AdaGrad(0.01) if adaptive else optim.SGD(0.01)
+    return compose.Pipeline(preprocessing.StandardScaler(), linear_model.LogisticRegression(optimizer=opt, l2=l2))
+
+
+def _river_segmenter(k: int) -> compose.Pipeline:
+    return compose.Pipeline(preprocessing.StandardScaler(), StableKMeans(n_clusters=k, halflife=0.5, seed=42))
+
+
+@pytest.mark.parametrize(("adaptive", "l2"), [(True, 0.0), (False, 0.0), (True, 0.01)])
+def test_propensity_matches_river_pipeline(adaptive: bool, l2: float) -> None:
+    river = _river_propensity(adaptive, l2)
+    ours = Propensity(adaptive=adaptive, l2=l2)
+    for x, y in _stream(1500, seed=21):
+        xd = dict(zip(PROPENSITY_INPUTS, x))
+        assert ours.predict(x) == pytest.approx(river.predict_proba_one(xd)[True], abs=1e-12)
+        river.learn_one(xd, y)
+        ours.learn(x, y)
+    lr = river["LogisticRegression"]
+    assert ours.weights == pytest.approx({**lr.weights, "intercept": lr.intercept}, abs=1e-12)
+    assert any(abs(w) > 1e-3 for w in ours.weights.values())  # it did learn something
+
+
+def _segment_stream(n: int, seed: int) -> list[tuple[float, ...]]:
+    rng = random.Random(seed)
+    return [tuple(rng.expovariate(1.0) * (1 + i % 3) for _ in SEGMENT_INPUTS) for i in range(n)]
+
+
+def test_segmenter_matches_river_pipeline() -> None:
+    river = _river_segmenter(8)
+    ours = Segmenter(k=8)
+    ids = []
+    for x in _segment_stream(3000, seed=4):
+        xd = dict(zip(SEGMENT_INPUTS, x))
+        river.learn_one(xd)
+        expected = river.predict_one(xd)
+        assert ours.learn_predict(x) == expected
+        ids.append(expected)
+    assert len(set(ids)) >= 4  # several centres in use: the comparison covers more than one
+    centers = river["StableKMeans"].centers
+    assert ours.centers == [pytest.approx([centers[c][n] for n in SEGMENT_INPUTS], abs=1e-12) for c in range(8)]
+
+
+def test_models_survive_pickling_mid_stream() -> None:
+    prop, seg = Propensity(), Segmenter(k=5)
+    data, xs = _stream(400, seed=5), _segment_stream(400, seed=6)
+    for (x, y), s in zip(data[:200], xs[:200]):
+        prop.learn(x, y)
+        seg.learn_predict(s)
+    prop2, seg2 = pickle.loads(pickle.dumps((prop, seg)))
+    for (x, y), s in zip(data[200:], xs[200:]):
+        assert prop2.predict(x) == prop.predict(x)
+        assert seg2.learn_predict(s) == seg.learn_predict(s)
+        prop.learn(x, y)
+        prop2.learn(x, y)
+    assert prop2.weights == prop.weights and seg2.centers == seg.centers
+
+
+def test_checkpoint_of_river_pipelines_loads_as_the_compact_models() -> None:
+    """Checkpoints written before the compact models pickled River pipelines (``_model``)."""
+    data, xs = _stream(600, seed=8), _segment_stream(600, seed=9)
+    river_p, river_s = _river_propensity(True, 0.0), _river_segmenter(8)
+    for (x, y), s in zip(data[:300], xs[:300]):
+        river_p.learn_one(dict(zip(PROPENSITY_INPUTS, x)), y)
+        river_s.learn_one(dict(zip(SEGMENT_INPUTS, s)))
+    old_p, old_s = Propensity.__new__(Propensity), Segmenter.__new__(Segmenter)
+    old_p.__dict__.update(learning_rate=0.01, l2=0.0, adaptive=True, _model=river_p)
+    old_s.__dict__.update(k=8, halflife=0.5, seed=42, _model=river_s)
+    prop, seg = pickle.loads(pickle.dumps((old_p, old_s)))
+    for (x, y), s in zip(data[300:], xs[300:]):
+        xd, sd = dict(zip(PROPENSITY_INPUTS, x)), dict(zip(SEGMENT_INPUTS, s))
+        assert prop.predict(x) == pytest.approx(river_p.predict_proba_one(xd)[True], abs=1e-12)
+        river_s.learn_one(sd)
+        assert seg.learn_predict(s) == river_s.predict_one(sd)
+        river_p.learn_one(xd, y)
+        prop.learn(x, y)
+
+
+def test_learn_predict_is_what_predict_says_afterwards() -> None:
+    seg = Segmenter(k=8)
+    for x in _segment_stream(2000, seed=10):
+        assert seg.learn_predict(x) == seg.predict(x)
+
+
+def test_dense_scaler_is_rivers_standard_scaler() -> None:
+    rng = random.Random(2)
+    river, ours = preprocessing.StandardScaler(), DenseScaler(3)
+    for i in range(500):
+        x = [rng.gauss(5, 2), float(i % 2), 3.0]  # the last one never varies: scaled to 0
+        river.learn_one(dict(enumerate(x)))
+        ours.learn(x)
+        assert ours.transform(x) == pytest.approx([river.transform_one(dict(enumerate(x)))[i] for i in range(3)],
+                                                  abs=1e-12)
+    assert ours.transform([1.0, 1.0, 3.0])[2] == 0.0

@@ -4,7 +4,10 @@ preferred hour, prices, decayed category affinity, rule tags (TagRules) and out-
 from __future__ import annotations
 
 import itertools
+import pickle
 import random
+import sys
+from array import array
 
 import pytest
 
@@ -255,3 +258,80 @@ def test_late_purchase_keeps_latest_timestamps() -> None:
     f = p.features()
     assert (f["first_seen_ts"], f["last_event_ts"], f["last_purchase_ts"]) == (T0 + 10, T0 + 200, T0 + 100)
     assert f["purchases_1h"] == 2.0
+
+
+# -- checkpoints and memory --------------------------------------------------------------------------
+def _mixed_events(n: int, seed: int) -> list[Event]:
+    rng = random.Random(seed)
+    types = [V, C, CART, RM, FAV, BUY, S]
+    return [ev(rng.choice(types), T0 + i * 7 * MINUTE + rng.randrange(0, 300), price=float(rng.randrange(0, 50)),
+               category=rng.choice(["a", "b", "c", ""]), session_id=f"s{i // 6}") for i in range(n)]
+
+
+def test_pickle_round_trip_continues_identically() -> None:
+    events = _mixed_events(120, seed=3)
+    p = profile(*events[:60])
+    q = pickle.loads(pickle.dumps(p))
+    for e in events[60:]:
+        p.update(e)
+        q.update(e)
+        assert q.features() == p.features()
+        assert (q.top_categories(), q.category_count(), q.tags()) == (p.top_categories(), p.category_count(), p.tags())
+
+
+def test_checkpoint_of_the_older_layout_loads() -> None:
+    """Older checkpoints pickled the slots as they were: affinity as a dict, hours as a list, the recent
+    session ids themselves, the current session id as a string."""
+    events = _mixed_events(80, seed=4)
+    p = profile(*events[:40])
+    state = {k: getattr(p, k) for k in UserProfile.__slots__ if k != "_affinity_w"}
+    state["_affinity"] = dict(zip(p._affinity, p._affinity_w))
+    state["_hours"] = list(p._hours)
+    state["_recent_sessions"] = tuple(e.session_id for e in events[:40])[-8:]
+    state["_session_id"] = events[39].session_id
+    old = UserProfile.__new__(UserProfile)
+    old.__setstate__((None, state))
+    for e in events[40:]:
+        p.update(e)
+        old.update(e)
+    assert old.features() == p.features()
+    assert old.top_categories() == p.top_categories() and old.category_count() == p.category_count()
+    late_same_session = ev(V, T0 + 300 * MINUTE, session_id=events[75].session_id)
+    p.update(late_same_session)
+    old.update(late_same_session)
+    assert old.features()["sessions_7d"] == p.features()["sessions_7d"]
+
+
+def test_decayed_scores_rebase_instead_of_overflowing() -> None:
+    # 3 years of one event a week: 2 ** (3 * 52 / 2) would overflow a float without rebasing
+    p = profile(*(ev(V, T0 + w * 7 * DAY + (w % 2) * 5 * HOUR, category=f"c{w % 3}") for w in range(3 * 52)))
+    assert max(p._hours) < 2.0**70 and max(p._affinity_w) < 2.0**70
+    assert p.features()["preferred_hour"] == 5.0  # the odd weeks, the latest of them: at 05:00
+    assert p.top_categories(1) == ["c2"]  # 155 % 3: the latest week's category
+
+
+def test_category_names_are_shared_between_profiles() -> None:
+    a = profile(ev(V, T0, category="".join(["sho", "es"])))
+    b = profile(ev(V, T0, category="".join(["sh", "oes"])))
+    assert a.top_categories()[0] is b.top_categories()[0]
+
+
+def _deep_size(o: object, seen: set[int]) -> int:
+    if id(o) in seen:
+        return 0
+    seen.add(id(o))
+    n = sys.getsizeof(o)
+    if isinstance(o, dict):
+        n += sum(_deep_size(k, seen) + _deep_size(v, seen) for k, v in o.items())
+    elif isinstance(o, (list, tuple)):
+        n += sum(_deep_size(v, seen) for v in o)
+    elif not isinstance(o, (str, int, float, array, type(None))):
+        n += sum(_deep_size(getattr(o, s), seen) for s in getattr(type(o), "__slots__", ()))
+    return n
+
+
+def test_profile_state_is_compact() -> None:
+    """A user with a few hours of activity (40 events in 40 minute tiles, 7 sessions, 3 categories) holds
+    under 4 KB of objects (the dict-of-float-lists layout held 8.2 KB; category names are shared)."""
+    p = profile(*_mixed_events(40, seed=5))
+    assert _deep_size(p, set()) < 4000
