@@ -238,3 +238,54 @@ async def test_stop_retries_after_the_backoff_not_the_flush_interval(make: Facto
     await asyncio.wait_for(m.stop(), 2.0)  # one 50 ms backoff is due, not a 60 s interval
     assert f.done()
     assert [r["user_id"] for r in online.written] == ["u1"]
+
+
+async def test_forget_drops_pending_rows_and_deletes_after_the_write_in_flight(make: Factory) -> None:
+    gate = threading.Event()
+    online = Sink(gate=gate)
+    deleted: list[str] = []
+    m, _, _, state, _ = make(online=online, delete=deleted.extend)
+    try:
+        waiter = mark(m, state, "victim")
+        assert (await online.next())[1] == [{"user_id": "victim", "v": 1}]  # this write is in flight now
+        mark(m, state, "victim")  # a newer change waits in the dirty set
+        gone = m.forget("victim")
+        assert gone is not None and m.depth == 0
+        assert deleted == []  # not before the write in flight has finished
+    finally:
+        gate.set()
+    await asyncio.wait_for(gone, TIMEOUT)
+    await asyncio.wait_for(waiter, TIMEOUT)
+    assert deleted == ["victim"]
+    assert [r["user_id"] for r in online.written] == ["victim"]  # the newer change was never written
+    m._offline_rows.append({"user_id": "victim"})
+    again = m.forget("victim")
+    assert m.snapshot() == ([], [])
+    assert again is not None
+    await asyncio.wait_for(again, TIMEOUT)  # idle again (cancelling a loop that is just waking can be swallowed
+    assert deleted == ["victim", "victim"]  # by asyncio.wait_for in 3.11, and the fixture cancels it)
+
+
+async def test_forget_resolves_read_your_writes_waiters_of_erased_users(make: Factory) -> None:
+    deleted: list[str] = []
+    m, online, _, state, _ = make(delete=deleted.extend, flush_interval_s=3600.0)
+    waiter = mark(m, state, "victim")
+    m.forget("victim")  # before any flush: nothing will ever be written for this mark
+    await asyncio.wait_for(waiter, TIMEOUT)
+    assert deleted == ["victim"] and online.n == 0
+
+
+async def test_a_failing_delete_is_retried_and_the_user_never_comes_back(make: Factory) -> None:
+    attempts: list[list[str]] = []
+
+    def delete(users: list[str]) -> None:
+        attempts.append(list(users))
+        if len(attempts) == 1:
+            raise ConnectionError("store unavailable")
+
+    m, _, _, _, metrics = make(delete=delete)
+    gone = m.forget("victim")
+    assert gone is not None
+    await asyncio.wait_for(gone, TIMEOUT)
+    assert attempts == [["victim"], ["victim"]] and value(metrics, "portrait_online_write_errors_total") == 1
+    assert m.pending_deletes() == []

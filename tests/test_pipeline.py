@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from server.errors import InvalidArgument
+from server.errors import FailedPrecondition, InvalidArgument
 from server.events import Event, EventType
 from server.metrics import Metrics
 from server.pipeline import PROPENSITY, Pipeline, PipelineConfig
@@ -217,3 +217,38 @@ def test_on_change_once_per_accepted_event() -> None:
         h.track(ev("u1", T, event_id=""))
     h.track(ev("u1", T - 10, event_id="c"))
     assert h.changes == ["u1", "u2", "u1"]
+
+
+def test_erase_drops_every_trace_of_the_user_and_suppresses_later_events() -> None:
+    import pickle
+
+    h = Harness(item_decision_interval_s=0.0, decision_interval_s=0.0)
+    for k in range(6):
+        h.track(ev("victim", T + k, EventType.ADD_TO_CART, item_id=f"i{k}", category="shoes", price=10.0,
+                   event_id=f"victim-e{k}"))
+        h.track(ev("other", T + k, EventType.VIEW, item_id="i1", category="shoes"))
+    p = h.p
+    assert p.labels.pending_for("victim") and p.ranker.history.get("victim", "i1") is not None
+    sizes = sum(p.segment_sizes)
+    assert p.erase("victim", offset=3, at=5.0)
+    assert "victim" not in p.profiles and p.labels.pending_for("victim") == 0
+    assert p.ranker.history.get("victim", "i1") is None and p.risk.user_risk("victim", T) == 0.0
+    assert sum(p.segment_sizes) == sizes - 1 and "victim-e0" not in p.dedupe
+    blob = pickle.dumps(p.state())
+    assert b"victim" not in blob and b"other" in blob  # nothing left anywhere in the checkpointed state
+    out = h.track(ev("victim", T + 10, event_id="victim-e0"))  # even a resend of an old id: suppressed
+    assert out.suppressed and not out.duplicate and "victim" not in p.profiles
+    assert h.sample("portrait_events_total", event_type="view", outcome="suppressed") == 1.0
+    with pytest.raises(FailedPrecondition):
+        p.update_attributes("victim", 30, "", "")
+    assert not p.erase("victim")  # idempotent: nothing held any more
+    assert p.unsuppress(p.erasures.digest("victim"), at=6.0)
+    assert h.track(ev("victim", T + 11)).version == 1  # a new, empty profile
+
+
+def test_erase_digest_finds_the_user_without_its_id() -> None:
+    h = Harness()
+    h.track(ev("victim", T))
+    d = h.p.erasures.digest("victim")
+    assert h.p.erase_digest(d, 7, 1.0) == "victim" and "victim" not in h.p.profiles
+    assert h.p.erase_digest(d, 8, 2.0) is None and h.p.erasures.pending[d][0] == 8

@@ -450,7 +450,7 @@ async def test_api_keys_and_roles(secured: Secured) -> None:
             assert await code(other, b"") == U
 
     after = {r: sample(srv, "portrait_rejected_total", reason=r) - before[r] for r in before}
-    assert after == {"no_credentials": 4, "bad_credentials": 4, "permission_denied": 8}
+    assert after == {"no_credentials": 7, "bad_credentials": 4, "permission_denied": 15}
     unauth = sample(srv, "grpc_server_handled_total", grpc_type="unary", grpc_service="portrait.v1.ProfileService",
                     grpc_method="Track", grpc_code="UNAUTHENTICATED") - unauth_before
     assert unauth == 5  # refusals are counted with their code by the outer metrics interceptor
