@@ -30,7 +30,7 @@ HEADER = struct.Struct("<QQI")
 PREFIX, SUFFIX = "ckpt-", ".bin"
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -61,7 +61,7 @@ def write_checkpoint(directory: str | Path, offset: int, body: bytes) -> Path:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, final)
-    _fsync_dir(d)
+    fsync_dir(d)
     return final
 
 

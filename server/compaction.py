@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from server import checkpoint
 from server.erasure import Erasures
-from server.eventlog import HEADER, MAX_RECORD, EventLog
+from server.eventlog import HEADER, EventLog, records
 
 
 @dataclass
@@ -39,21 +39,13 @@ class CompactionReport:
     seconds: float = 0.0
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _replace(path: Path, write: Callable[[Path], Any]) -> None:
     tmp = path.with_name(f"{path.name}.compact-{os.getpid()}.tmp")
     write(tmp)
     with open(tmp, "rb+") as fh:
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    checkpoint.fsync_dir(path.parent)
 
 
 def remove_temp_files(directory: Path) -> int:
@@ -79,7 +71,7 @@ def compact_offline(directory: Path, erasures: Erasures) -> int:
             continue
         if not any(keep):
             path.unlink()
-            _fsync_dir(path.parent)
+            checkpoint.fsync_dir(path.parent)
         else:
             kept = table.filter(pa.array(keep))
 
@@ -96,20 +88,14 @@ def compact_segment(path: Path, first_offset: int, erasures: Erasures,
     """Replace the doomed records of one *closed* log segment by ``tombstone`` records; True if rewritten."""
     data = path.read_bytes()
     out = bytearray()
-    pos, off, changed = 0, first_offset, False
-    while pos + HEADER.size <= len(data):
-        length, crc = HEADER.unpack_from(data, pos)
-        end = pos + HEADER.size + length
-        payload = data[pos + HEADER.size:end]
-        if length > MAX_RECORD or end > len(data) or zlib.crc32(payload) != crc:
-            break
+    changed = False
+    for off, start, end, payload in records(data, first_offset):
         user = user_of(payload)
         if user is not None and erasures.doomed_record(user, off):
             out += HEADER.pack(len(tombstone), zlib.crc32(tombstone)) + tombstone
             changed = True
         else:
-            out += data[pos:end]
-        pos, off = end, off + 1
+            out += data[start:end]
     if changed:
         _replace(path, lambda tmp: tmp.write_bytes(bytes(out)))
     return changed

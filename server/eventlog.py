@@ -53,17 +53,26 @@ def _segment_name(first_offset: int) -> str:
     return f"{first_offset:020d}{SUFFIX}"
 
 
-def _scan(path: Path) -> tuple[int, int]:
-    """(valid records, valid byte length) of one segment file."""
-    data = path.read_bytes()
-    pos = count = 0
+def records(data: bytes, first_offset: int = 0) -> Iterator[tuple[int, int, int, bytes]]:
+    """``(offset, start, end, payload)`` of every valid record of one segment's bytes, stopping at the first
+    torn or corrupt one (``data[start:end]`` is the whole record, header included)."""
+    pos, off = 0, first_offset
     while pos + HEADER.size <= len(data):
         length, crc = HEADER.unpack_from(data, pos)
         end = pos + HEADER.size + length
-        if length > MAX_RECORD or end > len(data) or zlib.crc32(data[pos + HEADER.size:end]) != crc:
-            break
-        pos, count = end, count + 1
-    return count, pos
+        payload = data[pos + HEADER.size:end]
+        if length > MAX_RECORD or end > len(data) or zlib.crc32(payload) != crc:
+            return
+        yield off, pos, end, payload
+        pos, off = end, off + 1
+
+
+def _scan(path: Path) -> tuple[int, int]:
+    """(valid records, valid byte length) of one segment file."""
+    count = size = 0
+    for _, _, end, _ in records(path.read_bytes()):
+        count, size = count + 1, end
+    return count, size
 
 
 class EventLog:
@@ -258,17 +267,9 @@ class EventLog:
             nxt = segs[i + 1][0] if i + 1 < len(segs) else None
             if nxt is not None and nxt <= offset:
                 continue
-            data = path.read_bytes()
-            pos, off = 0, first
-            while pos + HEADER.size <= len(data):
-                length, crc = HEADER.unpack_from(data, pos)
-                end = pos + HEADER.size + length
-                payload = data[pos + HEADER.size:end]
-                if length > MAX_RECORD or end > len(data) or zlib.crc32(payload) != crc:
-                    break
+            for off, _, _, payload in records(path.read_bytes(), first):
                 if off >= offset:
                     yield off, payload
-                pos, off = end, off + 1
 
     def first_offset(self) -> int:
         """Offset of the oldest retained record."""
