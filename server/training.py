@@ -149,14 +149,18 @@ def _features(store: Any, spec: str) -> tuple[Any, list[str]]:
     return service, names
 
 
-def build_training_set(store: Any, entities: Any, features: str = DEFAULT_FEATURES) -> Any:
-    """Entities (after :func:`clean_entities`) joined point-in-time with ``features``; input row order."""
+def build_training_set(store: Any, entities: Any, features: str = DEFAULT_FEATURES, ids: Any = None) -> Any:
+    """Entities (after :func:`clean_entities`) joined point-in-time with ``features``; input row order.
+    With ``ids`` (a ``Pseudonymizer``) the raw user ids are looked up under their pseudonyms; the output
+    keeps the raw ids."""
     what, names = _features(store, features)
     clash = sorted(set(names) & (set(entities.columns) - {"user_id", "event_timestamp"}))
     if clash:
         raise TrainingSetError(f"entity columns {clash} have the names of features; rename them")
     df = entities.copy()
     df[_ROW] = range(len(df))
+    if ids is not None and ids.enabled:
+        df["user_id"] = [ids.map(u) for u in df["user_id"]]
     # Feast's DuckDB path casts to microseconds and refuses to drop nanoseconds ("would lose data").
     # Feature rows have microsecond times, so flooring is exact: row time <= t  <=>  row time <= floor_us(t).
     df["event_timestamp"] = df["event_timestamp"].dt.floor("us").astype("datetime64[us, UTC]")
@@ -168,6 +172,7 @@ def build_training_set(store: Any, entities: Any, features: str = DEFAULT_FEATUR
         raise TrainingSetError(f"Feast returned {len(out)} rows for {len(df)} entity rows")
     out = out.sort_values(_ROW, kind="stable").drop(columns=[_ROW]).reset_index(drop=True)
     out["event_timestamp"] = entities["event_timestamp"].reset_index(drop=True)  # the input's own values
+    out["user_id"] = entities["user_id"].reset_index(drop=True)  # raw ids, also when looked up as pseudonyms
     front = [c for c in entities.columns if c in out.columns]
     return out[front + [c for c in out.columns if c not in front]]
 
@@ -209,6 +214,17 @@ def open_feature_store() -> Any:
     return open_store(s.feature_repo)
 
 
+def _pseudonyms() -> Any:
+    """The server's pseudonymizer (``PORTRAIT_PSEUDONYM_KEY_FILE``), so raw entity ids find their rows."""
+    from server.config import Settings
+    from server.pseudonym import Pseudonymizer, PseudonymKeyError
+
+    try:
+        return Pseudonymizer.load(Settings().pseudonym_key_file)
+    except PseudonymKeyError as exc:
+        raise TrainingSetError(str(exc)) from None
+
+
 # ------------------------------------------------------------------------------------ CLI
 
 
@@ -227,7 +243,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         _suffix(Path(args.out))
         entities = clean_entities(read_entities(args.entities))
-        df = build_training_set(open_feature_store(), entities, args.features)
+        df = build_training_set(open_feature_store(), entities, args.features, _pseudonyms())
         write_table(df, args.out)
     except TrainingSetError as exc:
         print(f"portrait training-set: {exc}", file=sys.stderr)

@@ -165,3 +165,28 @@ def test_feast_redis_defaults_to_the_embedded_redis() -> None:
     assert training.feast_redis(s) == "127.0.0.1:6391,db=0"
     s = Settings(_env_file=None, redis_url="redis://h:7/3", feast_redis=None)  # type: ignore[call-arg]
     assert training.feast_redis(s) == "h:7,db=3"
+
+
+def test_raw_entity_ids_find_rows_stored_under_pseudonyms(server: Any) -> None:
+    import secrets
+
+    from prometheus_client import CollectorRegistry
+
+    from server.events import Event, EventType
+    from server.features import OfflineLog, open_store
+    from server.metrics import Metrics
+    from server.pipeline import Pipeline, PipelineConfig
+    from server.pseudonym import Pseudonymizer
+
+    ids = Pseudonymizer([("v1", secrets.token_bytes(32))])
+    raw = uid("raw")
+    p = Pipeline(PipelineConfig(), Metrics(CollectorRegistry()))
+    t0 = 1_650_000_000.0
+    p.apply(Event(uid("e"), ids.map(raw), EventType.VIEW, t0, item_id="a"))  # stored as the server would
+    OfflineLog(server.settings.data_dir).append([p.row(ids.map(raw))])
+    entities = clean_entities(pd.DataFrame({"user_id": [raw], "event_timestamp": [t0 + 10]}))
+    store = open_store(ROOT / "feature_repo")
+    plain = training.build_training_set(store, entities)
+    assert math.isnan(plain.loc[0, "views_1h"])  # the raw id is stored nowhere
+    got = training.build_training_set(store, entities, ids=ids)
+    assert got.loc[0, "user_id"] == raw and got.loc[0, "views_1h"] == 1.0
