@@ -62,7 +62,7 @@ class Settings(BaseSettings):
     item_decision_interval_s: float = Field(default=3600.0, ge=0)
     """At most one item decision per (user, item, action class) per this many seconds."""
     max_pending_item_labels: int = Field(default=500_000, ge=1)
-    """Hard cap on pending item decisions (~550 bytes each); beyond it new ones are not recorded."""
+    """Hard cap on pending item decisions (~300 bytes each); beyond it new ones are not recorded."""
     item_decision_sample: float = Field(default=1.0, gt=0, le=1)
     """Share of (user, item) pairs whose decisions are recorded (deterministic); lower it at high traffic."""
     item_history: int = Field(default=20, ge=1)

@@ -23,8 +23,9 @@ Both are updated per event in event time and read by the ranking model (``server
 from __future__ import annotations
 
 import math
+from array import array
 from collections import OrderedDict
-from typing import Any
+from typing import Any, NamedTuple
 
 from server.events import EventType
 
@@ -38,6 +39,26 @@ SLOT = {
 }
 _LAST_T, _CATEGORY = 6, 7  # ItemHistory entry: 6 counters, last touch time, category
 _EMPTY = (0.0, 0.0, 0.0, 0.0)
+
+MAX_SHARED = 200_000
+"""Item ids and category names shared between users (``shared``); beyond this many, each keeps its own copy."""
+_shared: dict[str, str] = {}
+
+
+def shared(name: str) -> str:
+    """One string object per item id or category name: they repeat across users and pending decisions, and
+    every event brings a fresh copy. Bounded (``MAX_SHARED``); only for catalog names, never for user data.
+
+    >>> a, b = "".join(["item-", "7"]), "".join(["item-", "7"])
+    >>> a is b, shared(a) is shared(b)
+    (False, True)
+    """
+    s = _shared.get(name)
+    if s is not None:
+        return s
+    if len(_shared) < MAX_SHARED:
+        _shared[name] = name
+    return name
 
 
 class Popularity:
@@ -105,50 +126,107 @@ class Popularity:
         return s[1] * f, s[2] * f, s[3] * f
 
 
+class _Recent(NamedTuple):
+    """One user's recent items, least recently touched first: ids, categories and, per item, 7 numbers
+    (6 counters and the last touch time) in one array."""
+
+    user: str
+    items: list[str]
+    categories: list[str]
+    numbers: array
+
+
+_WIDTH = 7  # numbers per item in ``_Recent.numbers``: 6 counters, last touch time
+
+
 class ItemHistory:
     """Per user, the ``max_items`` most recently touched items with what the user did to each.
 
-    An entry is ``[views, clicks, carts, favorites, removes, purchases, last touch time, category]``.
-    Memory: at most ``max_items`` entries (~250 bytes each) per user.
+    An entry (``get``) is ``[views, clicks, carts, favorites, removes, purchases, last touch time, category]``.
+    Stored compactly: per user two lists of (shared) strings and one ``array('d')`` of 7 numbers per item,
+    ~72 bytes per item plus ~300 per user (strings shared through ``shared``).
     """
 
     def __init__(self, max_items: int = 20) -> None:
         self.max_items = max_items
-        self._users: dict[str, dict[str, list[Any]]] = {}
+        self._users: dict[str, _Recent] = {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Checkpoints written before the compact layout held ``{user: {item: entry list}}``."""
+        users = state.get("_users", {})
+        for user, held in list(users.items()):
+            if isinstance(held, dict):
+                numbers = array("d")
+                for entry in held.values():
+                    numbers.extend(entry[:_CATEGORY])
+                users[user] = _Recent(user, [shared(i) for i in held], [shared(e[_CATEGORY]) for e in held.values()],
+                                      numbers)
+        self.__dict__.update(state)
 
     def __len__(self) -> int:
         return len(self._users)
 
+    def user_key(self, user: str) -> str:
+        """The string object the user's history is held under (``user`` if none): shared by callers that
+        keep the id too, so that a user costs one copy of it."""
+        held = self._users.get(user)
+        return held.user if held is not None else user
+
     def get(self, user: str, item: str) -> list[Any] | None:
-        """The user's entry for ``item`` (None if not among the recent items)."""
-        items = self._users.get(user)
-        return items.get(item) if items else None
+        """The user's entry for ``item`` (None if not among the recent items); a copy."""
+        held = self._users.get(user)
+        if held is None:
+            return None
+        try:
+            i = held.items.index(item)
+        except ValueError:
+            return None
+        k = i * _WIDTH
+        return [*held.numbers[k:k + _WIDTH], held.categories[i]]
 
     def add(self, user: str, item: str, category: str, t: float, slot: int) -> None:
         """Record one event of ``slot`` by ``user`` on ``item`` at ``t``."""
-        items = self._users.get(user)
-        if items is None:
-            items = self._users[user] = {}
-        entry = items.pop(item, None)  # re-inserted last: dict order = recency of touch
-        if entry is None:
-            entry = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, t, category]
+        held = self._users.get(user)
+        if held is None:
+            held = self._users[user] = _Recent(user, [], [], array("d"))
+        items, categories, numbers = held.items, held.categories, held.numbers
+        try:
+            i = items.index(item)
+        except ValueError:
+            i = -1
+        if i >= 0:  # moved last: list order = recency of touch
+            k = i * _WIDTH
+            entry = numbers[k:k + _WIDTH]
+            del numbers[k:k + _WIDTH]
+            numbers.extend(entry)
+            del items[i]
+            items.append(item)
+            categories.append(categories.pop(i))
+        else:
             if len(items) >= self.max_items:
-                del items[next(iter(items))]
-        items[item] = entry
-        entry[slot] += 1.0
-        if t > entry[_LAST_T]:
-            entry[_LAST_T] = t
+                del items[0], categories[0], numbers[:_WIDTH]
+            items.append(item)
+            categories.append(category)
+            numbers.extend((0.0, 0.0, 0.0, 0.0, 0.0, 0.0, t))
+        k = len(numbers) - _WIDTH
+        numbers[k + slot] += 1.0
+        if t > numbers[k + _LAST_T]:
+            numbers[k + _LAST_T] = t
         if category:
-            entry[_CATEGORY] = category
+            categories[-1] = category
 
     def category_touches(self, user: str, category: str) -> tuple[float, float]:
         """(events, carts + favorites) of the user on recent items of ``category``."""
         touches = strong = 0.0
-        if category:
-            for e in (self._users.get(user) or {}).values():
-                if e[_CATEGORY] == category:
-                    touches += e[VIEWS] + e[CLICKS] + e[CARTS] + e[FAVORITES] + e[REMOVES] + e[PURCHASES]
-                    strong += e[CARTS] + e[FAVORITES]
+        held = self._users.get(user)
+        if category and held is not None:
+            n = held.numbers
+            for i, c in enumerate(held.categories):
+                if c == category:
+                    k = i * _WIDTH
+                    touches += n[k + VIEWS] + n[k + CLICKS] + n[k + CARTS] + n[k + FAVORITES] + n[k + REMOVES] \
+                        + n[k + PURCHASES]
+                    strong += n[k + CARTS] + n[k + FAVORITES]
         return touches, strong
 
     def drop_user(self, user: str) -> bool:

@@ -58,7 +58,7 @@ class PipelineConfig:
     item_decision_interval_s: float = 3600.0
     """At most one item decision per (user, item, action) per this many seconds."""
     max_pending_item_labels: int = 500_000
-    """Hard cap on pending item decisions (~550 bytes each); beyond it new ones are not recorded."""
+    """Hard cap on pending item decisions (~300 bytes each); beyond it new ones are not recorded."""
     item_decision_sample: float = 1.0
     """Share of (user, item) pairs whose decisions are recorded (deterministic); lower it at high traffic."""
     item_history: int = 20

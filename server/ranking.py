@@ -38,7 +38,19 @@ from river import base, compose, linear_model, optim, preprocessing
 
 from server.events import Event, EventType
 from server.itemlabels import ItemDecision, ItemLabels
-from server.itemstats import CARTS, CLICKS, DAY, FAVORITES, PURCHASES, REMOVES, SLOT, VIEWS, ItemHistory, Popularity
+from server.itemstats import (
+    CARTS,
+    CLICKS,
+    DAY,
+    FAVORITES,
+    PURCHASES,
+    REMOVES,
+    SLOT,
+    VIEWS,
+    ItemHistory,
+    Popularity,
+    shared,
+)
 from server.profile import HOUR, UserProfile
 from server.quality import RollingQuality
 
@@ -198,17 +210,18 @@ class Ranker:
         slot = SLOT.get(etype)
         if slot is None or not e.item_id:  # a search (with or without an item) says nothing about items
             return []
-        user, item = e.user_id, e.item_id
+        # one string object per user (the history's) and per item id / category name: held many times over
+        user, item, cat = self.history.user_key(e.user_id), shared(e.item_id), shared(e.category)
         resolved: list[tuple[ItemDecision, bool]] = []
         if etype == EventType.PURCHASE:
             resolved = self.labels.on_purchase(user, item, t)
         elif etype in _DECIDE and self.sampled(user, item) and self.labels.wants(user, item, int(etype), t):
-            x = self._vector(user, f, profile.top_categories(), item, e.category, e.price, int(etype), t)
+            x = self._vector(user, f, profile.top_categories(), item, cat, e.price, int(etype), t)
             self.labels.decide(user, item, int(etype), t, x, self.model.predict(x))
-        self.history.add(user, item, e.category, t, slot)
+        self.history.add(user, item, cat, t, slot)
         self.items.add(item, t, slot, e.price)
-        if e.category:
-            self.categories.add(e.category, t, slot)
+        if cat:
+            self.categories.add(cat, t, slot)
         return resolved
 
     def sampled(self, user: str, item: str) -> bool:

@@ -10,8 +10,9 @@ Inputs: the gap since the user's previous event, the user's event velocity (even
 last hour), the price against the user's usual viewed price, the units, whether the category
 and the device (``context["device"]``) are new for the user, and whether it is a purchase.
 
-Per user it keeps the latest risk, its time, the last 8 categories and the last 4 devices
-(~300 bytes).
+Per user it keeps the latest risk, its time, the last 8 categories and the last 4 devices, in one flat
+tuple ``(risk, risk time, number of categories, *categories, *devices)`` (category names shared between
+users; ~150 bytes).
 
 >>> from server.events import Event, EventType
 >>> r = Risk(window_size=50, seed=1)
@@ -33,10 +34,12 @@ True
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from river import anomaly
 
 from server.events import Event, EventType
+from server.itemstats import shared
 
 RISK_INPUTS = ("gap", "velocity", "price_vs_usual", "units", "new_category", "new_device", "is_purchase")
 _COUNT_1H = tuple(f"{t.plural}_1h" for t in EventType)
@@ -58,7 +61,24 @@ class Risk:
         self.window_size = window_size
         self.seed = seed
         self._model = anomaly.HalfSpaceTrees(n_trees=n_trees, height=height, window_size=window_size, seed=seed)
-        self._users: dict[str, tuple[float, float, tuple[str, ...], tuple[str, ...]]] = {}
+        self._users: dict[str, tuple[Any, ...]] = {}  # (risk, risk_t, n categories, *categories, *devices)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Checkpoints written before the flat layout held ``(risk, risk_t, categories, devices)``."""
+        users = state.get("_users", {})
+        for user, s in users.items():
+            if len(s) == 4 and isinstance(s[2], tuple):
+                risk, risk_t, categories, devices = s
+                users[user] = (risk, risk_t, len(categories), *map(shared, categories), *devices)
+        self.__dict__.update(state)
+
+    def user_state(self, user: str) -> tuple[float, float, tuple[str, ...], tuple[str, ...]] | None:
+        """The user's (risk, risk time, recent categories, recent devices), None if unknown."""
+        s = self._users.get(user)
+        if s is None:
+            return None
+        n = s[2]
+        return s[0], s[1], s[3:3 + n], s[3 + n:]
 
     def vector(self, e: Event, f: dict[str, float], previous_t: float | None,
                categories: tuple[str, ...], devices: tuple[str, ...]) -> dict[str, float]:
@@ -82,19 +102,19 @@ class Risk:
     def observe(self, e: Event, f: dict[str, float], previous_t: float | None) -> float:
         """Score event ``e`` (then learn it); ``previous_t`` is the user's latest event time before it."""
         t = float(e.event_time)  # type: ignore[arg-type]
-        risk, risk_t, categories, devices = self._users.get(e.user_id, (0.0, t, (), ()))
+        risk, risk_t, categories, devices = self.user_state(e.user_id) or (0.0, t, (), ())
         x = self.vector(e, f, previous_t, categories, devices)
         score = float(self._model.score_one(x))
         self._model.learn_one(x)
         if e.category and e.category not in categories:
-            categories = (*categories[-(_CATEGORIES - 1):], e.category)
+            categories = (*categories[-(_CATEGORIES - 1):], shared(e.category))
         device = e.context.get("device", "")
         if device and device not in devices:
             devices = (*devices[-(_DEVICES - 1):], device)
         decayed = self._decayed(risk, risk_t, t)
         if score >= decayed:
             risk, risk_t = score, t
-        self._users[e.user_id] = (risk, risk_t, categories, devices)
+        self._users[e.user_id] = (risk, risk_t, len(categories), *categories, *devices)
         return score
 
     def _decayed(self, risk: float, risk_t: float, t: float) -> float:

@@ -10,6 +10,7 @@ import pickle
 import random
 import time
 import urllib.request
+from array import array
 from typing import Any
 
 import grpc
@@ -20,7 +21,7 @@ from server._gen.portrait.v1 import portrait_pb2 as pb
 from server.errors import InvalidArgument
 from server.events import Event, EventType
 from server.itemlabels import ItemLabels
-from server.itemstats import CARTS, PURCHASES, VIEWS, ItemHistory, Popularity
+from server.itemstats import CARTS, FAVORITES, PURCHASES, VIEWS, ItemHistory, Popularity
 from server.metrics import Metrics
 from server.pipeline import ITEM, MAX_CANDIDATES, Pipeline, PipelineConfig
 from server.profile import DAY, HOUR, UserProfile
@@ -157,6 +158,76 @@ def test_item_history_is_bounded_per_user_and_ordered_by_touch() -> None:
     assert h.category_touches("v", "c") == (0.0, 0.0)
     h.add("u", "i2", "c", T - 100, VIEWS)  # a late event does not move the last touch back
     assert h.get("u", "i2")[6] == T + 2  # type: ignore[index]
+
+
+def test_item_history_is_compact_and_converts_old_checkpoints() -> None:
+    h = ItemHistory(max_items=3)
+    h.add("u", "a", "c", T, VIEWS)
+    h.add("u", "b", "", T + 1, CARTS)
+    h.add("u", "a", "", T + 2, PURCHASES)  # no category: the known one stays
+    held = h._users["u"]
+    assert held.items == ["b", "a"] and held.categories == ["", "c"] and len(held.numbers) == 14
+    assert h.user_key("u") is held.user and h.user_key("v") == "v"
+    assert h.get("u", "a") == [1.0, 0.0, 0.0, 0.0, 0.0, 1.0, T + 2, "c"]
+    # a checkpoint written before the compact layout: {user: {item: [6 counters, last touch, category]}}
+    old = ItemHistory(max_items=3)
+    old._users = {"u": {"b": [0.0, 0.0, 1.0, 0.0, 0.0, 0.0, T + 1, ""],  # type: ignore[dict-item]
+                        "a": [1.0, 0.0, 0.0, 0.0, 0.0, 1.0, T + 2, "c"]}}
+    new = pickle.loads(pickle.dumps(old))
+    assert new._users == h._users and pickle.loads(pickle.dumps(h))._users == h._users
+    for x in (new, h):
+        x.add("u", "d", "c", T + 3, VIEWS)
+        x.add("u", "e", "c", T + 4, FAVORITES)  # evicts b
+    assert new._users == h._users and new.get("u", "b") is None and new.category_touches("u", "c") == (4.0, 1.0)
+    assert h.drop_user("u") and not h.drop_user("u") and h.get("u", "a") is None
+
+
+def test_item_labels_pack_decisions_and_convert_old_checkpoints() -> None:
+    q = ItemLabels(horizon_s=DAY, min_interval_s=HOUR, allowed_lateness_s=0)
+    x = [0.1, 2.5, -3.0]
+    assert q.decide("u", "a", 1, T + 10, x, 0.25) and q.decide("u", "a", 3, T, [1.0], 0.5)  # late: sorted by t
+    assert q.decide("v", "a", 5, T + 5, x, 0.125)
+    assert isinstance(q._pending["u"]["a"], bytes)
+    got = sorted(q.decisions())
+    assert [(d.t, d.p, d.user, d.item, d.kind) for d in got] == [
+        (T, 0.5, "u", "a", 3), (T + 5, 0.125, "v", "a", 5), (T + 10, 0.25, "u", "a", 1)]
+    assert list(got[2].x) == list(array("f", x)) and got[2].x.typecode == "f"  # 32-bit floats, as before
+    # a checkpoint written before the packed layout: {(user, item): [ItemDecision, ...]} (sorted by t)
+    old = ItemLabels(horizon_s=DAY, min_interval_s=HOUR, allowed_lateness_s=0)
+    old._pending = {("u", "a"): [d for d in got if d.user == "u"],  # type: ignore[dict-item]
+                    ("v", "a"): [got[1]], ("w", "z"): []}
+    old._deadlines, old._count = list(q._deadlines), 3
+    new = pickle.loads(pickle.dumps(old))
+    assert new._pending == q._pending and sorted(new.decisions()) == got
+    for labels in (new, q):
+        assert [(d.t, y) for d, y in labels.on_purchase("u", "a", T + 7)] == [(T, True)]
+        # the purchased decision's deadline (T + DAY) is still queued and comes first: it resolves u's pair
+        assert [(d.user, d.t) for d, _ in labels.advance(T + 10 + DAY)] == [("u", T + 10), ("v", T + 5)]
+        assert len(labels) == 0 and labels._pending == {}
+
+
+def test_item_labels_drop_user_removes_every_trace() -> None:
+    q = ItemLabels(horizon_s=DAY, min_interval_s=HOUR, allowed_lateness_s=0)
+    for n, user in enumerate(["u", "v", "u"]):
+        q.decide(user, f"i{n}", 1, T + n, [1.0], 0.5)
+    assert q.drop_user("u") and not q.drop_user("u")
+    assert len(q) == 1 and [d.user for d in q.decisions()] == ["v"] and {d[1] for d in q._deadlines} == {"v"}
+    assert b"u" not in pickle.dumps(q._pending) and q.drop_user("v") and len(q) == 0
+
+
+def test_ranker_shares_user_and_item_strings() -> None:
+    r = Ranker(horizon_s=DAY)
+    prof = UserProfile()
+    for n in range(3):  # fresh string objects per event, as from protobufs
+        e = ev("".join(["u", "1"]), T + HOUR * n, EventType.VIEW, item="".join(["i", str(n % 2)]),
+               category="".join(["c", "1"]), price=5.0)
+        prof.update(e)
+        r.observe(e, prof.features(), prof, T + HOUR * n)
+    user = r.history._users["u1"].user
+    assert all(u is user for u in r.labels._pending) and all(d[1] is user for d in r.labels._deadlines)
+    held = r.history._users["u1"]
+    assert held.categories[0] is held.categories[1]
+    assert {id(d.item) for d in r.labels.decisions()} == {id(i) for i in held.items}
 
 
 # -- ItemModel and Ranker -----------------------------------------------------------------------
@@ -387,5 +458,5 @@ def test_decision_sampling_keeps_a_stable_share_of_pairs() -> None:
     p = Pipeline(PipelineConfig(item_decision_sample=0.3), Metrics(CollectorRegistry()))
     for n, (u, i) in enumerate(pairs):
         p.apply(ev(u, T + n, item=i))
-    assert {(d.user, d.item) for q in p.ranker.labels._pending.values() for d in q} == {
+    assert {(d.user, d.item) for d in p.ranker.labels.decisions()} == {
         pair for pair, k in zip(pairs, kept) if k}

@@ -4,6 +4,7 @@ per-user risk, bounded per-user state, and its wiring into the pipeline (profile
 from __future__ import annotations
 
 import itertools
+import pickle
 from typing import Any
 
 import pytest
@@ -87,7 +88,7 @@ def test_ordinary_traffic_stays_under_the_threshold_and_anomalies_cross_it(
 
 def test_user_risk_is_the_decayed_maximum_and_state_is_bounded() -> None:
     r = Risk(half_life_s=HOUR)
-    r._users["u"] = (0.8, T, (), ())  # as if an event at T scored 0.8
+    r._users["u"] = (0.8, T, 0)  # as if an event at T scored 0.8 (no categories or devices yet)
     assert r.user_risk("u", T + HOUR) == pytest.approx(0.4)
     assert r.user_risk("u", T - 10) == 0.8  # asked before it: no decay
     assert r.user_risk("nobody", T) == 0.0
@@ -96,11 +97,33 @@ def test_user_risk_is_the_decayed_maximum_and_state_is_bounded() -> None:
         e = ev("u", T + HOUR + i, category=f"c{i}", context={"device": f"d{i}"})
         p.update(e)
         r.observe(e, p.features(), None)
-    _, _, categories, devices = r._users["u"]
+    _, _, categories, devices = r.user_state("u")  # type: ignore[misc]
     assert categories == tuple(f"c{i}" for i in range(22, 30))
     assert devices == ("d26", "d27", "d28", "d29")
     # scores are 0 while the detector's first reference window fills, so the risk decayed from 0.8
     assert r.user_risk("u", T + 2 * HOUR) == pytest.approx(0.2, rel=0.01)
+
+
+def test_per_user_state_is_one_flat_tuple_with_shared_categories_and_old_checkpoints_convert() -> None:
+    r = Risk()
+    for u in ("u", "v"):
+        for i in range(3):
+            r.observe(ev(u, T + i, category="".join(["c", str(i)]), context={"device": "".join(["d", u])}), {}, None)
+    assert r._users["u"][2:] == (3, "c0", "c1", "c2", "du")  # (risk, risk_t, n categories, *categories, *devices)
+    assert r.user_state("u")[2:] == (("c0", "c1", "c2"), ("du",))  # type: ignore[index]
+    assert r._users["u"][3] is r._users["v"][3]  # category names are shared between users
+    assert r.user_state("nobody") is None
+    # a checkpoint written before the flat layout: (risk, risk_t, categories, devices) per user
+    old = Risk()
+    old._users = {"u": (0.5, T, ("a", "b"), ("phone",)), "w": (0.0, T, (), ())}
+    new = pickle.loads(pickle.dumps(old))
+    assert new._users == {"u": (0.5, T, 2, "a", "b", "phone"), "w": (0.0, T, 0)}
+    assert new.user_risk("u", T) == 0.5 and new.user_state("u") == (0.5, T, ("a", "b"), ("phone",))
+    twin = Risk()  # the same state written in the new layout: continues identically
+    twin._users = dict(new._users)
+    e = ev("u", T + 5, category="c", context={"device": "tablet"})
+    assert new.observe(e, {}, T) == twin.observe(e, {}, T) and new._users == twin._users
+    assert new._users["u"][2:] == (3, "a", "b", "c", "phone", "tablet")
 
 
 @pytest.mark.parametrize(("threshold", "tagged"), [(0.0, True), (1.01, False)])
