@@ -28,6 +28,7 @@ from collections import OrderedDict
 from typing import Any, NamedTuple
 
 from server.events import EventType
+from server.names import shared
 
 DAY = 86_400.0
 
@@ -39,27 +40,6 @@ SLOT = {
 }
 _LAST_T, _CATEGORY = 6, 7  # ItemHistory entry: 6 counters, last touch time, category
 _EMPTY = (0.0, 0.0, 0.0, 0.0)
-
-MAX_SHARED = 200_000
-"""Item ids and category names shared between users (``shared``); beyond this many, each keeps its own copy."""
-_shared: dict[str, str] = {}
-
-
-def shared(name: str) -> str:
-    """One string object per item id or category name: they repeat across users and pending decisions, and
-    every event brings a fresh copy. Bounded (``MAX_SHARED``); only for catalog names, never for user data.
-
-    >>> a, b = "".join(["item-", "7"]), "".join(["item-", "7"])
-    >>> a is b, shared(a) is shared(b)
-    (False, True)
-    """
-    s = _shared.get(name)
-    if s is not None:
-        return s
-    if len(_shared) < MAX_SHARED:
-        _shared[name] = name
-    return name
-
 
 class Popularity:
     """Decayed counts of views, carts and purchases, and the decayed mean viewed price, per key.

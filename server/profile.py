@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from server.events import Event, EventType
+from server.names import shared
 from server.windows import TiledWindow
 
 MINUTE, HOUR, DAY = 60, 3600, 86400
@@ -34,7 +35,6 @@ HOUR_HALF_LIFE_S = 14 * DAY
 MAX_CATEGORIES = 32
 RECENT_SESSIONS = 8  # session ids remembered, so a late event of a recent session does not count it again
 REBASE_HALF_LIVES = 64.0  # decayed scores are kept relative to a reference time at most this many half-lives old
-MAX_INTERNED = 100_000  # category names shared between profiles (beyond this many, each keeps its own copy)
 
 TYPES = tuple(EventType)
 N_TYPES = len(TYPES)
@@ -87,18 +87,6 @@ def _decay(half_life_s: float, dt: float) -> float:
     return math.pow(0.5, dt / half_life_s)
 
 
-_interned: dict[str, str] = {}
-
-
-def _intern(s: str) -> str:
-    """One shared string object per category name (names repeat across millions of profiles; every
-    event brings a fresh copy). Bounded: past ``MAX_INTERNED`` names a new one is kept as it is."""
-    shared = _interned.get(s)
-    if shared is not None:
-        return shared
-    if len(_interned) < MAX_INTERNED:
-        _interned[s] = s
-    return s
 
 
 def _session_key(session_id: str) -> int:
@@ -233,7 +221,7 @@ class UserProfile:
         try:
             i = cats.index(category)
         except ValueError:
-            cats.append(_intern(category))
+            cats.append(shared(category))
             scores.append(max(0.0, 0.0 + added))
             i = len(cats) - 1
         else:
@@ -324,7 +312,7 @@ class UserProfile:
             state = dict(state[1])
         if isinstance(state.get("_affinity"), dict):  # older checkpoints: {category: affinity as of _affinity_t}
             affinity = state["_affinity"]
-            state["_affinity"] = [_intern(c) for c in affinity]
+            state["_affinity"] = [shared(c) for c in affinity]
             state["_affinity_w"] = array("d", affinity.values())
         if isinstance(state.get("_hours"), list):
             state["_hours"] = array("d", state["_hours"])
