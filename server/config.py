@@ -39,14 +39,20 @@ class Settings(BaseSettings):
     """Data directory: offline parquet files, the Feast registry, the embedded Redis' files."""
     feature_repo: Path = Path("feature_repo")
     """The Feast feature repository (feature_store.yaml + definitions); applied at start."""
-    flush_interval_s: float = Field(default=0.05, gt=0)
-    """Longest time a profile row waits before it is written to the online store."""
+    flush_interval_s: float = Field(default=0.02, gt=0)
+    """Online writes start this often (seconds); a write that takes longer is followed at once by the next."""
     flush_max_rows: int = Field(default=2000, ge=1)
     """Flush early when this many users have pending rows."""
     offline_roll_s: float = Field(default=10.0, gt=0)
     """A new offline parquet file is started at least this often (seconds) while rows arrive."""
     offline_roll_rows: int = Field(default=50_000, ge=1)
     """... or when this many rows are buffered for the offline store."""
+    online_writer: Literal["process", "thread"] = "process"
+    """Where online rows are written: ``process`` = a child process (Feast's conversion and the Redis
+    round trips run on another core, not under the server's GIL); ``thread`` = a thread of the server."""
+    online_write_timeout_s: float = Field(default=60.0, gt=0)
+    """A write the child process has not finished by then is abandoned: the child is killed and
+    restarted, and the rows are retried."""
     retry_max_backoff_s: float = Field(default=5.0, gt=0)
     """Longest pause between retries of a failed store write (backoff doubles from 50 ms)."""
     propensity_horizon_s: float = Field(default=3600.0, gt=0)
@@ -55,6 +61,9 @@ class Settings(BaseSettings):
     """At most one labelled propensity decision per user per this many seconds (bounds pending labels)."""
     allowed_lateness_s: float = Field(default=60.0, ge=0)
     """Watermark = max event time seen - this; a decision turns negative when the watermark passes t + H."""
+    labels_per_event: int = Field(default=16, ge=1)
+    """Overdue decisions resolved and learnt per event and model, at most (a jump of event time is spread
+    over the next events instead of stalling one)."""
     max_pending_labels: int = Field(default=1_000_000, ge=1)
     """Hard cap on pending decisions in memory; beyond it new decisions are not recorded."""
     item_horizon_s: float = Field(default=86_400.0, gt=0)
@@ -200,6 +209,6 @@ def markdown_table() -> str:
     lines = ["| variable | default | meaning |", "|---|---|---|"]
     for name, f in Settings.model_fields.items():
         default = "unset" if f.default is None else f"`{f.default}`"
-        desc = (f.description or "").replace("``", "`").replace("|", "\\|")
+        desc = " ".join((f.description or "").replace("``", "`").replace("|", "\\|").split())  # one table row
         lines.append(f"| `PORTRAIT_{name.upper()}` | {default} | {desc} |")
     return "\n".join(lines)

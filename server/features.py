@@ -1,7 +1,8 @@
 """Feast glue: apply the definitions, write profile rows online and offline, read them back.
 
-Online writes go through Feast's public batch call ``write_to_online_store``
-(many rows per call). Offline rows are appended as new parquet files under
+Online writes go through the Feast provider's batch call ``online_write_batch``
+(``server/writer.py``: many rows per call, no pandas; the server runs it in a child
+process). Offline rows are appended as new parquet files under
 ``$PORTRAIT_DATA_DIR/offline/user_profile/`` (written to a temporary name and
 renamed, so readers never see a partial file; a growing file is never rewritten).
 All calls here block: the materializer runs them in a worker thread.
@@ -95,15 +96,15 @@ class OnlineStore:
     def __init__(self, store: Any) -> None:
         self._store = store
         self._service: Any = None
+        self._writer: Any = None
 
     def write(self, rows: Sequence[Row]) -> None:
-        """Write many rows in one Feast batch call (raises on Redis errors; nothing is half-acknowledged)."""
-        import pandas as pd
+        """Write many rows in one Feast batch call, in this process (raises on Redis errors)."""
+        if self._writer is None:
+            from server.writer import FeastRowWriter
 
-        df = pd.DataFrame.from_records(rows)
-        df["event_timestamp"] = pd.to_datetime(df["event_timestamp_us"], unit="us", utc=True)
-        df["created_timestamp"] = pd.Timestamp.now(tz="UTC")
-        self._store.write_to_online_store(FEATURE_VIEW, df.drop(columns=["event_timestamp_us"]))
+            self._writer = FeastRowWriter(self._store)
+        self._writer.write(rows)
 
     def read(self, user_id: str) -> Row | None:
         """The user's row as Feast serves it, or None if the online store has no row."""

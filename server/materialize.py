@@ -16,12 +16,14 @@ so a row built before the erasure can never land after the delete.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 from server.metrics import Metrics
+from server.writer import WriteError  # its messages are ours (no keys, no user ids): logged in full
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +31,7 @@ Row = dict[str, Any]
 
 
 class RowSink(Protocol):
-    """A blocking batch writer (online or offline store)."""
+    """A batch writer (online or offline store): blocking (run in a worker thread) or a coroutine function."""
 
     def __call__(self, rows: Sequence[Row]) -> Any: ...
 
@@ -146,12 +148,17 @@ class Materializer:
         first = min(0.05, self.max_backoff_s)
         backoff = first
         ok = True
+        started = time.monotonic()
         while True:
-            if ok:  # after a failure, the backoff pause below was the wait
+            # flushes start every flush_interval_s, not that long after the last one ended: a write that
+            # took longer than the interval is followed at once by the next (rows waited meanwhile)
+            delay = self.flush_interval_s - (time.monotonic() - started)
+            if ok and delay > 0:  # after a failure, the backoff pause below was the wait
                 try:
-                    await asyncio.wait_for(self._wake.wait(), timeout=self.flush_interval_s)
+                    await asyncio.wait_for(self._wake.wait(), timeout=delay)
                 except TimeoutError:
                     pass
+            started = time.monotonic()
             self._wake.clear()
             try:
                 ok = await self._flush_online()
@@ -207,11 +214,15 @@ class Materializer:
         try:
             if self._before_write is not None:
                 await self._before_write()  # e.g. the event log: never show what is not durable
-            await asyncio.to_thread(self._online, rows)
+            if inspect.iscoroutinefunction(self._online):
+                await self._online(rows)  # e.g. the writer process, driven from the loop
+            else:
+                await asyncio.to_thread(self._online, rows)
         except Exception as exc:
             self._metrics.online_write_errors.inc()
             if self.online_healthy:
-                log.warning("online store write failed (%d rows kept for retry): %s", len(rows), type(exc).__name__)
+                log.warning("online store write failed (%d rows kept for retry): %s", len(rows),
+                            exc if isinstance(exc, WriteError) else type(exc).__name__)
             self.online_healthy = False
             for u in users:  # back into the dirty set (unless erased meanwhile); newer changes are already there
                 if u not in self._deletes:
@@ -226,6 +237,9 @@ class Materializer:
         now = time.monotonic()
         self._metrics.stage_duration.labels(stage="online_write").observe(time.perf_counter() - t0)
         self._metrics.online_write_rows.inc(len(rows))
+        if received and log.isEnabledFor(logging.DEBUG):
+            log.debug("wrote %d rows online in %.1f ms; oldest change waited %.1f ms", len(rows),
+                      1000 * (time.perf_counter() - t0), 1000 * (now - received[0]))
         for r in received:
             self._metrics.freshness.observe(now - r)
         for w in waiters:

@@ -289,3 +289,48 @@ async def test_a_failing_delete_is_retried_and_the_user_never_comes_back(make: F
     await asyncio.wait_for(gone, TIMEOUT)
     assert attempts == [["victim"], ["victim"]] and value(metrics, "portrait_online_write_errors_total") == 1
     assert m.pending_deletes() == []
+
+
+async def test_a_coroutine_sink_is_awaited_on_the_event_loop(make: Factory) -> None:
+    threads: list[threading.Thread] = []
+    written: list[list[Row]] = []
+
+    async def online(rows: list[Row]) -> None:  # like the writer process: driven from the loop
+        threads.append(threading.current_thread())
+        written.append(list(rows))
+
+    m, _, _, state, metrics = make(online=online)  # type: ignore[arg-type]
+    await asyncio.wait_for(mark(m, state, "u1"), TIMEOUT)
+    assert written == [[{"user_id": "u1", "v": 1}]]
+    assert threads == [threading.main_thread()]
+    assert value(metrics, "portrait_online_write_rows_total") == 1.0
+
+
+async def test_a_write_longer_than_the_interval_is_followed_at_once(make: Factory,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    gate = threading.Event()
+    timeline: list[str] = []
+
+    class Recording(Sink):
+        def __call__(self, rows: list[Row]) -> None:
+            timeline.append("write " + ",".join(r["user_id"] for r in rows))
+            super().__call__(rows)
+
+    m, online, _, state, _ = make(online=Recording(gate=gate), flush_interval_s=0.2)
+    real_wait_for = asyncio.wait_for
+
+    async def recording_wait_for(aw: Any, timeout: float | None = None) -> Any:
+        if asyncio.current_task() is m._task:
+            timeline.append("wait")
+        return await real_wait_for(aw, timeout)
+
+    monkeypatch.setattr(materialize.asyncio, "wait_for", recording_wait_for)
+    mark(m, state, "u1")
+    assert (await online.next())[1] == [{"user_id": "u1", "v": 1}]  # the write is in flight (held by the gate)
+    f = mark(m, state, "u2")
+    await asyncio.sleep(0.3)  # keep the write in flight for longer than the interval
+    gate.set()
+    await asyncio.wait_for(f, TIMEOUT)
+    assert (await online.next())[1] == [{"user_id": "u2", "v": 1}]
+    i = timeline.index("write u1")
+    assert timeline[i + 1] == "write u2"  # the next flush started without waiting another interval
