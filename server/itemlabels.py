@@ -206,13 +206,14 @@ class ItemLabels:
             heapq.heapify(self._deadlines)
         return bool(items) or len(self._deadlines) != before
 
-    def advance(self, event_time: float) -> list[tuple[ItemDecision, bool]]:
-        """Move the watermark with a new event time; return the decisions that became negative."""
+    def advance(self, event_time: float, limit: int | None = None) -> list[tuple[ItemDecision, bool]]:
+        """Move the watermark with a new event time; return the decisions that became negative (about
+        ``limit`` at most; the rest on later calls, as ``DelayedLabels.advance``)."""
         if event_time > self._max_time:
             self._max_time = event_time
         wm = self.watermark
         out: list[tuple[ItemDecision, bool]] = []
-        while self._deadlines and self._deadlines[0][0] <= wm:
+        while self._deadlines and self._deadlines[0][0] <= wm and (limit is None or len(out) < limit):
             _, user, item = heapq.heappop(self._deadlines)
             items = self._pending.get(user)
             buf = items.get(item) if items else None

@@ -115,13 +115,15 @@ class DelayedLabels:
             del self._pending[user]
         return out
 
-    def advance(self, event_time: float) -> list[tuple[Decision, bool]]:
-        """Move the watermark with a new event time; return decisions that became negative."""
+    def advance(self, event_time: float, limit: int | None = None) -> list[tuple[Decision, bool]]:
+        """Move the watermark with a new event time; return decisions that became negative (about
+        ``limit`` at most: the rest stay overdue until the next call — a jump of the watermark is then
+        spread over the following events instead of stalling one)."""
         if event_time > self._max_time:
             self._max_time = event_time
         wm = self.watermark
         out: list[tuple[Decision, bool]] = []
-        while self._deadlines and self._deadlines[0][0] <= wm:
+        while self._deadlines and self._deadlines[0][0] <= wm and (limit is None or len(out) < limit):
             _, user = heapq.heappop(self._deadlines)
             q = self._pending.get(user)
             while q and q[0].t + self.horizon_s <= wm:

@@ -65,6 +65,9 @@ class PipelineConfig:
     """Recently touched items remembered per user (history features of the item model)."""
     max_items: int = 200_000
     """Items with popularity/conversion statistics in memory (least recently seen dropped first)."""
+    labels_per_event: int = 16
+    """Overdue decisions resolved (and learnt) per event and model, at most: after a jump of event time
+    (a replay, a paused producer) the backlog is spread over the next events instead of one long stall."""
     risk_threshold: float = 0.94
     """A user whose decayed risk score is at least this gets the ``suspicious`` tag."""
     erasure_salt: bytes = b""
@@ -172,12 +175,12 @@ class Pipeline:
             self.labels.decide(e.user_id, t, x, profile.propensity)
         else:
             profile.propensity = math.nan
-        self._learn(self.labels.advance(t), t)
+        self._learn(self.labels.advance(t, self.config.labels_per_event), t)
         t3 = time.perf_counter()
         stage["labels"].observe(t3 - t2)
         if e.item_id:
             self._learn_items(self.ranker.observe(e, features, profile, t), t)
-        self._learn_items(self.ranker.advance(t), t)
+        self._learn_items(self.ranker.advance(t, self.config.labels_per_event), t)
         t4 = time.perf_counter()
         stage["ranking"].observe(t4 - t3)
         self.metrics.risk_score.observe(self.risk.observe(e, features, previous_t))

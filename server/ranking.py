@@ -235,9 +235,9 @@ class Ranker:
         held = self.history.drop_user(user)
         return self.labels.drop_user(user) or held
 
-    def advance(self, t: float) -> list[tuple[ItemDecision, bool]]:
-        """Move the watermark; return the decisions that became negative."""
-        return self.labels.advance(t)
+    def advance(self, t: float, limit: int | None = None) -> list[tuple[ItemDecision, bool]]:
+        """Move the watermark; return the decisions that became negative (about ``limit`` at most)."""
+        return self.labels.advance(t, limit)
 
     def learn(self, d: ItemDecision, y: bool) -> None:
         """Learn one resolved decision and record it in the rolling quality."""

@@ -173,3 +173,16 @@ def test_drop_user() -> None:
     assert labels.on_purchase("u1", 500.0) == []
     assert [d.t for d, _ in labels.advance(10 * H)] == [0.0]  # only u2's
     assert len(labels) == 0
+
+
+def test_advance_resolves_at_most_about_limit_per_call_and_the_rest_later() -> None:
+    labels = q()
+    for i in range(10):
+        labels.decide(f"u{i}", float(i), (float(i),), 0.5)
+    first = labels.advance(10 * H, limit=4)
+    assert [d.x for d, _ in first] == [(0.0,), (1.0,), (2.0,), (3.0,)]  # oldest deadlines first
+    assert all(y is False for _, y in first)
+    assert len(labels) == 6
+    rest = labels.advance(10 * H, limit=4) + labels.advance(10 * H, limit=4)
+    assert [d.x for d, _ in rest] == [(float(i),) for i in range(4, 10)]
+    assert len(labels) == 0 and labels.advance(10 * H, limit=4) == []

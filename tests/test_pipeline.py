@@ -252,3 +252,18 @@ def test_erase_digest_finds_the_user_without_its_id() -> None:
     d = h.p.erasures.digest("victim")
     assert h.p.erase_digest(d, 7, 1.0) == "victim" and "victim" not in h.p.profiles
     assert h.p.erase_digest(d, 8, 2.0) is None and h.p.erasures.pending[d][0] == 8
+
+
+def test_a_jump_of_event_time_resolves_the_backlog_a_few_labels_per_event() -> None:
+    p = Pipeline(PipelineConfig(labels_per_event=2, decision_interval_s=0.0), Metrics(CollectorRegistry()))
+    t = 1_700_000_000.0
+    for i in range(8):  # eight users, one decision each
+        p.apply(Event(f"e{i}", f"u{i}", EventType.VIEW, t + i, item_id="a"), score=True)
+    assert len(p.labels) == 8
+    later = t + 10 * 86_400.0  # every deadline passed at once
+    pending = []
+    for i in range(5):
+        p.apply(Event(f"x{i}", "other", EventType.SEARCH, later + i, query="q"), score=False)
+        pending.append(sum(p.labels.pending_for(f"u{k}") for k in range(8)))
+    assert pending[0] == 8 - 2 and pending[-1] == 0  # spread over the events, all resolved in the end
+    assert len(p.quality) >= 8  # and every one of them learnt

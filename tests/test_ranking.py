@@ -422,11 +422,20 @@ async def test_score_ranks_for_known_and_unknown_users_over_grpc(stub: Any, serv
     risk_before = _metric(server, "portrait_risk_score_count")
     r = await stub.TrackBatch(pb.TrackBatchRequest(events=events))
     assert (r.accepted, len(r.rejected)) == (len(events), 0)
-    await stub.Track(pb.TrackRequest(event=_pb(uid(), now + 120.0, view, f"{run}-other", z_cat)))
+    # Events past the horizon resolve the negatives, at most PORTRAIT_LABELS_PER_EVENT per event: send
+    # some until they are all learnt (a few batches; the bound keeps the loop finite).
+    trailing = 0
+    for _ in range(40):
+        await stub.TrackBatch(pb.TrackBatchRequest(events=[
+            _pb(uid(), now + 120.0 + 0.001 * k, view, f"{run}-other", z_cat) for k in range(50)]))
+        trailing += 50
+        if _metric(server, "portrait_labels_total", {"label": "negative", "model": "item"}) \
+                - before["negative"] >= 160 * 3:
+            break
     after = {y: _metric(server, "portrait_labels_total", {"label": y, "model": "item"}) for y in before}
     assert after["positive"] - before["positive"] >= 160 * 3
     assert after["negative"] - before["negative"] >= 160 * 3  # the watermark passed them
-    assert _metric(server, "portrait_risk_score_count") - risk_before == len(events) + 1
+    assert _metric(server, "portrait_risk_score_count") - risk_before == len(events) + trailing
 
     async def rank(user: str, cands: list[tuple[str, str]]) -> list[tuple[str, float]]:
         resp = await stub.Score(pb.ScoreRequest(user_id=user, candidates=[
@@ -460,3 +469,11 @@ def test_decision_sampling_keeps_a_stable_share_of_pairs() -> None:
         p.apply(ev(u, T + n, item=i))
     assert {(d.user, d.item) for d in p.ranker.labels.decisions()} == {
         pair for pair, k in zip(pairs, kept) if k}
+
+
+def test_advance_with_a_limit_spreads_a_backlog_over_calls() -> None:
+    q = ItemLabels(horizon_s=DAY, min_interval_s=HOUR, allowed_lateness_s=0)
+    for i in range(7):
+        q.decide(f"u{i}", "a", 1, T + i, [float(i)], 0.1)
+    got = [len(q.advance(T + 3 * DAY, limit=3)) for _ in range(4)]
+    assert got == [3, 3, 1, 0] and len(q) == 0
