@@ -2,7 +2,9 @@
 
 Exact ROC AUC over the last ``window`` labels (River's ``metrics.ROCAUC``
 with its default 10 thresholds badly underestimates AUC at a ~2% base rate,
-so it is not used here), and the mean log loss over the same window.
+so it is not used here), and the mean log loss over the same window. Both are
+vectorized (numpy / scipy): the pure-Python versions took 58 ms for two
+10k windows, a stall of the event loop every 15 s.
 
 >>> q = RollingQuality(window=100)
 >>> for p, y in [(0.9, True), (0.8, False), (0.3, True), (0.1, False)]:
@@ -17,27 +19,24 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Sequence
+
+import numpy as np
+from scipy.stats import rankdata
 
 EPS = 1e-15
 
 
-def roc_auc(scores: list[float], labels: list[bool]) -> float:
-    """Exact ROC AUC (ties count half); NaN when only one class is present."""
-    pos = sum(labels)
-    neg = len(labels) - pos
+def roc_auc(scores: Sequence[float] | np.ndarray, labels: Sequence[bool] | np.ndarray) -> float:
+    """Exact ROC AUC (Mann-Whitney U over average ranks, so ties count half); NaN when only one class is
+    present."""
+    y = np.asarray(labels, dtype=bool)
+    pos = int(y.sum())
+    neg = len(y) - pos
     if pos == 0 or neg == 0:
         return math.nan
-    order = sorted(range(len(scores)), key=scores.__getitem__)
-    rank_sum = 0.0
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and scores[order[j + 1]] == scores[order[i]]:
-            j += 1
-        avg_rank = (i + j) / 2 + 1
-        rank_sum += avg_rank * sum(1 for k in range(i, j + 1) if labels[order[k]])
-        i = j + 1
-    return (rank_sum - pos * (pos + 1) / 2) / (pos * neg)
+    ranks = rankdata(np.asarray(scores, dtype=float))
+    return float((ranks[y].sum() - pos * (pos + 1) / 2) / (pos * neg))
 
 
 class RollingQuality:
@@ -54,16 +53,18 @@ class RollingQuality:
     def __len__(self) -> int:
         return len(self._pairs)
 
+    def _arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        a = np.array(self._pairs, dtype=float).reshape(-1, 2)  # one C pass over the (p, y) tuples
+        return a[:, 0], a[:, 1] > 0.5
+
     def roc_auc(self) -> float:
         """Exact ROC AUC over the window (NaN until both classes are seen)."""
-        return roc_auc([p for p, _ in self._pairs], [y for _, y in self._pairs])
+        return roc_auc(*self._arrays())
 
     def log_loss(self) -> float:
         """Mean log loss over the window (NaN when empty)."""
         if not self._pairs:
             return math.nan
-        total = 0.0
-        for p, y in self._pairs:
-            p = min(max(p, EPS), 1 - EPS)
-            total -= math.log(p if y else 1 - p)
-        return total / len(self._pairs)
+        p, y = self._arrays()
+        p = np.clip(p, EPS, 1 - EPS)
+        return float(-np.mean(np.log(np.where(y, p, 1 - p))))
