@@ -103,6 +103,10 @@ def rows(doc: dict[str, Any]) -> list[list[str]]:
     err = (" + errors: " + ", ".join(f"{n:,} {c}" for c, n in errors.items())) if errors else ""
     out.append([f"Track latency p99 @{rate:,.0f}/s", ms(_get(doc, "portrait", "unary", "p99")) + err, "—", "—", "—",
                 f"≤5 ms: {check(u99 <= T['unary_p99_s'] and not errors if _ok(u99) else None)}"])
+    us = _get(doc, "portrait", "unary_server")
+    out.append(["Track p50 / p99, server histogram (handler time)",
+                f"{ms(_get(us, 'p50'))} / {ms(_get(us, 'p99'))}" if us else "—", "—", "—", "—",
+                "(without the client's own queueing)"])
     f99 = _get(doc, "portrait", "freshness", "p99", "median")
     fe = _get(doc, "sizes", "fresh_eps") or 2000
     out.append([f"freshness p50 @{fe:,.0f} ev/s (sent→readable)", ms(_get(doc, "portrait", "freshness", "p50")),

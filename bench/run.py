@@ -164,7 +164,8 @@ class Bench:
         data = self.work / "portrait-data"
         grpc_port, metrics_port = free_port(), free_port()
         env = dict(self.env, PORTRAIT_GRPC_PORT=str(grpc_port), PORTRAIT_METRICS_PORT=str(metrics_port),
-                   PORTRAIT_DATA_DIR=str(data), PORTRAIT_LOG_LEVEL="WARNING", PORTRAIT_BIND="127.0.0.1")
+                   PORTRAIT_DATA_DIR=str(data), PORTRAIT_BIND="127.0.0.1",
+                   PORTRAIT_LOG_LEVEL=os.environ.get("BENCH_SERVER_LOG_LEVEL", "WARNING"))
         if self.a.redis_url:
             redis_url = self.a.redis_url
             env.update(PORTRAIT_REDIS_URL=redis_url, PORTRAIT_FEAST_REDIS="")
@@ -245,10 +246,17 @@ class Bench:
                          "eps_per_server_cpu_s": summary([x.get("eps_per_server_cpu_s", math.nan) for x in runs]),
                          "runs": runs}
         self.log(f"TrackStream: {out['stream']['eps']['median']:,.0f} events/s")
+        before = parse_metrics(fetch(murl))
         runs = [self.client(f"unary-{r}", "unary", target, f"t{r}-", "--rate", str(s.unary_rate),
                             "--duration", str(s.unary_s)) for r in range(s.rounds)]
+        after = parse_metrics(fetch(murl))
         out["unary"] = {"p50": summary([x["p50"] for x in runs]), "p99": summary([x["p99"] for x in runs]),
                         "runs": runs}
+        track = {"grpc_type": "unary", "grpc_service": "portrait.v1.ProfileService", "grpc_method": "Track"}
+        h = bucket_delta(buckets(after, "grpc_server_handling_seconds", **track),
+                         buckets(before, "grpc_server_handling_seconds", **track))
+        out["unary_server"] = {"p50": histogram_quantile(h, 0.5), "p99": histogram_quantile(h, 0.99),
+                               "count": h[-1][1] if h else 0}
         self.log(f"unary: p50 {out['unary']['p50']['median'] * 1e3:.2f} ms, "
                  f"p99 {out['unary']['p99']['median'] * 1e3:.2f} ms")
         before = parse_metrics(fetch(murl))
@@ -289,7 +297,7 @@ class Bench:
         lat = [(t if t is not None else seen["gave_up_at"]) - sent["sent"][i // s.fresh_batch]
                for i, t in enumerate(seen["seen"])]
         res = latency_summary(lat)
-        res.update(offered_eps=s.fresh_eps, events=count, missing=seen["missing"], polls=seen["polls"],
+        res.update(offered_eps=s.fresh_eps, events=count, missing=seen["missing"], notifications=seen["notifications"],
                    accepted=sent["accepted"], ack=sent["ack"], send_lag_max=sent["send_lag_max"])
         return res
 
