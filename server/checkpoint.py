@@ -51,15 +51,31 @@ def checkpoints(directory: str | Path) -> list[tuple[int, Path]]:
 
 def write_checkpoint(directory: str | Path, offset: int, body: bytes) -> Path:
     """Atomically write a checkpoint of ``body`` taken at log ``offset``."""
+    tmp = temp_path(directory, offset)
+    write_temp(tmp, offset, body)
+    return publish(tmp, directory, offset)
+
+
+def temp_path(directory: str | Path, offset: int) -> Path:
+    """A fresh temporary name for a checkpoint at ``offset`` (unique: writers never clash)."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    final = d / f"{PREFIX}{offset:020d}{SUFFIX}"
-    tmp = d / f"{PREFIX}{offset:020d}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"  # unique: writers never clash
+    return d / f"{PREFIX}{offset:020d}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+
+
+def write_temp(tmp: Path, offset: int, body: bytes) -> None:
+    """Write and fsync a checkpoint's bytes under its temporary name (not yet a checkpoint)."""
     with open(tmp, "wb") as fh:
         fh.write(MAGIC + HEADER.pack(offset, len(body), zlib.crc32(body)))
         fh.write(body)
         fh.flush()
         os.fsync(fh.fileno())
+
+
+def publish(tmp: Path, directory: str | Path, offset: int) -> Path:
+    """Rename a written temporary file to the checkpoint of ``offset`` (atomic, directory fsynced)."""
+    d = Path(directory)
+    final = d / f"{PREFIX}{offset:020d}{SUFFIX}"
     os.replace(tmp, final)
     fsync_dir(d)
     return final

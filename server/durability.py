@@ -87,7 +87,8 @@ class Durability:
 
     def __init__(self, data_dir: Path, pipeline: Pipeline, materializer: Materializer,
                  fsync: str = "always", segment_bytes: int = 64 * 1024 * 1024,
-                 checkpoint_interval_s: float = 60.0, log_retention_s: float = 0.0) -> None:
+                 checkpoint_interval_s: float = 60.0, log_retention_s: float = 0.0,
+                 fork_checkpoints: bool = True) -> None:
         self.pipeline = pipeline
         self.materializer = materializer
         self.checkpoint_interval_s = checkpoint_interval_s
@@ -95,6 +96,7 @@ class Durability:
         self.checkpoint_dir = Path(data_dir) / "checkpoints"
         self.log = EventLog(Path(data_dir) / "log", segment_bytes=segment_bytes, fsync=fsync)
         self.checkpoint_seconds = 0.0
+        self.fork = fork_checkpoints and hasattr(os, "fork")
         self._checkpointed_at = self.log.next_offset
         self._checkpointing = asyncio.Lock()
 
@@ -164,27 +166,56 @@ class Durability:
             os._exit(70)
 
     # -- checkpoints -------------------------------------------------------------------------------
-    async def checkpoint(self) -> Path:
+    async def checkpoint(self, fork: bool | None = None) -> Path:
         """Snapshot the state (synchronously: a consistent cut), make the log durable up to it,
         write the checkpoint, then delete log segments it makes unnecessary."""
         async with self._checkpointing:  # one at a time: the periodic task and close() may overlap
-            return await self._checkpoint()
+            return await self._checkpoint(fork)
 
-    async def _checkpoint(self) -> Path:
+    def _body(self, dirty: list[str], offline_rows: list[Any], deletes: list[str]) -> bytes:
+        return pickle.dumps({"pipeline": self.pipeline.state(), "dirty": dirty, "offline_rows": offline_rows,
+                             "deletes": deletes}, protocol=pickle.HIGHEST_PROTOCOL)
+
+    async def _checkpoint(self, fork: bool | None = None) -> Path:
         t0 = time.perf_counter()
         offset = self.log.next_offset
         dirty, offline_rows = self.materializer.snapshot()
-        body = pickle.dumps({"pipeline": self.pipeline.state(), "dirty": dirty, "offline_rows": offline_rows,
-                             "deletes": self.materializer.pending_deletes()}, protocol=pickle.HIGHEST_PROTOCOL)
-        await self.log.commit()
-        path = await asyncio.to_thread(checkpoint.write_checkpoint, self.checkpoint_dir, offset, body)
+        deletes = self.materializer.pending_deletes()
+        tmp = checkpoint.temp_path(self.checkpoint_dir, offset)
+        if self.fork if fork is None else fork:
+            await self._write_forked(tmp, offset, dirty, offline_rows, deletes)
+        else:  # pickled here: the event loop waits (seconds with millions of users)
+            body = self._body(dirty, offline_rows, deletes)
+            await asyncio.to_thread(checkpoint.write_temp, tmp, offset, body)
+        await self.log.commit()  # never publish a state the log does not hold up to its offset
+        path = await asyncio.to_thread(checkpoint.publish, tmp, self.checkpoint_dir, offset)
         await asyncio.to_thread(checkpoint.prune, self.checkpoint_dir)
         self._checkpointed_at = offset
         kept = checkpoint.checkpoints(self.checkpoint_dir)
         self._retain(min(o for o, _ in kept) if kept else 0)  # the log from the oldest kept checkpoint on
         self.checkpoint_seconds = time.perf_counter() - t0
-        log.info("checkpoint at log offset %d: %d bytes in %.2f s", offset, len(body), self.checkpoint_seconds)
+        log.info("checkpoint at log offset %d: %d bytes in %.2f s", offset, path.stat().st_size,
+                 self.checkpoint_seconds)
         return path
+
+    async def _write_forked(self, tmp: Path, offset: int, dirty: list[str], offline_rows: list[Any],
+                            deletes: list[str]) -> None:
+        """Pickle and write the state in a forked child: a copy-on-write snapshot of this instant, so the
+        event loop goes on serving while it is written (as Redis' BGSAVE). The child touches no lock,
+        thread or socket of the parent and leaves with ``os._exit``."""
+        pid = os.fork()
+        if pid == 0:  # the child
+            code = 1
+            try:
+                checkpoint.write_temp(tmp, offset, self._body(dirty, offline_rows, deletes))
+                code = 0
+            finally:
+                os._exit(code)
+        _, status = await asyncio.to_thread(os.waitpid, pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        if code != 0:
+            tmp.unlink(missing_ok=True)
+            raise RuntimeError(f"the checkpoint child exited with {code}")
 
     def _retain(self, offset: int) -> None:
         """Delete segments wholly below ``offset`` (the oldest kept checkpoint, so a corrupt newest
@@ -214,7 +245,7 @@ class Durability:
     async def close(self) -> None:
         """Final checkpoint, then close the log."""
         if self.log.next_offset != self._checkpointed_at:
-            await self.checkpoint()
+            await self.checkpoint(fork=False)  # nothing left to serve: no need for a child
         await self.log.commit()
         self.log.close()
 

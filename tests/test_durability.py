@@ -328,3 +328,46 @@ def test_replay_log_rebuilds_profiles_into_an_empty_online_store(tmp_path: Path,
         os.environ.update(saved)
     expected = Counter(e.user_id for e in events)
     assert dict(zip(got["user_id"], got["profile_version"])) == {u: expected[u] for u in users}
+
+
+async def test_a_forked_checkpoint_holds_the_state_of_its_instant_while_the_loop_goes_on(tmp_path: Path) -> None:
+    import pickle
+
+    from server import checkpoint
+    from server.durability import Durability
+    from server.materialize import Materializer
+
+    def durable() -> tuple[Pipeline, Durability]:
+        p = Pipeline(PipelineConfig(), Metrics(CollectorRegistry()))
+        m = Materializer(p.row, lambda rows: None, lambda rows: None, p.metrics)
+        return p, Durability(tmp_path, p, m)
+
+    events, users = make_events(1200, 40)
+    p, d = durable()
+    assert d.fork
+    d.recover()
+    for e in events[:800]:
+        p.apply(e, score=False)
+        d.log_event(e)
+    task = asyncio.create_task(d.checkpoint())
+    await asyncio.sleep(0)  # the task ran up to its first await: the child is forked, the snapshot taken
+    for e in events[800:]:  # the loop goes on while the child writes
+        p.apply(e, score=False)
+        d.log_event(e)
+    path = await task
+    offset, body = checkpoint.read_checkpoint(path)
+    assert offset == 800
+    snap = Pipeline(PipelineConfig(), Metrics(CollectorRegistry()))
+    snap.load_state(pickle.loads(body)["pipeline"])
+    before = Pipeline(PipelineConfig(), Metrics(CollectorRegistry()))
+    for e in events[:800]:
+        before.apply(e, score=False)
+    assert {u: pr.version for u, pr in snap.profiles.items()} == {u: pr.version for u, pr in before.profiles.items()}
+    assert sum(pr.version for pr in p.profiles.values()) == 1200  # the parent kept all 1,200
+    assert not list(tmp_path.glob("checkpoints/*.tmp"))
+    await d.close()
+    # a restart: the checkpoint plus the log after it give the whole state
+    p2, d2 = durable()
+    d2.recover()
+    assert {u: pr.version for u, pr in p2.profiles.items()} == {u: pr.version for u, pr in p.profiles.items()}
+    d2.log.close()
