@@ -10,6 +10,7 @@ import asyncio
 import gc
 import logging
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -150,7 +151,7 @@ class PortraitServer:
         )
         durability = Durability(data_dir, pipeline, materializer, fsync=s.fsync,
                                 segment_bytes=s.log_segment_bytes, checkpoint_interval_s=s.checkpoint_interval_s,
-                                log_retention_s=s.log_retention_s)
+                                log_retention_s=s.log_retention_s, fork_checkpoints=s.checkpoint_fork)
         self.recovery = await asyncio.to_thread(durability.recover)
         self.durability = durability
         self.core = ProfileCore(pipeline, materializer, OnlineStore(reader_store), durability,
@@ -197,9 +198,15 @@ class PortraitServer:
         assert self.core is not None and self.durability is not None
         online_up = True
         tick = 0
+        frozen_at = time.monotonic()
+        every = self.settings.gc_freeze_interval_s
         while True:
             self.core.pipeline.refresh_gauges(quality=tick % QUALITY_EVERY == 0)
             tick += 1
+            if every and time.monotonic() - frozen_at >= every:  # see Settings.gc_freeze_interval_s
+                gc.freeze()
+                frozen_at = time.monotonic()
+            self.metrics.gc_frozen_objects.set(gc.get_freeze_count())
             self.metrics.queue_depth.labels(queue="log").set(self.durability.log.pending_bytes)
             healthy = self.core.materializer.online_healthy
             self.metrics.online_store_up.set(1 if healthy else 0)

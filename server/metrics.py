@@ -114,6 +114,9 @@ class Metrics:
             buckets=RISK_BUCKETS, registry=r,
         )
         self.users = Gauge("portrait_users", "Users with a profile in memory.", registry=r)
+        self.gc_frozen_objects = Gauge(
+            "portrait_gc_frozen_objects", "Objects moved out of the cyclic collector's reach (gc.freeze).", registry=r,
+        )
         self.segment_users = Gauge(
             "portrait_segment_users", "Users per segment (their latest segment).", ["segment"], registry=r,
         )
