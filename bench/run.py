@@ -115,12 +115,35 @@ class Bench:
     def child(self, name: str, module: str, *args: str, timeout_s: float = 600.0) -> dict[str, Any]:
         return run_json(self.py(module, *args), self.work / f"{name}.log", timeout_s, env=self.env, cwd=self.repo)
 
-    def client(self, name: str, cmd: str, target: str, prefix: str, *extra: str, shift: bool = True) -> dict[str, Any]:
-        sh = next(self.slots) * self.span if shift else 0.0
-        if sh and stream.stream_start(self.s.days) + sh + self.span > time.time():
-            raise RuntimeError("ran out of event-time slots (event times would be in the future)")
+    def client(self, name: str, cmd: str, target: str, prefix: str, *extra: str, shift: bool = True,
+               shift_s: float | None = None) -> dict[str, Any]:
+        sh = shift_s if shift_s is not None else self.next_shift() if shift else 0.0
         return self.child(name, "bench.client", cmd, "--target", target, "--events", str(self.events_file),
                           "--prefix", self.tag + prefix, "--shift", str(sh), *extra)
+
+    def next_shift(self) -> float:
+        """The event-time shift of the next slot (each run of the stream gets its own span of time)."""
+        sh = next(self.slots) * self.span
+        if stream.stream_start(self.s.days) + sh + self.span > time.time():
+            raise RuntimeError("ran out of event-time slots (event times would be in the future)")
+        return sh
+
+    def settle(self, name: str, target: str, murl: str, shift_s: float, rounds: int = 8) -> dict[str, Any]:
+        """Before a latency round: move event time to the round's slot and let the models catch up.
+
+        Each slot jumps event time by days, so every decision still pending from the previous phase is
+        overdue at once; the server resolves at most PORTRAIT_LABELS_PER_EVENT of them per event, so a
+        latency round right after the jump would measure that catch-up, not the steady state. Batches of
+        the stream at the round's shift are sent until the pending count stops falling (< 5 %)."""
+        pending: list[float] = []
+        for k in range(rounds):
+            self.client(f"{name}-{k}", "batch", target, f"{name}{k}-", "--limit", "3000", shift_s=shift_s)
+            m = parse_metrics(fetch(murl))
+            pending.append(sum(v for (n, _), v in m.items() if n == "portrait_pending_labels"))
+            if len(pending) > 1 and pending[-1] >= 0.95 * pending[-2]:
+                break
+        self.log(f"{name}: pending labels {' -> '.join(f'{p:,.0f}' for p in pending)}")
+        return {"batches": len(pending), "pending": pending}
 
     # -- phases ----------------------------------------------------------------------------
     def make_stream(self) -> None:
@@ -247,8 +270,12 @@ class Bench:
                          "runs": runs}
         self.log(f"TrackStream: {out['stream']['eps']['median']:,.0f} events/s")
         before = parse_metrics(fetch(murl))
-        runs = [self.client(f"unary-{r}", "unary", target, f"t{r}-", "--rate", str(s.unary_rate),
-                            "--duration", str(s.unary_s)) for r in range(s.rounds)]
+        runs = []
+        for r in range(s.rounds):
+            sh = self.next_shift()
+            settled = self.settle(f"settle-unary-{r}", target, murl, sh)
+            runs.append(self.client(f"unary-{r}", "unary", target, f"t{r}-", "--rate", str(s.unary_rate),
+                                    "--duration", str(s.unary_s), shift_s=sh) | {"settle": settled})
         after = parse_metrics(fetch(murl))
         out["unary"] = {"p50": summary([x["p50"] for x in runs]), "p99": summary([x["p99"] for x in runs]),
                         "runs": runs}
@@ -260,7 +287,7 @@ class Bench:
         self.log(f"unary: p50 {out['unary']['p50']['median'] * 1e3:.2f} ms, "
                  f"p99 {out['unary']['p99']['median'] * 1e3:.2f} ms")
         before = parse_metrics(fetch(murl))
-        runs = [self.freshness(r, target, redis_url) for r in range(s.rounds)]
+        runs = [self.freshness(r, target, redis_url, murl) for r in range(s.rounds)]
         after = parse_metrics(fetch(murl))
         out["freshness"] = {"p50": summary([x["p50"] for x in runs]), "p99": summary([x["p99"] for x in runs]),
                             "runs": runs}
@@ -270,8 +297,10 @@ class Bench:
         self.log(f"freshness: p50 {out['freshness']['p50']['median'] * 1e3:.1f} ms, "
                  f"p99 {out['freshness']['p99']['median'] * 1e3:.1f} ms")
 
-    def freshness(self, r: int, target: str, redis_url: str) -> dict[str, Any]:
+    def freshness(self, r: int, target: str, redis_url: str, murl: str) -> dict[str, Any]:
         s = self.s
+        sh = self.next_shift()
+        settled = self.settle(f"settle-fresh-{r}", target, murl, sh)
         interval = s.fresh_batch / s.fresh_eps
         n_batches = int(s.fresh_s / interval)
         count = n_batches * s.fresh_batch
@@ -285,7 +314,7 @@ class Bench:
         try:
             sent = self.client(f"fresh-{r}", "fresh", target, prefix, "--batch", str(s.fresh_batch),
                                "--interval", str(interval), "--duration", str(s.fresh_s),
-                               "--start-at", str(start_at))
+                               "--start-at", str(start_at), shift_s=sh)
             poller.wait(timeout=120)
         finally:
             stop(poller, grace_s=2.0)
@@ -296,7 +325,7 @@ class Bench:
         # a row never seen before the poller gave up counts with the time it waited (a lower bound)
         lat = [(t if t is not None else seen["gave_up_at"]) - sent["sent"][i // s.fresh_batch]
                for i, t in enumerate(seen["seen"])]
-        res = latency_summary(lat)
+        res: dict[str, Any] = {**latency_summary(lat), "settle": settled}
         res.update(offered_eps=s.fresh_eps, events=count, missing=seen["missing"], notifications=seen["notifications"],
                    accepted=sent["accepted"], ack=sent["ack"], send_lag_max=sent["send_lag_max"])
         return res
