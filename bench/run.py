@@ -286,12 +286,10 @@ class Bench:
                                "count": h[-1][1] if h else 0}
         self.log(f"unary: p50 {out['unary']['p50']['median'] * 1e3:.2f} ms, "
                  f"p99 {out['unary']['p99']['median'] * 1e3:.2f} ms")
-        before = parse_metrics(fetch(murl))
         runs = [self.freshness(r, target, redis_url, murl) for r in range(s.rounds)]
-        after = parse_metrics(fetch(murl))
         out["freshness"] = {"p50": summary([x["p50"] for x in runs]), "p99": summary([x["p99"] for x in runs]),
                             "runs": runs}
-        h = bucket_delta(buckets(after, "portrait_freshness_seconds"), buckets(before, "portrait_freshness_seconds"))
+        h = [(le, sum(dict(x.pop("server_buckets"))[le] for x in runs)) for le, _ in runs[0]["server_buckets"]]
         out["freshness_server"] = {"p50": histogram_quantile(h, 0.5), "p99": histogram_quantile(h, 0.99),
                                    "count": h[-1][1] if h else 0, "buckets": h}
         self.log(f"freshness: p50 {out['freshness']['p50']['median'] * 1e3:.1f} ms, "
@@ -300,7 +298,8 @@ class Bench:
     def freshness(self, r: int, target: str, redis_url: str, murl: str) -> dict[str, Any]:
         s = self.s
         sh = self.next_shift()
-        settled = self.settle(f"settle-fresh-{r}", target, murl, sh)
+        settled = self.settle(f"settle-fresh-{r}", target, murl, sh)  # its rows are written when it returns
+        before = parse_metrics(fetch(murl))  # per round: the settle batches' own rows are not counted
         interval = s.fresh_batch / s.fresh_eps
         n_batches = int(s.fresh_s / interval)
         count = n_batches * s.fresh_batch
@@ -325,7 +324,9 @@ class Bench:
         # a row never seen before the poller gave up counts with the time it waited (a lower bound)
         lat = [(t if t is not None else seen["gave_up_at"]) - sent["sent"][i // s.fresh_batch]
                for i, t in enumerate(seen["seen"])]
-        res: dict[str, Any] = {**latency_summary(lat), "settle": settled}
+        after = parse_metrics(fetch(murl))
+        res: dict[str, Any] = {**latency_summary(lat), "settle": settled, "server_buckets": bucket_delta(
+            buckets(after, "portrait_freshness_seconds"), buckets(before, "portrait_freshness_seconds"))}
         res.update(offered_eps=s.fresh_eps, events=count, missing=seen["missing"], notifications=seen["notifications"],
                    accepted=sent["accepted"], ack=sent["ack"], send_lag_max=sent["send_lag_max"])
         return res
