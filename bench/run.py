@@ -289,7 +289,8 @@ class Bench:
         runs = [self.freshness(r, target, redis_url, murl) for r in range(s.rounds)]
         out["freshness"] = {"p50": summary([x["p50"] for x in runs]), "p99": summary([x["p99"] for x in runs]),
                             "runs": runs}
-        h = [(le, sum(dict(x.pop("server_buckets"))[le] for x in runs)) for le, _ in runs[0]["server_buckets"]]
+        per_round = [dict(x.pop("server_buckets")) for x in runs]
+        h = sorted((le, sum(b.get(le, 0.0) for b in per_round)) for le in per_round[0])
         out["freshness_server"] = {"p50": histogram_quantile(h, 0.5), "p99": histogram_quantile(h, 0.99),
                                    "count": h[-1][1] if h else 0, "buckets": h}
         self.log(f"freshness: p50 {out['freshness']['p50']['median'] * 1e3:.1f} ms, "
