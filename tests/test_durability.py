@@ -342,7 +342,7 @@ async def test_a_forked_checkpoint_holds_the_state_of_its_instant_while_the_loop
         m = Materializer(p.row, lambda rows: None, lambda rows: None, p.metrics)
         return p, Durability(tmp_path, p, m)
 
-    events, users = make_events(1200, 40)
+    events, _ = make_events(1200, 40)
     p, d = durable()
     assert d.fork
     d.recover()
