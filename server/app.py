@@ -180,7 +180,7 @@ class PortraitServer:
         self._http, _ = start_http_server(s.metrics_port, addr=s.bind, registry=self.metrics.registry)
         self.metrics_port = self._http.server_port
         # Feast, grpc and the recovered state are long-lived: move them out of the collector's way
-        # (a full collection walked them all, pausing the loop; measured in bench/README.md)
+        # (a full collection walked them all, pausing the loop; measured in docs/decisions.md)
         gc.collect()
         gc.freeze()
         materializer.start()
