@@ -56,7 +56,11 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import IO, Any
 
-from server.events import MAX_BATCH
+from server.events import MAX_REJECTED_LISTED
+
+#: Largest --batch: the server lists at most this many rejected events per answer, so every rejected row
+#: of a batch this size is named in the rejected-rows file.
+MAX_REPLAY_BATCH = MAX_REJECTED_LISTED
 
 HELP = "stream an event file (CSV/Parquet) into a running server, resumably"
 REJECTED_COLUMNS = ("row", "event_id", "field", "message")
@@ -324,8 +328,8 @@ def replay(
     events_path = Path(path)
     state_file = Path(state_path) if state_path else default_state_path(events_path)
     rejected_file = Path(rejected_path) if rejected_path else default_rejected_path(events_path)
-    if not 1 <= batch_size <= MAX_BATCH:
-        raise ReplayError(f"--batch must be 1..{MAX_BATCH}, got {batch_size}")
+    if not 1 <= batch_size <= MAX_REPLAY_BATCH:
+        raise ReplayError(f"--batch must be 1..{MAX_REPLAY_BATCH}, got {batch_size}")
     try:
         size = events_path.stat().st_size
     except OSError as exc:
@@ -411,7 +415,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="HOST:PORT of the server (default 127.0.0.1:$PORTRAIT_GRPC_PORT)")
     parser.add_argument("--rate", type=float, default=None, help="at most N events per second (default: unlimited)")
     parser.add_argument("--batch", type=int, default=500,
-                        help=f"events per TrackBatch call, 1..{MAX_BATCH} (default 500)")
+                        help=f"events per TrackBatch call, 1..{MAX_REPLAY_BATCH} (default 500)")
     parser.add_argument("--rejected-out", default=None, metavar="FILE",
                         help="CSV of rejected rows: row,event_id,field,message (default EVENTS_FILE.rejected.csv)")
     parser.add_argument("--state", default=None, metavar="FILE",

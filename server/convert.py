@@ -52,13 +52,15 @@ def batch_response(r: BatchResult) -> pb.TrackBatchResponse:
         rejected=[pb.EventError(index=i, event_id=eid, field=err.field, message=err.message)
                   for i, eid, err in r.rejected],
         suppressed=r.suppressed,
+        rejected_count=r.rejected_count,
     )
 
 
 def batch_from_response(m: pb.TrackBatchResponse) -> BatchResult:
     """TrackBatchResponse -> BatchResult (client side)."""
     return BatchResult(m.accepted, m.duplicates,
-                       [(x.index, x.event_id, FieldError(x.field, x.message)) for x in m.rejected], m.suppressed)
+                       [(x.index, x.event_id, FieldError(x.field, x.message)) for x in m.rejected], m.suppressed,
+                       max(m.rejected_count, len(m.rejected)))
 
 
 def profile_to_proto(row: dict[str, Any]) -> pb.Profile:

@@ -22,6 +22,12 @@ MAX_CONTEXT_ENTRIES = 16
 MAX_CONTEXT_LEN = 256
 MAX_FUTURE_S = 300.0
 MAX_BATCH = 10_000
+MAX_PRICE = 1e12
+"""Largest unit price accepted (any currency): beyond it INVALID_ARGUMENT, so no sum of prices can overflow."""
+MAX_AMOUNT = 1e15
+"""Largest ``price × units`` of one event (an order line's value)."""
+MAX_REJECTED_LISTED = 1_000
+"""A batch's or stream's summary lists the first this many rejected events; ``rejected_count`` has the total."""
 
 
 class EventType(enum.IntEnum):
@@ -124,8 +130,12 @@ def validate(e: Event, now: float) -> FieldError | None:
         return FieldError("price", "price must be a finite number")
     if e.price < 0:
         return FieldError("price", "price must be >= 0")
+    if e.price > MAX_PRICE:
+        return FieldError("price", f"price must be <= {MAX_PRICE:g}")
     if e.quantity < 0:
         return FieldError("quantity", "quantity must be >= 0")
+    if e.price * e.units > MAX_AMOUNT:
+        return FieldError("quantity", f"price × quantity must be <= {MAX_AMOUNT:g}")
     if len(e.context) > MAX_CONTEXT_ENTRIES:
         return FieldError("context", f"context has more than {MAX_CONTEXT_ENTRIES} entries")
     for k, v in e.context.items():
@@ -136,10 +146,25 @@ def validate(e: Event, now: float) -> FieldError | None:
 
 @dataclass
 class BatchResult:
-    """Summary of a batch or stream: accepted, duplicates, and (index, event_id, error) per rejected event;
-    ``suppressed``: events of erased users (dropped)."""
+    """Summary of a batch or stream: accepted, duplicates, and (index, event_id, error) for the first
+    ``MAX_REJECTED_LISTED`` rejected events (``rejected_count``: all of them, so memory per stream stays
+    bounded and the summary always fits in one message); ``suppressed``: events of erased users (dropped).
+
+    >>> r = BatchResult()
+    >>> for i in range(MAX_REJECTED_LISTED + 5):
+    ...     r.reject(i, f"e{i}", FieldError("price", "price must be >= 0"))
+    >>> len(r.rejected), r.rejected_count
+    (1000, 1005)
+    """
 
     accepted: int = 0
     duplicates: int = 0
     rejected: list[tuple[int, str, FieldError]] = field(default_factory=list)
     suppressed: int = 0
+    rejected_count: int = 0
+
+    def reject(self, index: int, event_id: str, err: FieldError) -> None:
+        """Count a rejected event; list it while fewer than ``MAX_REJECTED_LISTED`` are listed."""
+        self.rejected_count += 1
+        if len(self.rejected) < MAX_REJECTED_LISTED:
+            self.rejected.append((index, event_id, err))

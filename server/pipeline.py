@@ -26,7 +26,7 @@ from typing import Any
 from server.dedupe import Dedupe
 from server.erasure import Erasures
 from server.errors import FailedPrecondition, InvalidArgument
-from server.events import Event, EventType, FieldError, validate
+from server.events import MAX_PRICE, Event, EventType, FieldError, validate
 from server.labels import DelayedLabels
 from server.metrics import Metrics
 from server.models import Propensity, Segmenter
@@ -334,8 +334,9 @@ class Pipeline:
                 raise InvalidArgument("item_id must be 1..128 characters", field=f"candidates[{i}].item_id")
             if len(category) > 128:
                 raise InvalidArgument("category is longer than 128 characters", field=f"candidates[{i}].category")
-            if not math.isfinite(price) or price < 0:
-                raise InvalidArgument("price must be a finite number >= 0", field=f"candidates[{i}].price")
+            if not math.isfinite(price) or not 0 <= price <= MAX_PRICE:
+                raise InvalidArgument(f"price must be a finite number in 0..{MAX_PRICE:g}",
+                                      field=f"candidates[{i}].price")
         p = self.profiles.get(user_id)
         t = max(self.ranker.labels.max_time, 0.0)
         if p is None or p.last_event is None:

@@ -106,19 +106,21 @@ class ProfileCore:
         self._admit()
         result = BatchResult()
         i = 0
-        async for e in events:
-            self._one(i, e, time.monotonic(), result, None)
-            i += 1
-            if i % STREAM_COMMIT_EVERY == 0:
-                await self._commit()  # bounds the unflushed log while the stream goes on
-        await self._commit()
+        try:
+            async for e in events:
+                self._one(i, e, time.monotonic(), result, None)
+                i += 1
+                if i % STREAM_COMMIT_EVERY == 0:
+                    await self._commit()  # bounds the unflushed log while the stream goes on
+        finally:  # also when the stream breaks off (idle, cancelled, undecodable): what was applied is durable
+            await self._commit()
         return result
 
     def _one(self, i: int, e: Event, received: float, result: BatchResult,
              futures: list[asyncio.Future[None]] | None) -> None:
         err = self.pipeline.check(e)
         if err:
-            result.rejected.append((i, e.event_id, err))
+            result.reject(i, e.event_id, err)
             return
         out, fut = self._apply(e, received, score=False)
         if out.suppressed:
