@@ -1,8 +1,13 @@
-"""Server interceptors: map domain errors to gRPC statuses, count/time every RPC, limit its time.
+"""Server interceptors: map domain errors to gRPC statuses, count/time every RPC, limit its time and
+admission, and turn undecodable requests into INVALID_ARGUMENT.
 
-One interceptor does all three, so every RPC — including ones that fail — is
+One interceptor does all of it, so every RPC — including ones that fail — is
 counted in ``grpc_server_handled_total`` with its final code. It is the outermost
 interceptor: refusals by inner ones (``security.AuthInterceptor``) are counted too.
+
+Admission is fair between kinds: unary calls and client streams have separate in-flight budgets
+(``max_inflight`` and ``max_inflight_streams``), so streams that hold their slot — even idle ones, until
+``stream_idle_s`` ends them — never take a unary call's place.
 Unexpected exceptions are logged with their type and stack only: exception messages
 can carry data (redis-py puts Redis keys, i.e. user ids, into its error strings).
 """
@@ -21,7 +26,9 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from server.errors import PortraitError, ResourceExhausted
+from server.decode import decode_problem
+from server.errors import InvalidArgument, PortraitError, ResourceExhausted
+from server.logs import OncePerCause
 from server.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -48,6 +55,39 @@ class TimeLimitExceeded(PortraitError):
     """The server-side time limit of the RPC ran out."""
 
     code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class StreamIdle(PortraitError):
+    """A client stream sent nothing for the idle limit; what it sent before was processed."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class Undecodable:
+    """Stands for request bytes protobuf could not decode (gRPC would answer UNKNOWN and log a traceback)."""
+
+    __slots__ = ("field", "message")
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        self.message = message
+
+
+def _decoding(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """``deserializer`` that returns an ``Undecodable`` instead of raising."""
+    if deserializer is None:
+        return None
+    desc = getattr(getattr(deserializer, "__self__", None), "DESCRIPTOR", None)
+
+    def decode(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception:
+            if desc is None:
+                return Undecodable("", "the request could not be decoded")
+            return Undecodable(*decode_problem(desc, data))
+
+    return decode
 
 
 def redacted_traceback(exc: BaseException) -> str:
@@ -78,12 +118,16 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
     for client streams; None or 0 = none)."""
 
     def __init__(self, metrics: Metrics, max_inflight: int = 256, rpc_timeout_s: float | None = None,
-                 stream_timeout_s: float | None = None) -> None:
+                 stream_timeout_s: float | None = None, max_inflight_streams: int = 64,
+                 stream_idle_s: float | None = None) -> None:
         self._metrics = metrics
         self.max_inflight = max_inflight
+        self.max_inflight_streams = max_inflight_streams
         self.rpc_timeout_s = rpc_timeout_s
         self.stream_timeout_s = stream_timeout_s
-        self._inflight = 0
+        self.stream_idle_s = stream_idle_s
+        self._inflight = {"unary": 0, "client_stream": 0}
+        self._decode_warnings = OncePerCause(log, every_s=10.0)
 
     async def intercept_service(
         self,
@@ -97,12 +141,12 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
                 self._wrap(handler.unary_unary, "unary", service, method),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_decoding(handler.request_deserializer),
                 response_serializer=handler.response_serializer)
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
                 self._wrap(handler.stream_unary, "client_stream", service, method),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_decoding(handler.request_deserializer),
                 response_serializer=handler.response_serializer)
         return handler  # streaming responses (health Watch, reflection): not wrapped
 
@@ -111,8 +155,43 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         seconds = self._metrics.grpc_handling.labels(grpc_type=kind, grpc_service=service, grpc_method=method)
         limit = (self.rpc_timeout_s if kind == "unary" else self.stream_timeout_s) or None
         counted = 0 if service == HEALTH_SERVICE else 1  # probes must answer under load: not capped
+        budget = self.max_inflight if kind == "unary" else self.max_inflight_streams
+        what = "RPCs" if kind == "unary" else "streams"
+        inflight = self._inflight
+
+        def undecodable(request: Undecodable, index: int | None = None) -> InvalidArgument:
+            self._metrics.rejected.labels(reason="decode").inc()
+            where = "" if index is None else f"message {index} of the stream: "
+            self._decode_warnings.failed(request.message, "undecodable request to %s/%s: %s%s", service, method,
+                                         where, request.message)
+            done = "" if index is None else f" (the {index} messages before it were processed)"
+            return InvalidArgument(f"{where}{request.message}{done}", field=request.field or None)
+
+        async def checked(requests: Any) -> Any:
+            """The stream's messages: undecodable ones end it with INVALID_ARGUMENT, silence with StreamIdle."""
+            it = requests.__aiter__()
+            idle = self.stream_idle_s or None
+            index = 0
+            while True:
+                try:
+                    async with asyncio.timeout(idle):
+                        m = await it.__anext__()
+                except StopAsyncIteration:
+                    return
+                except TimeoutError:
+                    self._metrics.rejected.labels(reason="stream_idle").inc()
+                    raise StreamIdle(f"the stream sent nothing for {idle:g} s and was ended; the {index} messages "
+                                     "before were processed (resending them is safe: duplicates are dropped)") from None
+                if isinstance(m, Undecodable):
+                    raise undecodable(m, index)
+                index += 1
+                yield m
 
         async def limited(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            if kind == "unary" and isinstance(request, Undecodable):
+                raise undecodable(request)
+            if kind == "client_stream":
+                request = checked(request)
             if limit is None:
                 return await behavior(request, context)
             timer = asyncio.timeout(limit)
@@ -128,11 +207,11 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
             t0 = time.perf_counter()
             code = grpc.StatusCode.OK
-            self._inflight += counted
+            inflight[kind] += counted
             try:
-                if counted and self._inflight > self.max_inflight:  # backpressure: clients retry with backoff
+                if counted and inflight[kind] > budget:  # backpressure: clients retry with backoff
                     self._metrics.rejected.labels(reason="inflight").inc()
-                    raise ResourceExhausted(f"more than {self.max_inflight} RPCs in flight; retry with backoff")
+                    raise ResourceExhausted(f"more than {budget} {what} in flight; retry with backoff")
                 response = await limited(request, context)
                 code = context.code() or grpc.StatusCode.OK
                 return response
@@ -148,7 +227,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 log.error("unhandled error in %s/%s: %s", service, method, redacted_traceback(exc))
                 await context.abort(grpc.StatusCode.INTERNAL, "internal error")
             finally:
-                self._inflight -= counted
+                inflight[kind] -= counted
                 if isinstance(code, int):
                     code = grpc.StatusCode(code)
                 seconds.observe(time.perf_counter() - t0)

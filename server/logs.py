@@ -70,3 +70,74 @@ def configure_logging(level: str, json: bool, *, stream: IO[str] | None = None) 
     handler.setFormatter(JsonFormatter() if json else logging.Formatter(PLAIN_FORMAT))
     root.addHandler(handler)
     root.setLevel(level.upper())
+
+
+class OncePerCause:
+    """Logs a recurring problem once per cause, not once per retry.
+
+    ``failed(cause, msg, ...)`` logs the first failure of a cause (e.g. ``"OSError/EMFILE"``), then at
+    most one line per ``every_s`` seconds for it, carrying the count since the last line;
+    ``recovered(msg)`` logs once that every cause has cleared (and forgets them).
+
+    >>> import logging, io
+    >>> out = io.StringIO(); lg = logging.getLogger("doctest.once"); lg.propagate = False
+    >>> lg.addHandler(logging.StreamHandler(out)); lg.setLevel(logging.INFO)
+    >>> once = OncePerCause(lg, every_s=3600)
+    >>> for _ in range(500):
+    ...     _ = once.failed("OSError/EMFILE", "offline append failed: %s", "OSError/EMFILE")
+    >>> once.recovered("offline appends recovered")
+    >>> print(out.getvalue().strip())
+    offline append failed: OSError/EMFILE
+    offline appends recovered (500 failures)
+    """
+
+    def __init__(self, logger: logging.Logger, every_s: float = 60.0, level: int = logging.WARNING) -> None:
+        self.logger = logger
+        self.every_s = every_s
+        self.level = level
+        self._causes: dict[str, list[float]] = {}  # cause -> [last logged (monotonic), count since, total]
+
+    def failed(self, cause: str, msg: str, *args: Any) -> bool:
+        """Record one failure; returns whether a line was logged."""
+        import time
+
+        now = time.monotonic()
+        seen = self._causes.get(cause)
+        if seen is None:
+            self._causes[cause] = [now, 0, 1]
+            self.logger.log(self.level, msg, *args)
+            return True
+        seen[1] += 1
+        seen[2] += 1
+        if now - seen[0] < self.every_s:
+            return False
+        self.logger.log(self.level, msg + " (%d more since the last report)", *args, int(seen[1]))
+        seen[0], seen[1] = now, 0
+        return True
+
+    def recovered(self, msg: str, *args: Any) -> None:
+        """Log ``msg`` once if any failure was recorded since the last recovery."""
+        if self._causes:
+            total = int(sum(c[2] for c in self._causes.values()))
+            self._causes.clear()
+            self.logger.info(msg + " (%d failures)", *args, total)
+
+    @property
+    def failing(self) -> bool:
+        """Whether a failure was recorded since the last recovery."""
+        return bool(self._causes)
+
+
+def cause_of(exc: BaseException) -> str:
+    """A short, data-free name for an exception's cause: its type and, for OS errors, the errno name.
+
+    >>> import errno
+    >>> cause_of(OSError(errno.EMFILE, "Too many open files"))
+    'OSError/EMFILE'
+    """
+    import errno as _errno
+
+    name = type(exc).__name__
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return f"{name}/{_errno.errorcode.get(exc.errno, exc.errno)}"
+    return name

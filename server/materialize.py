@@ -22,6 +22,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
+from server.logs import OncePerCause, cause_of
 from server.metrics import Metrics
 from server.writer import WriteError  # its messages are ours (no keys, no user ids): logged in full
 
@@ -75,6 +76,7 @@ class Materializer:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self.online_healthy = True
+        self._offline_failures = OncePerCause(log)  # a failing disk is reported once per cause, not per retry
         self.offline_lock = asyncio.Lock()  # held while a part file is written (compaction waits for it)
 
     # -- producer side (event loop, single writer) --------------------------------------------
@@ -262,11 +264,13 @@ class Materializer:
         try:
             async with self.offline_lock:
                 await asyncio.to_thread(self._offline, rows)
-        except Exception:
-            log.exception("offline store append failed (%d rows kept for retry)", len(rows))
+        except Exception as exc:
+            self._offline_failures.failed(cause_of(exc), "offline store append failed: %s (%d rows kept for retry)",
+                                          cause_of(exc), len(rows))
             self._metrics.offline_write_errors.inc()
             self._offline_rows = rows + self._offline_rows
             return
+        self._offline_failures.recovered("offline store appends recovered")
         self._metrics.stage_duration.labels(stage="offline_write").observe(time.perf_counter() - t0)
         self._metrics.offline_write_rows.inc(len(rows))
         self._offline_since = time.monotonic()
