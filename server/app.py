@@ -17,8 +17,9 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, ProcessCollector
 
+from server import fdlimit
 from server._gen.portrait.v1 import portrait_pb2, portrait_pb2_grpc
 from server.config import Settings, redis_url_to_feast
 from server.durability import Durability, RecoveryReport
@@ -27,7 +28,7 @@ from server.erasure import load_salt
 from server.features import OfflineLog, OnlineStore, apply_definitions, offline_dir, open_store, set_feast_env
 from server.interceptors import ServerInterceptor
 from server.materialize import Materializer, RowSink
-from server.metrics import Metrics
+from server.metrics import Metrics, serve_metrics
 from server.pipeline import Pipeline, PipelineConfig
 from server.pseudonym import Pseudonymizer, PseudonymKeyError
 from server.security import AuthInterceptor, SecurityConfigError, access_policy
@@ -58,8 +59,9 @@ def pipeline_config(s: Settings) -> PipelineConfig:
     )
 
 
-def grpc_server_options(s: Settings) -> list[tuple[str, int]]:
-    """The gRPC server's channel arguments: message size, keepalive and ping enforcement, connection age."""
+def grpc_server_options(s: Settings, max_connections: int | None = None) -> list[tuple[str, int]]:
+    """The gRPC server's channel arguments: message size, keepalive and ping enforcement, connection age,
+    the connection cap (``max_connections``), the handshake deadline and the idle-connection limit."""
     def ms(seconds: float) -> int:
         return int(seconds * 1000)
 
@@ -75,6 +77,12 @@ def grpc_server_options(s: Settings) -> list[tuple[str, int]]:
     if s.max_connection_age_s > 0:
         options += [("grpc.max_connection_age_ms", ms(s.max_connection_age_s)),
                     ("grpc.max_connection_age_grace_ms", ms(s.max_connection_age_grace_s))]
+    # a connection that sends no HTTP/2 preface (or TLS handshake) is closed after this; grpc's default is 120 s
+    options.append(("grpc.server_handshake_timeout_ms", ms(s.handshake_timeout_s)))
+    if s.connection_idle_s > 0:
+        options.append(("grpc.max_connection_idle_ms", ms(s.connection_idle_s)))
+    if max_connections:  # enforced by gRPC's core before the handshake: extra connections are closed at once
+        options.append(("grpc.max_allowed_incoming_connections", max_connections))
     return options
 
 
@@ -84,6 +92,8 @@ class PortraitServer:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.metrics = Metrics(CollectorRegistry())
+        ProcessCollector(registry=self.metrics.registry)  # process_open_fds, process_max_fds, memory, CPU
+        self.max_connections = 0
         self.embedded: EmbeddedRedis | None = None
         self.grpc_port = 0
         self.metrics_port = 0
@@ -107,6 +117,11 @@ class PortraitServer:
             raise SecurityConfigError(str(exc)) from None
         for line in policy.describe():
             log.info("%s", line)
+        fd_limit = fdlimit.raise_open_file_limit()
+        self.max_connections = fdlimit.connection_cap(fd_limit, s.reserved_fds, s.max_connections)
+        if s.max_connections and self.max_connections < s.max_connections:
+            log.warning("PORTRAIT_MAX_CONNECTIONS=%d does not fit the open-file limit %d minus %d reserved: "
+                        "capped at %d", s.max_connections, fd_limit, s.reserved_fds, self.max_connections)
         if ids.enabled:
             log.info("user ids are stored as pseudonyms (key version %s of %d)", ids.keys[-1][0], len(ids.keys))
         data_dir = Path(s.data_dir).resolve()
@@ -163,10 +178,11 @@ class PortraitServer:
         # Outermost first: metrics, errors and time limits see every call, including refused ones.
         interceptors: list[grpc.aio.ServerInterceptor] = [ServerInterceptor(
             self.metrics, max_inflight=s.max_inflight_rpcs, rpc_timeout_s=s.rpc_timeout_s,
-            stream_timeout_s=s.stream_timeout_s)]
+            stream_timeout_s=s.stream_timeout_s, max_inflight_streams=s.max_inflight_streams,
+            stream_idle_s=s.stream_idle_s)]
         if policy.keys is not None:
             interceptors.append(AuthInterceptor(policy.keys, self.metrics))
-        server = grpc.aio.server(interceptors=interceptors, options=grpc_server_options(s))
+        server = grpc.aio.server(interceptors=interceptors, options=grpc_server_options(s, self.max_connections))
         portrait_pb2_grpc.add_ProfileServiceServicer_to_server(ProfileServicer(self.core), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         if policy.reflection:
@@ -177,7 +193,7 @@ class PortraitServer:
             self.grpc_port = server.add_insecure_port(address)
         else:
             self.grpc_port = server.add_secure_port(address, credentials)
-        self._http, _ = start_http_server(s.metrics_port, addr=s.bind, registry=self.metrics.registry)
+        self._http = serve_metrics(s.metrics_port, s.bind, self.metrics.registry)
         self.metrics_port = self._http.server_port
         # Feast, grpc and the recovered state are long-lived: move them out of the collector's way
         # (a full collection walked them all, pausing the loop; measured in docs/decisions.md)
@@ -191,8 +207,8 @@ class PortraitServer:
         self._tasks.append(asyncio.create_task(self._compact_periodically(), name="compaction"))
         for name in ("", SERVICE_NAME, ONLINE_STORE_HEALTH):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("serving portrait.v1.ProfileService on %s:%d, metrics on http://%s:%d/metrics",
-                 s.bind, self.grpc_port, s.bind, self.metrics_port)
+        log.info("serving portrait.v1.ProfileService on %s:%d (at most %d connections), metrics on "
+                 "http://%s:%d/metrics", s.bind, self.grpc_port, self.max_connections, s.bind, self.metrics_port)
 
     async def _refresh_gauges(self) -> None:
         assert self.core is not None and self.durability is not None

@@ -112,7 +112,24 @@ class Settings(BaseSettings):
     max_log_backlog_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     """Backpressure: writes get RESOURCE_EXHAUSTED while more than this is appended but not yet on disk."""
     max_inflight_rpcs: int = Field(default=256, ge=1)
-    """Backpressure: RPCs beyond this many in flight get RESOURCE_EXHAUSTED (health checks excepted)."""
+    """Backpressure: unary RPCs beyond this many in flight get RESOURCE_EXHAUSTED (health checks excepted)."""
+    max_inflight_streams: int = Field(default=64, ge=1)
+    """A separate budget for client streams (TrackStream): more open at once get RESOURCE_EXHAUSTED, so
+    streams never take the place of unary calls."""
+    stream_idle_s: float = Field(default=30.0, ge=0)
+    """A client stream that sends no message for this long is ended (DEADLINE_EXCEEDED; what it sent before is
+    kept). 0 = never."""
+    max_connections: int = Field(default=0, ge=0)
+    """Cap on concurrent client connections of the gRPC port; beyond it new connections are closed at once.
+    0 = the open-file limit minus reserved_fds. A larger value is lowered to that."""
+    reserved_fds: int = Field(default=1024, ge=64)
+    """File descriptors kept for the server's own files (log, checkpoints, parquet, Redis, writer, metrics)
+    out of the open-file limit, which is raised to its hard maximum at start."""
+    handshake_timeout_s: float = Field(default=10.0, gt=0)
+    """A connection that has not completed its TLS handshake and HTTP/2 preface after this long is closed."""
+    connection_idle_s: float = Field(default=300.0, ge=0)
+    """A connection without any RPC for this long is closed (GOAWAY; gRPC clients reconnect when needed).
+    0 = never."""
     rpc_timeout_s: float = Field(default=30.0, gt=0)
     """Server-side time limit of a unary RPC, whatever deadline the client sets; beyond it DEADLINE_EXCEEDED."""
     stream_timeout_s: float = Field(default=600.0, ge=0)

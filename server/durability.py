@@ -21,10 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from server import checkpoint, compaction, convert
+from server import checkpoint, compaction, convert, fdlimit
 from server.erasure import Erasures
 from server.eventlog import EventLog
 from server.events import Event
+from server.logs import OncePerCause, cause_of
 from server.materialize import Materializer
 from server.pipeline import Pipeline
 
@@ -97,6 +98,7 @@ class Durability:
         self.log = EventLog(Path(data_dir) / "log", segment_bytes=segment_bytes, fsync=fsync)
         self.checkpoint_seconds = 0.0
         self.fork = fork_checkpoints and hasattr(os, "fork")
+        self._fork_skipped = OncePerCause(log)
         self._checkpointed_at = self.log.next_offset
         self._checkpointing = asyncio.Lock()
 
@@ -182,9 +184,21 @@ class Durability:
         dirty, offline_rows = self.materializer.snapshot()
         deletes = self.materializer.pending_deletes()
         tmp = checkpoint.temp_path(self.checkpoint_dir, offset)
-        if self.fork if fork is None else fork:
-            await self._write_forked(tmp, offset, dirty, offline_rows, deletes)
-        else:  # pickled here: the event loop waits (seconds with millions of users)
+        forked = self.fork if fork is None else fork
+        if forked and fdlimit.free_fds() < fdlimit.FORK_HEADROOM:  # gRPC's fork handlers abort without them
+            self._fork_skipped.failed("EMFILE", "checkpoint written without a fork: fewer than %d file "
+                                      "descriptors free", fdlimit.FORK_HEADROOM)
+            forked = False
+        if forked:
+            try:
+                await self._write_forked(tmp, offset, dirty, offline_rows, deletes)
+            except OSError as exc:  # fork itself failed (memory, process limit): write it here instead
+                self._fork_skipped.failed(cause_of(exc), "checkpoint fork failed (%s): written in-process",
+                                          cause_of(exc))
+                forked = False
+            else:
+                self._fork_skipped.recovered("checkpoints fork again")
+        if not forked:  # pickled here: the event loop waits (seconds with millions of users)
             body = self._body(dirty, offline_rows, deletes)
             await asyncio.to_thread(checkpoint.write_temp, tmp, offset, body)
         await self.log.commit()  # never publish a state the log does not hold up to its offset

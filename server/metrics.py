@@ -14,6 +14,8 @@ uses get their own.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
 
@@ -139,3 +141,51 @@ def markdown_table() -> str:
         doc = m._documentation.replace("|", ", ")
         lines.append(f"| `{name}` | {m._type} | {', '.join(m._labelnames)} | {doc} |")
     return "\n".join(lines)
+
+
+METRICS_MAX_CONNECTIONS = 64
+"""Concurrent connections the /metrics port serves; more are closed at once (they fit in the reserved fds)."""
+METRICS_IDLE_S = 5.0
+"""A /metrics connection that sends nothing for this long is closed."""
+
+
+def serve_metrics(port: int, addr: str, registry: CollectorRegistry) -> Any:
+    """prometheus-client's HTTP server for /metrics, with a connection cap and an idle timeout: its server
+    starts a thread per connection and waits for a request forever, so idle connections would take threads
+    and file descriptors without bound. Returns the ``http.server`` instance (``server_port``, ``shutdown()``)."""
+    import threading
+
+    from prometheus_client import start_http_server
+
+    httpd, _ = start_http_server(port, addr=addr, registry=registry)
+    httpd.socket.listen(2 * METRICS_MAX_CONNECTIONS)  # socketserver listens with a backlog of 5
+    slots = threading.Semaphore(METRICS_MAX_CONNECTIONS)
+    start, run = httpd.process_request, httpd.process_request_thread  # type: ignore[attr-defined]
+
+    def process_request(request: Any, client_address: Any) -> None:
+        if not slots.acquire(blocking=False):
+            httpd.shutdown_request(request)
+            return
+        try:
+            request.settimeout(METRICS_IDLE_S)
+            start(request, client_address)
+        except BaseException:
+            slots.release()
+            raise
+
+    def process_request_thread(request: Any, client_address: Any) -> None:
+        try:
+            run(request, client_address)
+        finally:
+            slots.release()
+
+    def handle_error(request: Any, client_address: Any) -> None:  # socketserver prints a traceback to stderr
+        import logging
+        import sys
+
+        logging.getLogger(__name__).debug("/metrics connection ended: %s", type(sys.exc_info()[1]).__name__)
+
+    httpd.process_request = process_request  # type: ignore[method-assign]
+    httpd.handle_error = handle_error  # type: ignore[method-assign]
+    httpd.process_request_thread = process_request_thread  # type: ignore[attr-defined]
+    return httpd

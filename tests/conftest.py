@@ -107,7 +107,9 @@ def wait_serving(target: str, proc: object, timeout_s: float = 120.0, log: objec
 class ServerProcess:
     """`python -m server serve` as a real child process (for crash, outage and fuzz tests)."""
 
-    def __init__(self, data_dir: Path, redis_url: str | None, **env: str) -> None:
+    def __init__(self, data_dir: Path, redis_url: str | None, *, nofile: int | None = None, **env: str) -> None:
+        """``nofile``: the child's open-file limit (soft and hard), e.g. to exhaust descriptors in a test."""
+        import resource
         import socket
         import subprocess
         import sys
@@ -129,8 +131,14 @@ class ServerProcess:
         data_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = data_dir / f"serve-{len(list(data_dir.glob('serve-*.log')))}.log"
         self._log = self.log_path.open("wb")
+
+        def limit() -> None:
+            if nofile is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
         self.proc = subprocess.Popen([sys.executable, "-m", "server", "serve"], cwd=ROOT, env=self.env,
-                                     stdout=self._log, stderr=subprocess.STDOUT)
+                                     stdout=self._log, stderr=subprocess.STDOUT,
+                                     preexec_fn=limit if nofile is not None else None)
 
     @property
     def target(self) -> str:
