@@ -1,0 +1,24 @@
+"""The pipeline's outputs on a seeded simulated shop equal those recorded before the re-house
+(``tests/golden/record.py``): propensity, segment, risk, Score, tags and counts, to the last bit."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+from tests.golden.record import PATH, outputs
+
+
+def test_outputs_equal_the_recorded_ones() -> None:
+    with gzip.open(PATH, "rt") as f:
+        recorded = json.load(f)
+    now = outputs()
+    assert now["events"] == recorded["events"]
+    diff = [i for i, (a, b) in enumerate(zip(now["per_event"], recorded["per_event"])) if a != b]
+    assert len(now["per_event"]) == len(recorded["per_event"])
+    assert not diff, f"{len(diff)} events differ, first at {diff[0]}: {now['per_event'][diff[0]]} != " \
+                     f"{recorded['per_event'][diff[0]]}"
+    assert sorted(now["rows"]) == sorted(recorded["rows"])
+    for user, row in recorded["rows"].items():
+        assert now["rows"][user] == row, user
+    assert now["scores"] == recorded["scores"]
