@@ -581,8 +581,12 @@ def test_server_options_come_from_the_settings() -> None:
         "grpc.keepalive_time_ms": 30_000, "grpc.keepalive_timeout_ms": 5_000,
         "grpc.http2.min_ping_interval_without_data_ms": 15_000, "grpc.http2.max_ping_strikes": 3,
         "grpc.keepalive_permit_without_calls": 0, "grpc.max_connection_age_ms": 120_000,
-        "grpc.max_connection_age_grace_ms": 7_500,
+        "grpc.max_connection_age_grace_ms": 7_500, "grpc.server_handshake_timeout_ms": 10_000,
+        "grpc.max_connection_idle_ms": 300_000,
     }
+    capped = dict(grpc_server_options(Settings(_env_file=None, connection_idle_s=0, handshake_timeout_s=2), 500))
+    assert capped["grpc.max_allowed_incoming_connections"] == 500
+    assert capped["grpc.server_handshake_timeout_ms"] == 2000 and "grpc.max_connection_idle_ms" not in capped
     never = dict(grpc_server_options(Settings(_env_file=None, max_connection_age_s=0)))
     assert "grpc.max_connection_age_ms" not in never
     d = Settings(_env_file=None)  # defaults: every limit on
@@ -630,7 +634,8 @@ async def test_server_side_time_limits_end_slow_calls_with_deadline_exceeded(tmp
 
 
 async def test_in_flight_cap_and_message_size(redis_url: str, tmp_path: Path) -> None:
-    async with running(tmp_path / "data", redis_url, max_inflight_rpcs=1, max_message_bytes=4096) as srv:
+    async with running(tmp_path / "data", redis_url, max_inflight_rpcs=1, max_inflight_streams=1,
+                       max_message_bytes=4096) as srv:
         assert "auth is OFF: no PORTRAIT_API_KEYS and the bind address is loopback" in \
             srv.start_log  # type: ignore[attr-defined]
         async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.grpc_port}") as ch:
@@ -642,7 +647,7 @@ async def test_in_flight_cap_and_message_size(redis_url: str, tmp_path: Path) ->
             assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert (await stub.Track(pb.TrackRequest(event=ev(user)), timeout=TIMEOUT)).profile_version == 1
 
-            # in-flight cap: a stream held open occupies the only slot
+            # in-flight caps: a stream held open occupies the only stream slot, not the unary one
             release = asyncio.Event()
 
             async def held() -> AsyncIterator[pb.Event]:
@@ -654,14 +659,16 @@ async def test_in_flight_cap_and_message_size(redis_url: str, tmp_path: Path) ->
             await wait_until(lambda: sample(srv, "portrait_events_total", event_type="view", outcome="accepted")
                              > accepted, "the held stream to be in flight")
             with pytest.raises(grpc.aio.AioRpcError) as info:
-                await stub.Track(pb.TrackRequest(event=ev(user)), timeout=TIMEOUT)
+                await stub.TrackStream(iter([ev(user)]), timeout=TIMEOUT)
             assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "more than 1 streams in flight" in (info.value.details() or "")
             assert sample(srv, "portrait_rejected_total", reason="inflight") == 1
+            assert (await stub.Track(pb.TrackRequest(event=ev(user)), timeout=TIMEOUT)).profile_version == 3
             health = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=TIMEOUT)
             assert health.status == health_pb2.HealthCheckResponse.SERVING  # probes are not capped
             release.set()
             assert (await stream).accepted == 1
-            assert (await stub.Track(pb.TrackRequest(event=ev(user)), timeout=TIMEOUT)).profile_version == 3
+            assert (await stub.Track(pb.TrackRequest(event=ev(user)), timeout=TIMEOUT)).profile_version == 4
 
 
 async def test_ping_enforcement_follows_the_settings(redis_url: str, tmp_path: Path) -> None:
