@@ -142,6 +142,87 @@ def rows(doc: dict[str, Any]) -> list[list[str]]:
                     f"{e / base:.2f}× of {doc['scaling'][0]['population']:,}" if _ok(e) and base else "—",
                     f"RSS {nbytes(r.get('rss_per_user'))}/user, {r.get('rss_bytes', 0) / 2**20:,.0f} MB"
                     + (f", GC {100 * max(r['gc_share_rounds']):.0f}% of time" if r.get("gc_share_rounds") else "")])
+    ab = doc.get("abuse")
+    if ab:
+        out += abuse_rows(ab)
+    return out
+
+
+def _codes(r: dict[str, Any] | None) -> str:
+    """``399 OK, 1 UNAVAILABLE`` (errors only, or empty) of a load's status codes."""
+    errs = {c: n for c, n in ((r or {}).get("codes") or {}).items() if c != "OK"}
+    return ", ".join(f"{n:,} {c}" for c, n in errs.items())
+
+
+def abuse_rows(ab: dict[str, Any]) -> list[list[str]]:
+    """The abuse phase (bench/abuse.py): Track at rest vs while idle connections and streams are held."""
+    out: list[list[str]] = []
+    rest, flood = ab.get("at_rest") or {}, ab.get("under_flood") or {}
+    st = ab.get("settings") or {}
+    ratio = ab.get("p99_ratio")
+    load = (f"({ab.get('flood', 0):,} idle TCP + {ab.get('idle_streams', 0)} idle TrackStreams, "
+            f"{ab.get('rate', 0):,.0f}/s offered)")
+    out.append([f"abuse: Track p99 @{ab.get('rate', 0):,.0f}/s, at rest / under flood",
+                f"{ms(rest.get('p99'))} / {ms(flood.get('p99'))}", "—", "—",
+                f"{ratio:.2f}× at rest" if _ok(ratio) else "—", load])
+    out.append(["abuse: Track p50, at rest / under flood", f"{ms(rest.get('p50'))} / {ms(flood.get('p50'))}",
+                "—", "—", "—", ""])
+    acc = [x.get("accepted_pct") for x in (rest, flood)]
+    errs = "; ".join(f"{w}: {c}" for w, c in (("rest", _codes(rest)), ("flood", _codes(flood))) if c)
+    out.append(["abuse: Track accepted, at rest / under flood",
+                " / ".join(f"{x:.1f}%" if _ok(x) else "—" for x in acc) + (f" ({errs})" if errs else ""),
+                "—", "—", "—", "(OK ÷ sent)"])
+    nc = ab.get("new_channel_first_track") or {}
+    out.append(["abuse: a new client's first Track during flood",
+                f"{nc.get('code', '—')} after {ms(nc.get('seconds'))}" if nc else "—", "—", "—", "—",
+                "(refused while the connection cap is full)"])
+    c = ab.get("connections") or {}
+    if c:
+        failed = sum((c.get("failed") or {}).values())
+        sh = _get(ab, "server", "connections_held") or {}
+        held = (f"server held {sh['during_start']:,} → {sh['during_end']:,} in the window"
+                if "during_start" in sh and "during_end" in sh else "")
+        ca = c.get("close_after_connect") or {}
+        cap = st.get("max_connections")
+        cap_s = "auto" if cap in (0, "0") else f"{cap}" if cap is not None else "n/a"
+        out.append(["abuse: idle TCP connections opened / closed by server",
+                    f"{c.get('opened', 0):,} / {c.get('closed_by_server', 0):,}; {held}"
+                    + (f"; {failed:,} connects failed" if failed else ""), "—", "—",
+                    f"closed after connect p50 {ca.get('p50', math.nan):.1f} s, max {ca.get('max', math.nan):.1f} s"
+                    if _ok(ca.get("p50")) else "—",
+                    f"max_connections={cap_s}, handshake_timeout_s={st.get('handshake_timeout_s')}"])
+        lq = _get(ab, "kernel_listen_queue", "until_window_end") or {}
+        if lq.get("ListenOverflows"):
+            out[-1][1] += f"; {lq['ListenOverflows']:,} listen-queue overflows"
+        lg = ab.get("server_log") or {}
+        if lg.get("emfile_lines"):
+            out[-1][1] += f"; server logged {lg['emfile_lines']:,} out-of-fds lines"
+    s = ab.get("streams") or {}
+    if s:
+        ended = ", ".join(f"{n} {k}" for k, n in (s.get("ended_by_server") or {}).items())
+        out.append(["abuse: idle TrackStreams held through the window",
+                    f"{s.get('open_at_window_end', 0)} of {s.get('opened', 0)}" + (f" ({ended})" if ended else ""),
+                    "—", "—", "—", f"max_inflight_streams={st.get('max_inflight_streams')}, "
+                    f"stream_idle_s={st.get('stream_idle_s')}"])  # None: not a setting of this server
+    sv = ab.get("server") or {}
+    if sv:
+        def trio(key: str, fmt: Any) -> str:
+            vals = [_get(sv, "rest", key), _get(sv, "peak", key), _get(sv, "after", key)]
+            return " → ".join(fmt(v) if _ok(v) else "—" for v in vals)
+
+        out.append(["abuse: server open fds / RSS, rest → peak → after",
+                    f"{trio('fds', lambda v: f'{v:,.0f}')} fds; {trio('rss', lambda v: f'{v / 2**20:,.0f}')} MB",
+                    "—", "—", "—", f"(open-file limit {_get(sv, 'rest', 'nofile') or '—'})"])
+    af = ab.get("after") or {}
+    alive = ab.get("server_alive_after")
+    ok = bool(alive) and bool(af.get("answers_track"))
+    nt = af.get("track") or {}
+    out.append(["abuse: server alive after, answers Track",
+                ("yes" if alive else "NO") + (f"; new channel {_get(af, 'new_channel', 'code')} "
+                                              f"(try {_get(af, 'new_channel', 'tries')}), Track "
+                                              f"{(nt.get('codes') or {}).get('OK', 0)}/{nt.get('sent', 0)} OK"
+                                              if af else ""),
+                "—", "—", "—", f"alive and answering: {check(ok if alive is not None else None)}"])
     return out
 
 

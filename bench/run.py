@@ -1,7 +1,8 @@
 """The orchestrator: generate the stream, run every contender one after the other, report.
 
 Contenders never overlap (the machine has 2 cores): limit loop, then the Portrait server
-(+ its client, poller), then the naive peer (+ the same client), then memory and scaling.
+(+ its client, poller), then the naive peer (+ the same client), then memory and scaling, then the
+abuse run (its own server, idle-connection holders and client; bench/abuse.py).
 Every child process is stopped at the end, also on Ctrl-C or an error (``procs.stop_all``).
 """
 
@@ -379,6 +380,12 @@ class Bench:
             self.log(f"scaling {n:,} users: {r['eps']['median']:,.0f} events/s, "
                      f"{r['rss_per_user']:,.0f} B/user")
 
+    def abuse(self) -> None:
+        """Track p99 at rest vs while 20k idle TCP connections and 256 idle TrackStreams are held (bench/abuse.py)."""
+        from bench.abuse import run_phase
+
+        run_phase(self)  # records self.results["abuse"]
+
     # -- py-spy on the server ------------------------------------------------------------------
     def start_pyspy_server(self, pid: int, tag: str = "batch") -> tuple[subprocess.Popen[bytes], Path] | None:
         assert self.pyspy
@@ -518,7 +525,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="redis://host:port/db for the online store (default $PORTRAIT_REDIS_URL; unset: the "
                          "server's embedded Redis on a free port)")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--only", default="", help="comma-separated phases: limit,portrait,naive,memory,scaling")
+    ap.add_argument("--only", default="", help="comma-separated phases: limit,portrait,naive,memory,scaling,abuse")
     ap.add_argument("--profile", action="store_true", help="py-spy (via uvx) the limit loop and the server during "
                     "the first TrackBatch round (cProfile for the limit loop if py-spy is missing)")
     ap.add_argument("--repo", default=str(ROOT), help=argparse.SUPPRESS)
@@ -528,7 +535,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return a
 
 
-PHASES = ("limit", "portrait", "naive", "memory", "scaling")
+PHASES = ("limit", "portrait", "naive", "memory", "scaling", "abuse")
 
 
 def main(argv: list[str] | None = None) -> int:
