@@ -486,9 +486,9 @@ async def cmd_drive(a: argparse.Namespace) -> dict[str, Any]:
 
     from bench import stream
     from bench.client import OPTIONS
-    from server import convert
     from server._gen.portrait.v1 import portrait_pb2 as pb
     from server._gen.portrait.v1 import portrait_pb2_grpc as pb_grpc
+    from server.api import convert
 
     n = max(1, int(RATE * a.seconds))
     events = stream.variant(stream.load(a.events), a.prefix, shift_s=a.shift)

@@ -30,9 +30,9 @@ import grpc
 
 from bench import stream
 from bench.stats import latency_summary, parse_metrics, sample
-from server import convert
 from server._gen.portrait.v1 import portrait_pb2 as pb
 from server._gen.portrait.v1 import portrait_pb2_grpc as pb_grpc
+from server.api import convert
 
 OPTIONS = [("grpc.max_send_message_length", 64 * 1024 * 1024), ("grpc.max_receive_message_length", 64 * 1024 * 1024)]
 

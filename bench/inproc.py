@@ -31,9 +31,9 @@ from prometheus_client import CollectorRegistry
 
 from bench import stream
 from bench.procs import rss_bytes
-from server.events import Event, EventType
+from server.domain.events import Event, EventType
 from server.metrics import Metrics
-from server.pipeline import Pipeline, PipelineConfig
+from server.worker.pipeline import Pipeline, PipelineConfig
 
 
 def new_pipeline(**config: Any) -> Pipeline:
@@ -118,7 +118,7 @@ def cmd_memory(a: argparse.Namespace) -> dict[str, Any]:
     users = len(p.profiles) - users_before
     pending = len(p.labels)
     # the dedupe set: bounded by PORTRAIT_DEDUPE_CAPACITY ids, whatever the number of users
-    from server.dedupe import Dedupe
+    from server.domain.dedupe import Dedupe
 
     n_ids = 200_000
     d = Dedupe(n_ids)

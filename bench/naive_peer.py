@@ -27,14 +27,14 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
-from server import convert
 from server._gen.portrait.v1 import portrait_pb2 as pb
 from server._gen.portrait.v1 import portrait_pb2_grpc as pb_grpc
+from server.api import convert
 from server.config import redis_url_to_feast
-from server.embedded_redis import EmbeddedRedis
-from server.features import apply_definitions, set_feast_env
 from server.metrics import Metrics
-from server.pipeline import Pipeline, PipelineConfig
+from server.store.embedded_redis import EmbeddedRedis
+from server.store.feast import apply_definitions, set_feast_env
+from server.worker.pipeline import Pipeline, PipelineConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 PUSH_SOURCE = "user_profile_push_source"

@@ -1,6 +1,6 @@
 """The benchmark's input: one seeded synthetic event stream, the same for every contender.
 
-Made once by ``server.simulate`` and pickled to a file that every process loads.
+Made once by ``server.tools.simulate`` and pickled to a file that every process loads.
 Phases that must not collide (rounds against one long-lived server) use a *variant*:
 the same events with prefixed user/event ids and event times shifted by whole
 "slots" (the span of the stream plus a day), so every round is a fresh set of users
@@ -15,14 +15,14 @@ import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from server.events import Event, EventType
-from server.simulate import DAY, START, simulate
+from server.domain.events import Event, EventType
+from server.tools.simulate import DAY, START, simulate
 
 MAX_SLOTS = 48  # variants per run (rounds x phases); event times must stay in the past
 
 
 def stream_start(days: int, now: float | None = None) -> float:
-    """Where the stream starts: ``server.simulate.START`` if every shifted variant stays in the past,
+    """Where the stream starts: ``server.tools.simulate.START`` if every shifted variant stays in the past,
     else a day-aligned time far enough back (same hours of day, same promotion days)."""
     now = time.time() if now is None else now
     need = (days + 1) * DAY * (MAX_SLOTS + 1)

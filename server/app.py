@@ -21,20 +21,20 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 
 from server import fdlimit
 from server._gen.portrait.v1 import portrait_pb2, portrait_pb2_grpc
+from server.api.interceptors import ServerInterceptor
+from server.api.security import AuthInterceptor, SecurityConfigError, access_policy
+from server.api.servicer import ProfileServicer
 from server.config import Settings, redis_url_to_feast
-from server.durability import Durability, RecoveryReport
-from server.embedded_redis import EmbeddedRedis
-from server.erasure import load_salt
-from server.features import OfflineLog, OnlineStore, apply_definitions, offline_dir, open_store, set_feast_env
-from server.interceptors import ServerInterceptor
-from server.materialize import Materializer, RowSink
+from server.domain.erasure import load_salt
+from server.domain.pseudonym import Pseudonymizer, PseudonymKeyError
 from server.metrics import Metrics, serve_metrics
-from server.pipeline import Pipeline, PipelineConfig
-from server.pseudonym import Pseudonymizer, PseudonymKeyError
-from server.security import AuthInterceptor, SecurityConfigError, access_policy
-from server.service import ProfileCore
-from server.servicer import ProfileServicer
-from server.writer import WriterProcess
+from server.store.embedded_redis import EmbeddedRedis
+from server.store.feast import OfflineLog, OnlineStore, apply_definitions, offline_dir, open_store, set_feast_env
+from server.store.writer import WriterProcess
+from server.worker.core import ProfileCore
+from server.worker.durability import Durability, RecoveryReport
+from server.worker.materialize import Materializer, RowSink
+from server.worker.pipeline import Pipeline, PipelineConfig
 
 log = logging.getLogger("portrait")
 

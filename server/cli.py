@@ -41,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument("--target", default=None)
     _connection_arguments(send)
 
-    from server import backfill, training
+    from server.tools import backfill, training
 
     backfill.add_arguments(sub.add_parser("replay", help=backfill.HELP))
     training.add_arguments(sub.add_parser("training-set", help=training.HELP))
@@ -113,7 +113,7 @@ def _client(args: argparse.Namespace) -> Any:
     import os
     from pathlib import Path
 
-    from server.client import PortraitClient
+    from server.api.client import PortraitClient
 
     def read(path: str | None) -> bytes | None:
         return Path(path).read_bytes() if path else None
@@ -148,12 +148,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "send":
         return _send(args)
     if args.command in ("replay", "training-set"):
-        from server import backfill, training
+        from server.tools import backfill, training
 
         return (backfill if args.command == "replay" else training).run(args)
     if args.command == "replay-log":
         from server.config import Settings
-        from server.rebuild import rebuild
+        from server.tools.rebuild import rebuild
 
         settings = Settings()
         logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         return _admin(args)
     if args.command == "pseudonym":
         from server.config import Settings
-        from server.pseudonym import Pseudonymizer
+        from server.domain.pseudonym import Pseudonymizer
 
         print(Pseudonymizer.load(Settings().pseudonym_key_file).map(args.user_id))
         return 0
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         print(metrics_table())
         return 0
     if args.command == "simulate":
-        from server.simulate import simulate_to_file
+        from server.tools.simulate import simulate_to_file
 
         n = simulate_to_file(args.out, users=args.users, days=args.days, drift_day=args.drift_day, seed=args.seed)
         print(f"wrote {n} events to {args.out}")
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from server import evaluate
+    from server.tools import evaluate
 
     horizon = evaluate.parse_duration(args.horizon) if args.horizon else None
     result = evaluate.evaluate_file(args.events, args.task, horizon, args.static_days, args.bootstrap,
@@ -209,7 +209,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _segments(args: argparse.Namespace) -> int:
     import json
 
-    from server import segments
+    from server.tools import segments
 
     if args.events:
         pipeline = segments.from_events(args.events, progress=sys.stderr.isatty())
@@ -264,7 +264,7 @@ def _admin(args: argparse.Namespace) -> int:
 def _send(args: argparse.Namespace) -> int:
     import grpc
 
-    from server.events import Event, EventType
+    from server.domain.events import Event, EventType
 
     etype = EventType[args.type.upper()]
     with _client(args) as c:

@@ -12,7 +12,7 @@ import grpc
 import pytest
 
 from server.config import Settings
-from server.embedded_redis import EmbeddedRedis
+from server.store.embedded_redis import EmbeddedRedis
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -20,7 +20,7 @@ from grpc_status import rpc_status
 
 from server._gen.portrait.v1 import portrait_pb2 as pb
 from server._gen.portrait.v1 import portrait_pb2_grpc as pb_grpc
-from server.events import MAX_PRICE, MAX_REJECTED_LISTED
+from server.domain.events import MAX_PRICE, MAX_REJECTED_LISTED
 from tests.conftest import ServerProcess, make_settings, scrape, uid
 
 NOW = time.time()

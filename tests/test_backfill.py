@@ -1,4 +1,4 @@
-"""``portrait replay`` (server.backfill) against the real session server: counts, profiles, rejected rows
+"""``portrait replay`` (server.tools.backfill) against the real session server: counts, profiles, rejected rows
 (server-side and file-parse errors), resume from the state file, rate limiting, exit codes."""
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from typing import Any
 import grpc
 import pytest
 
-from server import backfill
-from server.backfill import ReplayState, TokenBucket, replay
-from server.client import PortraitClient
-from server.eventfile import read_events, write_events
-from server.events import Event
-from server.simulate import DAY, simulate_to_file
+from server.api.client import PortraitClient
+from server.domain.events import Event
+from server.tools import backfill
+from server.tools.backfill import ReplayState, TokenBucket, replay
+from server.tools.eventfile import read_events, write_events
+from server.tools.simulate import DAY, simulate_to_file
 from tests.conftest import uid
 
 pytestmark = pytest.mark.usefixtures("server")

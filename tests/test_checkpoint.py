@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from server.checkpoint import checkpoints, load_latest, prune, read_checkpoint, write_checkpoint
+from server.log.checkpoint import checkpoints, load_latest, prune, read_checkpoint, write_checkpoint
 
 
 def test_newest_valid_checkpoint_wins(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Unit tests of server.compaction on real files: log segments keep their offsets, parquet parts keep
+"""Unit tests of server.log.compaction on real files: log segments keep their offsets, parquet parts keep
 other users' rows, and nothing doomed survives."""
 
 from __future__ import annotations
@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from server import compaction
-from server.convert import event_to_bytes
-from server.durability import EVENT, NOOP, TOMBSTONE, record_user
-from server.erasure import Erasures
-from server.eventlog import EventLog
-from server.events import Event, EventType
-from server.features import OfflineLog, offline_dir
+from server.domain.erasure import Erasures
+from server.domain.events import Event, EventType
+from server.log import compaction
+from server.log.codec import event_to_bytes
+from server.log.eventlog import EventLog
+from server.store.feast import OfflineLog, offline_dir
+from server.worker.durability import EVENT, NOOP, TOMBSTONE, record_user
 
 
 def _event(user: str, n: int) -> bytes:
@@ -53,7 +53,7 @@ def test_offline_compaction_rewrites_or_removes_parts_and_keeps_other_rows(tmp_p
     from prometheus_client import CollectorRegistry
 
     from server.metrics import Metrics
-    from server.pipeline import Pipeline, PipelineConfig
+    from server.worker.pipeline import Pipeline, PipelineConfig
 
     p = Pipeline(PipelineConfig(), Metrics(CollectorRegistry()))
     for user in ("victim", "other"):

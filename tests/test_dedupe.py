@@ -1,8 +1,8 @@
-"""Unit tests of server.dedupe.Dedupe: bounded capacity and oldest-first forgetting."""
+"""Unit tests of server.domain.dedupe.Dedupe: bounded capacity and oldest-first forgetting."""
 
 from __future__ import annotations
 
-from server.dedupe import Dedupe
+from server.domain.dedupe import Dedupe
 
 
 def test_duplicate_is_recognised() -> None:

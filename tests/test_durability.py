@@ -16,13 +16,13 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
-from server import convert
 from server._gen.portrait.v1 import portrait_pb2 as pb
 from server._gen.portrait.v1 import portrait_pb2_grpc as pb_grpc
-from server.embedded_redis import EmbeddedRedis
-from server.events import Event, EventType
+from server.api import convert
+from server.domain.events import Event, EventType
 from server.metrics import Metrics
-from server.pipeline import Pipeline, PipelineConfig
+from server.store.embedded_redis import EmbeddedRedis
+from server.worker.pipeline import Pipeline, PipelineConfig
 from tests.conftest import ServerProcess, uid
 
 TYPES = [EventType.VIEW] * 5 + [EventType.CLICK, EventType.ADD_TO_CART, EventType.FAVORITE, EventType.PURCHASE]
@@ -302,7 +302,7 @@ def test_replay_log_rebuilds_profiles_into_an_empty_online_store(tmp_path: Path,
     import sys
 
     from server.config import redis_url_to_feast
-    from server.features import FEATURE_SERVICE, open_store, set_feast_env
+    from server.store.feast import FEATURE_SERVICE, open_store, set_feast_env
     from tests.conftest import ROOT
 
     srv = ServerProcess(tmp_path / "data", redis_url, PORTRAIT_LOG_RETENTION_S="-1")
@@ -333,9 +333,9 @@ def test_replay_log_rebuilds_profiles_into_an_empty_online_store(tmp_path: Path,
 async def test_a_forked_checkpoint_holds_the_state_of_its_instant_while_the_loop_goes_on(tmp_path: Path) -> None:
     import pickle
 
-    from server import checkpoint
-    from server.durability import Durability
-    from server.materialize import Materializer
+    from server.log import checkpoint
+    from server.worker.durability import Durability
+    from server.worker.materialize import Materializer
 
     def durable() -> tuple[Pipeline, Durability]:
         p = Pipeline(PipelineConfig(), Metrics(CollectorRegistry()))

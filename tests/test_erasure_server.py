@@ -22,8 +22,8 @@ import pytest
 
 from server._gen.portrait.v1 import portrait_pb2 as pb
 from server._gen.portrait.v1 import portrait_pb2_grpc as pb_grpc
-from server.features import FEATURE_SERVICE, offline_dir, open_store
-from server.pseudonym import Pseudonymizer
+from server.domain.pseudonym import Pseudonymizer
+from server.store.feast import FEATURE_SERVICE, offline_dir, open_store
 from tests.conftest import ROOT, ServerProcess, make_settings, scrape, uid
 
 TIMEOUT = 30.0

@@ -14,7 +14,10 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from server import cli
-from server.evaluate import (
+from server.domain.events import Event, EventType
+from server.models.ranking import ITEM_INPUTS
+from server.models.user import PROPENSITY_INPUTS
+from server.tools.evaluate import (
     DAY,
     MODELS,
     Replay,
@@ -24,11 +27,8 @@ from server.evaluate import (
     parse_duration,
     replay,
 )
-from server.events import Event, EventType
-from server.models import PROPENSITY_INPUTS
-from server.pipeline import ITEM, PROPENSITY
-from server.ranking import ITEM_INPUTS
-from server.simulate import START, simulate, simulate_to_file
+from server.tools.simulate import START, simulate, simulate_to_file
+from server.worker.pipeline import ITEM, PROPENSITY
 
 USERS, DAYS, DRIFT_DAY, STATIC_DAYS, SEED = 600, 14, 7, 3, 0
 

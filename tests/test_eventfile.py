@@ -1,4 +1,4 @@
-"""Tests for server.eventfile: CSV/Parquet roundtrips, time parsing, id hashing, errors."""
+"""Tests for server.tools.eventfile: CSV/Parquet roundtrips, time parsing, id hashing, errors."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from server import eventfile
-from server.eventfile import COLUMNS, EventFileError, read_events, read_rows, write_events
-from server.events import Event, EventType
+from server.domain.events import Event, EventType
+from server.tools import eventfile
+from server.tools.eventfile import COLUMNS, EventFileError, read_events, read_rows, write_events
 
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 

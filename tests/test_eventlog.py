@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from server.eventlog import HEADER, EventLog
+from server.log.eventlog import HEADER, EventLog
 
 
 def _log(path: Path, **kw: object) -> EventLog:

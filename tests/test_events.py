@@ -1,4 +1,4 @@
-"""Unit tests of server.events: every validation rule of ``validate`` and ``Event.units``."""
+"""Unit tests of server.domain.events: every validation rule of ``validate`` and ``Event.units``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from server.events import (
+from server.domain.events import (
     MAX_CONTEXT_ENTRIES,
     MAX_CONTEXT_LEN,
     MAX_FUTURE_S,

@@ -14,11 +14,11 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from server.events import Event, EventType
-from server.features import FEATURE_SERVICE, OfflineLog, OnlineStore, offline_dir, open_store
+from server.domain.events import Event, EventType
+from server.domain.profile import FEATURE_NAMES
 from server.metrics import Metrics
-from server.pipeline import Pipeline, PipelineConfig
-from server.profile import FEATURE_NAMES
+from server.store.feast import FEATURE_SERVICE, OfflineLog, OnlineStore, offline_dir, open_store
+from server.worker.pipeline import Pipeline, PipelineConfig
 from tests.conftest import ROOT, uid
 from tests.test_servicer import ev
 

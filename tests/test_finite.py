@@ -9,9 +9,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from server.events import MAX_AMOUNT, MAX_PRICE, Event, EventType
+from server.domain.events import MAX_AMOUNT, MAX_PRICE, Event, EventType
 from server.metrics import Metrics
-from server.pipeline import Pipeline, PipelineConfig
+from server.worker.pipeline import Pipeline, PipelineConfig
 
 T0 = 1_700_000_000.0
 INT32_MAX = 2**31 - 1

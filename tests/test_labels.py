@@ -1,4 +1,4 @@
-"""Unit tests of server.labels.DelayedLabels: positives within the horizon, late purchases, watermark
+"""Unit tests of server.domain.labels.DelayedLabels: positives within the horizon, late purchases, watermark
 negatives with allowed lateness, per-user and global bounds, out-of-order decisions, frozen inputs."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from server.labels import Decision, DelayedLabels
+from server.domain.labels import Decision, DelayedLabels
 
 H = 3600.0
 

@@ -1,4 +1,4 @@
-"""Unit tests of server.materialize.Materializer's own logic: coalescing, early flush, retry with backoff,
+"""Unit tests of server.worker.materialize.Materializer's own logic: coalescing, early flush, retry with backoff,
 read-your-writes futures, offline rolls and stop(). The sinks are plain callables (the Materializer's sink
 interface) that record each call on an asyncio.Queue, so tests await conditions instead of sleeping."""
 
@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from server import materialize
-from server.materialize import Materializer, Row
 from server.metrics import Metrics
+from server.worker import materialize
+from server.worker.materialize import Materializer, Row
 
 TIMEOUT = 5.0
 

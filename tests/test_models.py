@@ -1,4 +1,4 @@
-"""Unit tests of server.models: input vectors, Propensity learning a synthetic signal (held-out exact AUC),
+"""Unit tests of server.models.user: input vectors, Propensity learning a synthetic signal (held-out exact AUC),
 Segmenter ids, stability and separation of distinct user groups, and both compact models against River's
 own pipelines (same streams, same results), through pickling and from River-era checkpoints."""
 
@@ -14,10 +14,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from river import compose, linear_model, optim, preprocessing
 
-from server.events import Event, EventType
-from server.models import PROPENSITY_INPUTS, SEGMENT_INPUTS, DenseScaler, Propensity, Segmenter, StableKMeans
-from server.profile import DAY, FEATURE_NAMES, HOUR, UserProfile
-from server.quality import roc_auc
+from server.domain.events import Event, EventType
+from server.domain.profile import DAY, FEATURE_NAMES, HOUR, UserProfile
+from server.models.quality import roc_auc
+from server.models.user import PROPENSITY_INPUTS, SEGMENT_INPUTS, DenseScaler, Propensity, Segmenter, StableKMeans
 
 T = 1_700_006_400.0  # midnight UTC
 

@@ -1,4 +1,4 @@
-"""Unit tests of server.pipeline.Pipeline: versions, duplicates, validation errors, attributes, segments,
+"""Unit tests of server.worker.pipeline.Pipeline: versions, duplicates, validation errors, attributes, segments,
 delayed labels and their metrics, bounded pending labels, the row and its timestamp, on_change."""
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from server.errors import FailedPrecondition, InvalidArgument
-from server.events import Event, EventType
+from server.domain.errors import FailedPrecondition, InvalidArgument
+from server.domain.events import Event, EventType
+from server.domain.profile import DAY, FEATURE_NAMES
 from server.metrics import Metrics
-from server.pipeline import PROPENSITY, Pipeline, PipelineConfig
-from server.profile import DAY, FEATURE_NAMES
+from server.worker.pipeline import PROPENSITY, Pipeline, PipelineConfig
 
 T = 1_700_006_400.0
 NOW = T + 100 * DAY

@@ -1,4 +1,4 @@
-"""Unit tests of server.profile.UserProfile: window counts at tile boundaries, scalar features, sessions,
+"""Unit tests of server.domain.profile.UserProfile: window counts at tile boundaries, scalar features, sessions,
 preferred hour, prices, decayed category affinity, rule tags (TagRules) and out-of-order arrival."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from array import array
 
 import pytest
 
-from server.events import Event, EventType
-from server.profile import (
+from server.domain.events import Event, EventType
+from server.domain.profile import (
     COUNT_FEATURES,
     DAY,
     FEATURE_NAMES,

@@ -1,4 +1,4 @@
-"""Unit tests of server.pseudonym: the key file and the mapping."""
+"""Unit tests of server.domain.pseudonym: the key file and the mapping."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from server.pseudonym import Pseudonymizer, PseudonymKeyError
+from server.domain.pseudonym import Pseudonymizer, PseudonymKeyError
 
 
 def keyfile(tmp_path: Path, text: str) -> Path:

@@ -1,4 +1,4 @@
-"""Unit tests of server.quality: exact ROC AUC against brute force (ties included), NaN for one class,
+"""Unit tests of server.models.quality: exact ROC AUC against brute force (ties included), NaN for one class,
 RollingQuality window eviction and log loss."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from server.quality import EPS, RollingQuality, roc_auc
+from server.models.quality import EPS, RollingQuality, roc_auc
 
 
 def brute_auc(scores: list[float], labels: list[bool]) -> float:

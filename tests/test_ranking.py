@@ -18,15 +18,15 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from server._gen.portrait.v1 import portrait_pb2 as pb
-from server.errors import InvalidArgument
-from server.events import Event, EventType
-from server.itemlabels import ItemLabels
-from server.itemstats import CARTS, FAVORITES, PURCHASES, VIEWS, ItemHistory, Popularity
+from server.domain.errors import InvalidArgument
+from server.domain.events import Event, EventType
+from server.domain.profile import DAY, HOUR, UserProfile
 from server.metrics import Metrics
-from server.pipeline import ITEM, MAX_CANDIDATES, Pipeline, PipelineConfig
-from server.profile import DAY, HOUR, UserProfile
-from server.quality import roc_auc
-from server.ranking import ITEM_INPUTS, ItemModel, Ranker
+from server.models.itemlabels import ItemLabels
+from server.models.itemstats import CARTS, FAVORITES, PURCHASES, VIEWS, ItemHistory, Popularity
+from server.models.quality import roc_auc
+from server.models.ranking import ITEM_INPUTS, ItemModel, Ranker
+from server.worker.pipeline import ITEM, MAX_CANDIDATES, Pipeline, PipelineConfig
 from tests.conftest import uid
 
 T = 1_700_006_400.0

@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from server.events import Event, EventType
+from server.domain.events import Event, EventType
+from server.domain.profile import HOUR, UserProfile
 from server.metrics import Metrics
-from server.pipeline import Pipeline, PipelineConfig
-from server.profile import HOUR, UserProfile
-from server.risk import RISK_INPUTS, Risk
-from server.simulate import simulate
+from server.models.risk import RISK_INPUTS, Risk
+from server.tools.simulate import simulate
+from server.worker.pipeline import Pipeline, PipelineConfig
 
 T = 1_700_006_400.0
 _ids = itertools.count()

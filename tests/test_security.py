@@ -33,10 +33,10 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from server._gen.portrait.v1 import portrait_pb2 as pb
 from server._gen.portrait.v1 import portrait_pb2_grpc as pb_grpc
+from server.api.client import PortraitClient
+from server.api.security import SecurityConfigError, access_policy, key_digest
 from server.app import PortraitServer, grpc_server_options
-from server.client import PortraitClient
 from server.config import Settings, redis_url_to_feast
-from server.security import SecurityConfigError, access_policy, key_digest
 from tests.conftest import ROOT, ServerProcess, make_settings, uid
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
@@ -512,7 +512,7 @@ async def test_client_and_cli_send_the_api_key_over_tls(secured: Secured) -> Non
 
 
 def ev_domain(user: str) -> Any:
-    from server.events import Event, EventType
+    from server.domain.events import Event, EventType
 
     return Event(uid("e"), user, EventType.VIEW, time.time(), item_id="sku-1")
 

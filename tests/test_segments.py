@@ -12,13 +12,13 @@ from typing import Any
 import pytest
 
 from server import cli
-from server.checkpoint import write_checkpoint
-from server.events import Event, EventType
+from server.domain.events import Event, EventType
+from server.domain.profile import DAY
+from server.log.checkpoint import write_checkpoint
 from server.metrics import Metrics
-from server.pipeline import Pipeline, PipelineConfig
-from server.profile import DAY
-from server.segments import format_report, from_checkpoint, from_events, segment_report, to_json
-from server.simulate import simulate_to_file
+from server.tools.segments import format_report, from_checkpoint, from_events, segment_report, to_json
+from server.tools.simulate import simulate_to_file
+from server.worker.pipeline import Pipeline, PipelineConfig
 
 T = 1_700_006_400.0
 _ids = itertools.count()

@@ -1,4 +1,4 @@
-"""Tests for server.simulate: determinism, order, validity, and the structure the data must have."""
+"""Tests for server.tools.simulate: determinism, order, validity, and the structure the data must have."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from server.eventfile import read_events
-from server.events import Event, EventType, validate
-from server.simulate import DAY, START, Shop, ShopConfig, simulate, simulate_to_file
+from server.domain.events import Event, EventType, validate
+from server.tools.eventfile import read_events
+from server.tools.simulate import DAY, START, Shop, ShopConfig, simulate, simulate_to_file
 
 FAR_FUTURE = 4_000_000_000.0
 USERS, DAYS, DRIFT_DAY = 2000, 14, 7

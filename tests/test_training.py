@@ -1,4 +1,4 @@
-"""``portrait training-set`` (server.training) against the session server's real Feast offline store:
+"""``portrait training-set`` (server.tools.training) against the session server's real Feast offline store:
 point-in-time correctness (no future value leaks in), labels passed through, CSV and Parquet."""
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from server import training
 from server._gen.portrait.v1 import portrait_pb2 as pb
-from server.features import offline_dir
-from server.training import TrainingSetError, clean_entities
+from server.store.feast import offline_dir
+from server.tools import training
+from server.tools.training import TrainingSetError, clean_entities
 from tests.conftest import ROOT, uid
 from tests.test_servicer import ev
 
@@ -172,11 +172,11 @@ def test_raw_entity_ids_find_rows_stored_under_pseudonyms(server: Any) -> None:
 
     from prometheus_client import CollectorRegistry
 
-    from server.events import Event, EventType
-    from server.features import OfflineLog, open_store
+    from server.domain.events import Event, EventType
+    from server.domain.pseudonym import Pseudonymizer
     from server.metrics import Metrics
-    from server.pipeline import Pipeline, PipelineConfig
-    from server.pseudonym import Pseudonymizer
+    from server.store.feast import OfflineLog, open_store
+    from server.worker.pipeline import Pipeline, PipelineConfig
 
     ids = Pseudonymizer([("v1", secrets.token_bytes(32))])
     raw = uid("raw")

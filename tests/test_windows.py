@@ -1,4 +1,4 @@
-"""Unit tests of server.windows.TiledWindow: tile-exact boundaries, late/too-old events, memory bound,
+"""Unit tests of server.domain.windows.TiledWindow: tile-exact boundaries, late/too-old events, memory bound,
 sub-windows, and a property against a brute-force sum over the raw events."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import pickle
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from server.windows import TiledWindow
+from server.domain.windows import TiledWindow
 
 
 def test_window_is_exact_to_a_tile() -> None:

@@ -12,11 +12,11 @@ import pytest
 import redis
 
 from bench.poller import redis_key  # Feast's Redis key of a user (checked against Feast's own in bench)
-from server.events import Event, EventType
-from server.features import FEATURE_VIEW, OnlineStore, open_store
+from server.domain.events import Event, EventType
 from server.metrics import Metrics
-from server.pipeline import Pipeline, PipelineConfig
-from server.writer import FeastRowWriter, WriteError, WriterProcess
+from server.store.feast import FEATURE_VIEW, OnlineStore, open_store
+from server.store.writer import FeastRowWriter, WriteError, WriterProcess
+from server.worker.pipeline import Pipeline, PipelineConfig
 from tests.conftest import ROOT, uid
 
 pytestmark = pytest.mark.usefixtures("server")  # sets the Feast environment (registry, Redis) of the session

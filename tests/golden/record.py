@@ -15,10 +15,10 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from server.events import Event
+from server.domain.events import Event
 from server.metrics import Metrics
-from server.pipeline import Pipeline, PipelineConfig
-from server.simulate import simulate
+from server.tools.simulate import simulate
+from server.worker.pipeline import Pipeline, PipelineConfig
 
 PATH = Path(__file__).with_name("shop.json.gz")
 USERS, DAYS, DRIFT_DAY, SEED = 250, 6, 3, 11

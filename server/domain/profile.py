@@ -1,0 +1,335 @@
+"""UserProfile: one user's state, updated per event in event time.
+
+Window features are computed "as of the user's latest event time"
+(``updated_at``), not wall-clock time: a user who stops sending events keeps
+the counts of their last active moment until their next event (readers
+compare ``updated_at`` with their own clock to judge staleness).
+
+>>> from server.domain.events import Event, EventType
+>>> p = UserProfile()
+>>> p.update(Event("e1", "u1", EventType.VIEW, 3600.0, item_id="i1", category="shoes", price=40.0))
+>>> p.update(Event("e2", "u1", EventType.PURCHASE, 3660.0, item_id="i1", category="shoes", price=40.0, quantity=2))
+>>> f = p.features()
+>>> f["views_1h"], f["purchases_24h"], f["lifetime_spend"], f["avg_order_value"]
+(1.0, 1.0, 80.0, 80.0)
+>>> p.top_categories()
+['shoes']
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from array import array
+from dataclasses import dataclass
+from typing import Any
+
+from server.domain.events import Event, EventType
+from server.domain.names import shared
+from server.domain.windows import TiledWindow
+
+MINUTE, HOUR, DAY = 60, 3600, 86400
+SESSION_GAP_S = 30 * MINUTE
+AFFINITY_HALF_LIFE_S = 7 * DAY
+HOUR_HALF_LIFE_S = 14 * DAY
+MAX_CATEGORIES = 32
+RECENT_SESSIONS = 8  # session ids remembered, so a late event of a recent session does not count it again
+REBASE_HALF_LIVES = 64.0  # decayed scores are kept relative to a reference time at most this many half-lives old
+
+TYPES = tuple(EventType)
+N_TYPES = len(TYPES)
+# Extra metrics after the per-type counts, per window.
+_SPEND = N_TYPES  # hour + day windows
+_SESSIONS = N_TYPES + 1  # hour window
+_VIEW_PRICE_SUM, _VIEW_PRICE_N = N_TYPES + 1, N_TYPES + 2  # day window
+_BUY_PRICE_SUM, _BUY_PRICE_N = N_TYPES + 3, N_TYPES + 4  # day window
+
+WINDOWS = ("1h", "24h", "7d", "30d")
+
+# Weight of one event of each type in category affinity.
+AFFINITY_WEIGHTS = {
+    EventType.VIEW: 1.0, EventType.CLICK: 1.0, EventType.ADD_TO_CART: 3.0, EventType.REMOVE_FROM_CART: -1.0,
+    EventType.FAVORITE: 2.0, EventType.PURCHASE: 5.0, EventType.SEARCH: 0.5,
+}
+
+COUNT_FEATURES = tuple(f"{t.plural}_{w}" for t in TYPES for w in WINDOWS)
+_TYPE_INDEX = {int(t): i for i, t in enumerate(TYPES)}
+_AFFINITY_BY_INDEX = tuple(float(AFFINITY_WEIGHTS[t]) for t in TYPES)
+_PURCHASE, _VIEW = TYPES.index(EventType.PURCHASE), TYPES.index(EventType.VIEW)
+SCALAR_FEATURES = (
+    "spend_7d", "spend_30d", "lifetime_events", "lifetime_purchases", "lifetime_spend", "avg_order_value",
+    "first_seen_ts", "last_event_ts", "last_purchase_ts", "sessions_7d", "conversion_rate_30d",
+    "preferred_hour", "avg_viewed_price_30d", "avg_purchased_price_30d",
+)
+#: Every numeric feature of ``UserProfile.features()``, in a stable order.
+FEATURE_NAMES = COUNT_FEATURES + SCALAR_FEATURES
+
+
+@dataclass(frozen=True)
+class TagRules:
+    """Thresholds of the rule-based tags (all evaluated as of ``updated_at``)."""
+
+    new_days: float = 7.0
+    """``new``: first seen less than this many days before the latest event."""
+    active_sessions_7d: int = 3
+    """``active``: at least this many sessions in the last 7 days."""
+    high_value_spend_30d: float = 500.0
+    """``high_value``: spent at least this much in the last 30 days."""
+    bargain_price_ratio: float = 0.7
+    """``bargain_hunter``: average purchased price <= this x average viewed price (30 d) ..."""
+    bargain_min_purchases_30d: int = 2
+    """... with at least this many purchases in 30 days."""
+    abandoner_carts_7d: int = 2
+    """``cart_abandoner``: at least this many add-to-carts and no purchase in the last 7 days."""
+
+
+def _decay(half_life_s: float, dt: float) -> float:
+    return math.pow(0.5, dt / half_life_s)
+
+
+
+
+def _session_key(session_id: str) -> int:
+    """A stable 64-bit digest of a session id (not ``hash()``: that changes between processes)."""
+    return int.from_bytes(hashlib.blake2b(session_id.encode(), digest_size=8).digest(), "little", signed=True)
+
+
+class UserProfile:
+    """Per-user state; ``update`` folds in one accepted event.
+
+    Kept compact (there are millions): ``__slots__``, window sums in ``array('d')`` (``TiledWindow``),
+    decayed scores (hour of day, category affinity) as ``array('d')`` relative to a reference time —
+    an event adds ``weight * 2 ** ((t - reference) / half_life)`` instead of decaying every score on
+    every event; ranks and signs, all that is read, do not depend on the common scale — category names
+    shared between profiles, and recent sessions as 64-bit digests.
+    """
+
+    __slots__ = (
+        "_affinity",
+        "_affinity_t",
+        "_affinity_w",
+        "_day",
+        "_hour",
+        "_hours",
+        "_hours_t",
+        "_minute",
+        "_recent_sessions",
+        "_session_id",
+        "_session_last",
+        "age",
+        "first_seen",
+        "gender",
+        "last_event",
+        "last_purchase",
+        "last_type",
+        "lifetime_events",
+        "lifetime_purchases",
+        "lifetime_spend",
+        "propensity",
+        "region",
+        "segment",
+        "version",
+    )
+
+    def __init__(self) -> None:
+        self.version = 0
+        self.age = 0
+        self.gender = ""
+        self.region = ""
+        self.first_seen: float | None = None
+        self.last_event: float | None = None
+        self.last_purchase: float | None = None
+        self.lifetime_events = 0
+        self.lifetime_purchases = 0
+        self.lifetime_spend = 0.0
+        self._minute = TiledWindow(MINUTE, 60, N_TYPES)
+        self._hour = TiledWindow(HOUR, 7 * 24, N_TYPES + 2)
+        self._day = TiledWindow(DAY, 30, N_TYPES + 5)
+        self._session_id = False  # whether the latest session had an id
+        self._session_last: float | None = None
+        self._recent_sessions = array("q")  # digests of the last RECENT_SESSIONS session ids (_session_key)
+        self._hours = array("d", bytes(8 * 24))  # decayed events per hour of day, relative to _hours_t
+        self._hours_t = 0.0
+        self._affinity: list[str] = []  # categories, in the order first seen (ties: the first one)
+        self._affinity_w = array("d")  # their decayed affinities, relative to _affinity_t
+        self._affinity_t = 0.0
+        self.propensity = math.nan  # NaN: not scored since the last event (scored lazily)
+        self.segment = -1
+        self.last_type = 0
+
+    # -- updates -------------------------------------------------------------------------------
+    def update(self, e: Event) -> None:
+        """Fold one valid event into the profile (any arrival order)."""
+        t = float(e.event_time)  # type: ignore[arg-type]
+        etype = int(e.type)
+        i = _TYPE_INDEX[etype]
+        first = self.first_seen is None
+        if first or t < self.first_seen:  # type: ignore[operator]
+            self.first_seen = t
+        if first or t >= self.last_event:  # type: ignore[operator]
+            self.last_event = t
+            self.last_type = etype
+        self.lifetime_events += 1
+        self._minute.add(t, i)
+        self._hour.add(t, i)
+        self._day.add(t, i)
+        if i == _PURCHASE:
+            amount = e.price * e.units
+            self.lifetime_purchases += 1
+            self.lifetime_spend += amount
+            self.last_purchase = t if self.last_purchase is None else max(self.last_purchase, t)
+            self._hour.add(t, _SPEND, amount)
+            self._day.add(t, _SPEND, amount)
+            if e.price > 0:
+                self._day.add(t, _BUY_PRICE_SUM, e.price)
+                self._day.add(t, _BUY_PRICE_N)
+        elif i == _VIEW and e.price > 0:
+            self._day.add(t, _VIEW_PRICE_SUM, e.price)
+            self._day.add(t, _VIEW_PRICE_N)
+        self._update_session(e, t)
+        if first:
+            self._hours_t = t
+        self._hours_t = _rebase(self._hours, self._hours_t, t, HOUR_HALF_LIFE_S)
+        self._hours[int(t // HOUR) % 24] += _decay(HOUR_HALF_LIFE_S, self._hours_t - t)
+        if e.category:
+            self._add_affinity(e.category, _AFFINITY_BY_INDEX[i], t)
+
+    def _update_session(self, e: Event, t: float) -> None:
+        if e.session_id:
+            key = _session_key(e.session_id)
+            recent = self._recent_sessions
+            new = key not in recent
+            if new:
+                recent.append(key)
+                if len(recent) > RECENT_SESSIONS:
+                    del recent[0]
+        else:
+            new = self._session_last is None or abs(t - self._session_last) > SESSION_GAP_S or bool(self._session_id)
+        if new:
+            self._hour.add(t, _SESSIONS)
+            self._session_id = bool(e.session_id)
+            self._session_last = t
+        else:
+            self._session_last = t if self._session_last is None else max(self._session_last, t)
+
+    def _add_affinity(self, category: str, weight: float, t: float) -> None:
+        cats, scores = self._affinity, self._affinity_w
+        if not cats:
+            self._affinity_t = t
+        ref = self._affinity_t = _rebase(scores, self._affinity_t, t, AFFINITY_HALF_LIFE_S)
+        added = weight * _decay(AFFINITY_HALF_LIFE_S, ref - t)
+        try:
+            i = cats.index(category)
+        except ValueError:
+            cats.append(shared(category))
+            scores.append(max(0.0, 0.0 + added))
+            i = len(cats) - 1
+        else:
+            scores[i] = max(0.0, scores[i] + added)
+        if len(cats) > MAX_CATEGORIES:  # evict the weakest *other* category (the first one on a tie)
+            j = min((j for j in range(len(cats)) if j != i), key=scores.__getitem__)
+            del cats[j], scores[j]
+
+    def set_attributes(self, age: int, gender: str, region: str) -> None:
+        """Replace the basic attributes."""
+        self.age, self.gender, self.region = age, gender, region
+
+    # -- reads ---------------------------------------------------------------------------------
+    @property
+    def updated_at(self) -> float:
+        """As-of time of the window features: the latest event time (0 before any event)."""
+        return self.last_event or 0.0
+
+    def counts(self) -> dict[str, float]:
+        """``{type}_{window}`` counts as of ``updated_at``."""
+        asof = self.updated_at
+        w1h = self._minute.sums(asof)
+        return self._counts(w1h, self._hour.sums(asof, 24), self._hour.sums(asof), self._day.sums(asof))
+
+    @staticmethod
+    def _counts(w1h: list[float], w24h: list[float], w7d: list[float], w30d: list[float]) -> dict[str, float]:
+        # zip stops at the shortest (the 1 h window has only the per-type counts); order: COUNT_FEATURES
+        return dict(zip(COUNT_FEATURES, [v for vs in zip(w1h, w24h, w7d, w30d) for v in vs]))
+
+    def features(self) -> dict[str, float]:
+        """Every numeric feature (see ``FEATURE_NAMES``)."""
+        asof = self.updated_at
+        h7 = self._hour.sums(asof)
+        d30 = self._day.sums(asof)
+        f = self._counts(self._minute.sums(asof), self._hour.sums(asof, 24), h7, d30)
+        f["spend_7d"] = h7[_SPEND]
+        f["spend_30d"] = d30[_SPEND]
+        f["lifetime_events"] = float(self.lifetime_events)
+        f["lifetime_purchases"] = float(self.lifetime_purchases)
+        f["lifetime_spend"] = self.lifetime_spend
+        f["avg_order_value"] = self.lifetime_spend / self.lifetime_purchases if self.lifetime_purchases else 0.0
+        f["first_seen_ts"] = self.first_seen or 0.0
+        f["last_event_ts"] = self.last_event or 0.0
+        f["last_purchase_ts"] = self.last_purchase or 0.0
+        f["sessions_7d"] = h7[_SESSIONS]
+        views = f["views_30d"]
+        f["conversion_rate_30d"] = f["purchases_30d"] / views if views else 0.0
+        f["preferred_hour"] = float(max(range(24), key=self._hours.__getitem__)) if any(self._hours) else -1.0
+        f["avg_viewed_price_30d"] = d30[_VIEW_PRICE_SUM] / d30[_VIEW_PRICE_N] if d30[_VIEW_PRICE_N] else 0.0
+        f["avg_purchased_price_30d"] = d30[_BUY_PRICE_SUM] / d30[_BUY_PRICE_N] if d30[_BUY_PRICE_N] else 0.0
+        return f
+
+    def top_categories(self, n: int = 3) -> list[str]:
+        """The ``n`` categories with the highest decayed affinity (half-life 7 days)."""
+        ranked = sorted(zip(self._affinity, self._affinity_w), key=lambda kv: (-kv[1], kv[0]))
+        return [c for c, s in ranked[:n] if s > 0]
+
+    def category_count(self) -> int:
+        """How many categories the user has touched (bounded by ``MAX_CATEGORIES``)."""
+        return len(self._affinity)
+
+    def tags(self, features: dict[str, float] | None = None, rules: TagRules = TagRules()) -> list[str]:
+        """Rule-based tags, sorted (see ``TagRules``)."""
+        f = features if features is not None else self.features()
+        out = []
+        if self.first_seen is not None and self.updated_at - self.first_seen < rules.new_days * DAY:
+            out.append("new")
+        if f["sessions_7d"] >= rules.active_sessions_7d:
+            out.append("active")
+        if f["spend_30d"] >= rules.high_value_spend_30d:
+            out.append("high_value")
+        if (
+            f["purchases_30d"] >= rules.bargain_min_purchases_30d
+            and f["avg_viewed_price_30d"] > 0
+            and f["avg_purchased_price_30d"] <= rules.bargain_price_ratio * f["avg_viewed_price_30d"]
+        ):
+            out.append("bargain_hunter")
+        if f["carts_7d"] >= rules.abandoner_carts_7d and f["purchases_7d"] == 0:
+            out.append("cart_abandoner")
+        return sorted(out)
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__slots__}
+
+    def __setstate__(self, state: Any) -> None:
+        if isinstance(state, tuple):  # the default __slots__ pickle of older checkpoints: (None, {slot: value})
+            state = dict(state[1])
+        if isinstance(state.get("_affinity"), dict):  # older checkpoints: {category: affinity as of _affinity_t}
+            affinity = state["_affinity"]
+            state["_affinity"] = [shared(c) for c in affinity]
+            state["_affinity_w"] = array("d", affinity.values())
+        if isinstance(state.get("_hours"), list):
+            state["_hours"] = array("d", state["_hours"])
+        if isinstance(state.get("_recent_sessions"), tuple):  # older checkpoints: the ids themselves
+            state["_recent_sessions"] = array("q", map(_session_key, state["_recent_sessions"]))
+        state["_session_id"] = bool(state.get("_session_id"))
+        for k, v in state.items():
+            setattr(self, k, v)
+
+
+def _rebase(scores: array, ref: float, t: float, half_life: float) -> float:  # type: ignore[type-arg]
+    """The reference time for a decayed score at ``t``: ``ref``, or ``t`` (``scores`` rescaled to it) once
+    ``t`` is more than ``REBASE_HALF_LIVES`` half-lives later (so that ``2 ** ((t - ref) / half_life)``
+    stays far from overflowing)."""
+    if t - ref <= REBASE_HALF_LIVES * half_life:
+        return ref
+    f = _decay(half_life, t - ref)
+    for i, v in enumerate(scores):
+        scores[i] = v * f
+    return t

@@ -1,0 +1,1 @@
+"""Durability primitives: the checksummed event log, its record codec, checkpoint files, compaction."""

@@ -1,0 +1,133 @@
+"""Compaction: rewrite stored files without the users erased since the last compaction.
+
+Three kinds of files can hold an erased user: offline parquet parts (profile rows), event-log
+segments (their events and attribute updates) and checkpoints (the whole state). Each file that
+holds one is rewritten — temp file, fsync, atomic rename, fsync of the directory — so a crash
+leaves either the old or the new file, never a torn one. Log records are replaced by tombstones
+(offsets stay, so checkpoints still point at the right records). What to remove is decided by
+``Erasures.doomed_record`` / ``doomed_row`` (the user's digest, never its id).
+
+The functions block (file I/O, parquet, pickle): the server runs them in a worker thread.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from server.domain.erasure import Erasures
+from server.log import checkpoint
+from server.log.eventlog import HEADER, EventLog, records
+
+
+@dataclass
+class CompactionReport:
+    """What one compaction rewrote."""
+
+    offline_files: int = 0
+    log_segments: int = 0
+    checkpoints: int = 0
+    erased_users: int = 0
+    seconds: float = 0.0
+
+
+def _replace(path: Path, write: Callable[[Path], Any]) -> None:
+    tmp = path.with_name(f"{path.name}.compact-{os.getpid()}.tmp")
+    write(tmp)
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    checkpoint.fsync_dir(path.parent)
+
+
+def remove_temp_files(directory: Path) -> int:
+    """Delete leftover temp files (a crash mid-write may leave one holding anybody); call only while no
+    writer of ``directory`` runs."""
+    gone = list(Path(directory).glob("*.tmp"))
+    for p in gone:
+        p.unlink(missing_ok=True)
+    return len(gone)
+
+
+def compact_offline(directory: Path, erasures: Erasures) -> int:
+    """Rewrite (or delete, when nothing else is left) every parquet part holding a doomed row."""
+    changed = 0
+    for path in sorted(Path(directory).glob("*.parquet")):
+        users = pq.read_table(path, columns=["user_id"]).column("user_id").to_pylist()
+        if not any(erasures.digest(u) in erasures.pending for u in set(users)):
+            continue
+        table = pq.read_table(path)
+        created = table.column("created_timestamp").cast("int64").to_pylist()
+        keep = [not erasures.doomed_row(u, c / 1e6) for u, c in zip(users, created, strict=True)]
+        if all(keep):
+            continue
+        if not any(keep):
+            path.unlink()
+            checkpoint.fsync_dir(path.parent)
+        else:
+            kept = table.filter(pa.array(keep))
+
+            def write(tmp: Path, t: pa.Table = kept) -> None:
+                pq.write_table(t, tmp)
+
+            _replace(path, write)
+        changed += 1
+    return changed
+
+
+def compact_segment(path: Path, first_offset: int, erasures: Erasures,
+                    user_of: Callable[[bytes], str | None], tombstone: bytes) -> bool:
+    """Replace the doomed records of one *closed* log segment by ``tombstone`` records; True if rewritten."""
+    data = path.read_bytes()
+    out = bytearray()
+    changed = False
+    for off, start, end, payload in records(data, first_offset):
+        user = user_of(payload)
+        if user is not None and erasures.doomed_record(user, off):
+            out += HEADER.pack(len(tombstone), zlib.crc32(tombstone)) + tombstone
+            changed = True
+        else:
+            out += data[start:end]
+    if changed:
+        _replace(path, lambda tmp: tmp.write_bytes(bytes(out)))
+    return changed
+
+
+def compact_log(log: EventLog, erasures: Erasures, user_of: Callable[[bytes], str | None],
+                tombstone: bytes) -> int:
+    """Compact every segment but the newest (call ``EventLog.roll`` first so that it holds nothing doomed)."""
+    segs = log.segments()
+    return sum(compact_segment(path, first, erasures, user_of, tombstone) for first, path in segs[:-1])
+
+
+def compact_checkpoints(directory: Path, erasures: Erasures, erase: Callable[[dict[str, Any]], dict[str, Any]],
+                        keep_newest: bool = True) -> int:
+    """Rewrite every checkpoint taken before a pending erasure (its offset <= the erasure's) through ``erase``
+    (a state dict -> the same without the doomed users); the newest is skipped when ``keep_newest``
+    (the caller has just written it from the already-erased state)."""
+    newest_erasure = max((p[0] for p in erasures.pending.values()), default=-1)
+    found = checkpoint.checkpoints(directory)  # newest first
+    if keep_newest:
+        found = found[1:]
+    changed = 0
+    for offset, path in found:
+        if offset > newest_erasure:
+            continue
+        try:
+            _, body = checkpoint.read_checkpoint(path)
+        except ValueError:  # damaged: useless as a fallback and maybe holding the user
+            path.unlink()
+            changed += 1
+            continue
+        state = erase(checkpoint.loads(body))
+        checkpoint.write_checkpoint(directory, offset, pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
+        changed += 1
+    return changed

@@ -1,0 +1,214 @@
+"""Online item knowledge with bounded memory: popularity and conversion per item and per
+category (``Popularity``), and each user's recent history with items (``ItemHistory``).
+
+Both are updated per event in event time and read by the ranking model (``server.models.ranking``).
+
+>>> pop = Popularity(half_life_s=3600.0, capacity=2)
+>>> pop.add("i1", 0.0, VIEWS, price=10.0)
+>>> pop.add("i1", 3600.0, VIEWS, price=20.0)    # the first view has decayed to one half
+>>> views, carts, purchases, price = pop.get("i1", 3600.0)
+>>> views, purchases, round(price, 2)
+(1.5, 0.0, 16.67)
+>>> pop.add("i2", 3600.0, VIEWS); pop.add("i3", 3600.0, VIEWS)    # capacity 2: i1, the least recent, goes
+>>> pop.get("i1", 3600.0), len(pop), pop.average(3600.0)    # i1's views stay in the total
+((0.0, 0.0, 0.0, 0.0), 2, (1.75, 0.0, 0.0))
+>>> h = ItemHistory(max_items=2)
+>>> h.add("u1", "i1", "shoes", 10.0, VIEWS); h.add("u1", "i1", "shoes", 20.0, CARTS)
+>>> h.get("u1", "i1")
+[1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 20.0, 'shoes']
+>>> h.category_touches("u1", "shoes"), h.category_touches("u1", "bags")
+((2.0, 1.0), (0.0, 0.0))
+"""
+
+from __future__ import annotations
+
+import math
+from array import array
+from collections import OrderedDict
+from typing import Any, NamedTuple
+
+from server.domain.events import EventType
+from server.domain.names import shared
+
+DAY = 86_400.0
+
+# Counter slots of Popularity (and the first ones of an ItemHistory entry).
+VIEWS, CLICKS, CARTS, FAVORITES, REMOVES, PURCHASES = range(6)
+SLOT = {
+    EventType.VIEW: VIEWS, EventType.CLICK: CLICKS, EventType.ADD_TO_CART: CARTS,
+    EventType.FAVORITE: FAVORITES, EventType.REMOVE_FROM_CART: REMOVES, EventType.PURCHASE: PURCHASES,
+}
+_LAST_T, _CATEGORY = 6, 7  # ItemHistory entry: 6 counters, last touch time, category
+_EMPTY = (0.0, 0.0, 0.0, 0.0)
+
+class Popularity:
+    """Decayed counts of views, carts and purchases, and the decayed mean viewed price, per key.
+
+    Keys are item ids (or categories). Counts halve every ``half_life_s`` of event time, so they
+    describe *recent* popularity and conversion; ``average`` is the same over all keys, per key held
+    (so that features can compare a key with the average: stable while traffic grows, e.g. after a
+    cold start). At most ``capacity`` keys are held: adding a new one beyond it drops the least
+    recently updated (~300 bytes per key: 1M keys ~ 300 MB).
+    """
+
+    def __init__(self, half_life_s: float = 3 * DAY, capacity: int = 200_000) -> None:
+        self.half_life_s = half_life_s
+        self.capacity = capacity
+        self._stats: OrderedDict[str, list[float]] = OrderedDict()  # key -> [t, views, carts, buys, psum, pn]
+        self._total = [float("-inf"), 0.0, 0.0, 0.0, 0.0, 0.0]
+
+    def __len__(self) -> int:
+        return len(self._stats)
+
+    def add(self, key: str, t: float, slot: int, price: float = 0.0) -> None:
+        """Count one event of ``slot`` (VIEWS, CARTS or PURCHASES; others are ignored) at ``t``."""
+        s = self._stats.get(key)
+        if s is None:
+            s = self._stats[key] = [t, 0.0, 0.0, 0.0, 0.0, 0.0]
+            if len(self._stats) > self.capacity:
+                self._stats.popitem(last=False)
+        else:
+            self._stats.move_to_end(key)
+        self._bump(s, t, slot, price)
+        self._bump(self._total, t, slot, price)
+
+    def _bump(self, s: list[float], t: float, slot: int, price: float) -> None:
+        if t > s[0]:
+            f = math.pow(0.5, (t - s[0]) / self.half_life_s) if s[0] > float("-inf") else 0.0
+            for i in range(1, 6):
+                s[i] *= f
+            s[0] = t
+            w = 1.0
+        else:  # a late event counts with the weight it has now
+            w = math.pow(0.5, (s[0] - t) / self.half_life_s)
+        if slot == VIEWS:
+            s[1] += w
+            if price > 0:
+                s[4] += w * price
+                s[5] += w
+        elif slot == CARTS:
+            s[2] += w
+        elif slot == PURCHASES:
+            s[3] += w
+
+    def get(self, key: str, t: float) -> tuple[float, float, float, float]:
+        """(views, carts, purchases, mean viewed price) as of ``t`` (zeros for an unknown key)."""
+        s = self._stats.get(key)
+        if s is None:
+            return _EMPTY
+        f = math.pow(0.5, (t - s[0]) / self.half_life_s) if t > s[0] else 1.0
+        return s[1] * f, s[2] * f, s[3] * f, s[4] / s[5] if s[5] else 0.0
+
+    def average(self, t: float) -> tuple[float, float, float]:
+        """(views, carts, purchases) of all keys together as of ``t``, divided by the keys held."""
+        s, n = self._total, max(1, len(self._stats))
+        f = math.pow(0.5, (t - s[0]) / self.half_life_s) / n if t > s[0] else 1.0 / n
+        return s[1] * f, s[2] * f, s[3] * f
+
+
+class _Recent(NamedTuple):
+    """One user's recent items, least recently touched first: ids, categories and, per item, 7 numbers
+    (6 counters and the last touch time) in one array."""
+
+    user: str
+    items: list[str]
+    categories: list[str]
+    numbers: array
+
+
+_WIDTH = 7  # numbers per item in ``_Recent.numbers``: 6 counters, last touch time
+
+
+class ItemHistory:
+    """Per user, the ``max_items`` most recently touched items with what the user did to each.
+
+    An entry (``get``) is ``[views, clicks, carts, favorites, removes, purchases, last touch time, category]``.
+    Stored compactly: per user two lists of (shared) strings and one ``array('d')`` of 7 numbers per item,
+    ~72 bytes per item plus ~300 per user (strings shared through ``shared``).
+    """
+
+    def __init__(self, max_items: int = 20) -> None:
+        self.max_items = max_items
+        self._users: dict[str, _Recent] = {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Checkpoints written before the compact layout held ``{user: {item: entry list}}``."""
+        users = state.get("_users", {})
+        for user, held in list(users.items()):
+            if isinstance(held, dict):
+                numbers = array("d")
+                for entry in held.values():
+                    numbers.extend(entry[:_CATEGORY])
+                users[user] = _Recent(user, [shared(i) for i in held], [shared(e[_CATEGORY]) for e in held.values()],
+                                      numbers)
+        self.__dict__.update(state)
+
+    def __len__(self) -> int:
+        return len(self._users)
+
+    def user_key(self, user: str) -> str:
+        """The string object the user's history is held under (``user`` if none): shared by callers that
+        keep the id too, so that a user costs one copy of it."""
+        held = self._users.get(user)
+        return held.user if held is not None else user
+
+    def get(self, user: str, item: str) -> list[Any] | None:
+        """The user's entry for ``item`` (None if not among the recent items); a copy."""
+        held = self._users.get(user)
+        if held is None:
+            return None
+        try:
+            i = held.items.index(item)
+        except ValueError:
+            return None
+        k = i * _WIDTH
+        return [*held.numbers[k:k + _WIDTH], held.categories[i]]
+
+    def add(self, user: str, item: str, category: str, t: float, slot: int) -> None:
+        """Record one event of ``slot`` by ``user`` on ``item`` at ``t``."""
+        held = self._users.get(user)
+        if held is None:
+            held = self._users[user] = _Recent(user, [], [], array("d"))
+        items, categories, numbers = held.items, held.categories, held.numbers
+        try:
+            i = items.index(item)
+        except ValueError:
+            i = -1
+        if i >= 0:  # moved last: list order = recency of touch
+            k = i * _WIDTH
+            entry = numbers[k:k + _WIDTH]
+            del numbers[k:k + _WIDTH]
+            numbers.extend(entry)
+            del items[i]
+            items.append(item)
+            categories.append(categories.pop(i))
+        else:
+            if len(items) >= self.max_items:
+                del items[0], categories[0], numbers[:_WIDTH]
+            items.append(item)
+            categories.append(category)
+            numbers.extend((0.0, 0.0, 0.0, 0.0, 0.0, 0.0, t))
+        k = len(numbers) - _WIDTH
+        numbers[k + slot] += 1.0
+        if t > numbers[k + _LAST_T]:
+            numbers[k + _LAST_T] = t
+        if category:
+            categories[-1] = category
+
+    def category_touches(self, user: str, category: str) -> tuple[float, float]:
+        """(events, carts + favorites) of the user on recent items of ``category``."""
+        touches = strong = 0.0
+        held = self._users.get(user)
+        if category and held is not None:
+            n = held.numbers
+            for i, c in enumerate(held.categories):
+                if c == category:
+                    k = i * _WIDTH
+                    touches += n[k + VIEWS] + n[k + CLICKS] + n[k + CARTS] + n[k + FAVORITES] + n[k + REMOVES] \
+                        + n[k + PURCHASES]
+                    strong += n[k + CARTS] + n[k + FAVORITES]
+        return touches, strong
+
+    def drop_user(self, user: str) -> bool:
+        """Forget a user's history; True if there was one."""
+        return self._users.pop(user, None) is not None

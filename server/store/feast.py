@@ -1,0 +1,176 @@
+"""Feast glue: apply the definitions, write profile rows online and offline, read them back.
+
+Online writes go through the Feast provider's batch call ``online_write_batch``
+(``server/writer.py``: many rows per call, no pandas; the server runs it in a child
+process). Offline rows are appended as new parquet files under
+``$PORTRAIT_DATA_DIR/offline/user_profile/`` (written to a temporary name and
+renamed, so readers never see a partial file; a growing file is never rewritten).
+All calls here block: the materializer runs them in a worker thread.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import os
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from server.domain.profile import FEATURE_NAMES
+
+FEATURE_VIEW = "user_profile"
+FEATURE_SERVICE = "user_profile_v1"
+FLOAT_COLUMNS = (*FEATURE_NAMES, "updated_at_ts", "purchase_propensity", "risk_score")
+INT_COLUMNS = ("profile_version", "segment", "age")
+STRING_COLUMNS = ("gender", "region")
+LIST_COLUMNS = ("tags", "top_categories")
+
+OFFLINE_SCHEMA = pa.schema(
+    [
+        pa.field("user_id", pa.string()),
+        pa.field("event_timestamp", pa.timestamp("us", tz="UTC")),
+        pa.field("created_timestamp", pa.timestamp("us", tz="UTC")),
+        *(pa.field(c, pa.float64()) for c in FLOAT_COLUMNS),
+        *(pa.field(c, pa.int64()) for c in INT_COLUMNS),
+        *(pa.field(c, pa.string()) for c in STRING_COLUMNS),
+        *(pa.field(c, pa.list_(pa.string())) for c in LIST_COLUMNS),
+    ]
+)
+
+Row = dict[str, Any]
+
+
+def offline_dir(data_dir: Path) -> Path:
+    """Where the offline parquet files of the user_profile view live."""
+    return Path(data_dir).resolve() / "offline" / "user_profile"
+
+
+def set_feast_env(data_dir: Path, feast_redis: str) -> None:
+    """Export the two variables ``feature_store.yaml`` expands (Feast reads them from the environment)."""
+    os.environ["PORTRAIT_DATA_DIR"] = str(Path(data_dir).resolve())
+    os.environ["PORTRAIT_FEAST_REDIS"] = feast_redis
+
+
+def open_store(repo: Path) -> Any:
+    """A ``FeatureStore`` on ``repo`` (imports Feast lazily: it takes seconds)."""
+    from feast import FeatureStore
+
+    return FeatureStore(repo_path=str(Path(repo).resolve()))
+
+
+def apply_definitions(repo: Path, data_dir: Path) -> Any:
+    """Load ``repo/user_profile.py`` and apply its objects to the registry; return the store."""
+    offline_dir(data_dir).mkdir(parents=True, exist_ok=True)
+    path = Path(repo).resolve() / "user_profile.py"
+    spec = importlib.util.spec_from_file_location("portrait_feature_repo_definitions", path)
+    assert spec and spec.loader, path
+    defs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(defs)
+    store = open_store(repo)
+    store.apply([defs.user, defs.user_profile_source, defs.user_profile_push_source, defs.user_profile_fv,
+                 defs.user_profile_v1])
+    return store
+
+
+def _wait_until(cond: Any, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        if time.monotonic() > deadline:
+            raise TimeoutError("redis persistence rewrite did not finish")
+        time.sleep(0.05)
+
+
+def _ts(us: int) -> datetime:
+    return datetime.fromtimestamp(us / 1e6, tz=UTC)
+
+
+class OnlineStore:
+    """Writes and reads profile rows through one Feast store (Redis online store)."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+        self._service: Any = None
+        self._writer: Any = None
+
+    def write(self, rows: Sequence[Row]) -> None:
+        """Write many rows in one Feast batch call, in this process (raises on Redis errors)."""
+        if self._writer is None:
+            from server.store.writer import FeastRowWriter
+
+            self._writer = FeastRowWriter(self._store)
+        self._writer.write(rows)
+
+    def read(self, user_id: str) -> Row | None:
+        """The user's row as Feast serves it, or None if the online store has no row."""
+        if self._service is None:
+            self._service = self._store.get_feature_service(FEATURE_SERVICE)
+        got = self._store.get_online_features(features=self._service, entity_rows=[{"user_id": user_id}]).to_dict()
+        row = {k: v[0] for k, v in got.items()}
+        if row.get("profile_version") is None:
+            return None
+        return row
+
+    def delete(self, user_ids: Sequence[str]) -> int:
+        """Delete the users' online rows: the Redis hash Feast writes per entity (Feast has no per-entity
+        delete; the key is Feast's own ``_redis_key``). Returns how many existed."""
+        from feast.infra.online_stores.helpers import _redis_key
+        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+        from feast.protos.feast.types.Value_pb2 import Value
+
+        cfg = self._store.config
+        keys = [_redis_key(cfg.project, EntityKey(join_keys=["user_id"], entity_values=[Value(string_val=u)]),
+                           entity_key_serialization_version=cfg.entity_key_serialization_version)
+                for u in user_ids]
+        client = self._store._get_provider().online_store._get_client(cfg.online_store)
+        return int(client.delete(*keys)) if keys else 0
+
+    def rewrite_persistence(self) -> None:
+        """Make the Redis server rewrite its append-only file and snapshot (so deleted rows leave its files).
+        Used for the embedded Redis, whose files live in the data directory."""
+        client = self._store._get_provider().online_store._get_client(self._store.config.online_store)
+        client.bgrewriteaof()
+        _wait_until(lambda: not int(client.info("persistence")["aof_rewrite_in_progress"])
+                    and not int(client.info("persistence")["aof_rewrite_scheduled"]))
+        client.save()
+
+    def ping(self) -> None:
+        """Raise if the online store's Redis is unreachable."""
+        self._store._get_provider().online_store._get_client(self._store.config.online_store).ping()
+
+
+class OfflineLog:
+    """Appends rows as new parquet files: ``part-<unix ms>-<pid>-<seq>.parquet``."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.dir = offline_dir(data_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._seq = itertools.count()
+
+    def append(self, rows: Sequence[Row]) -> Path:
+        """Write ``rows`` as one new file (temp name, fsync, rename); return its path."""
+        cols: dict[str, list[Any]] = {f.name: [] for f in OFFLINE_SCHEMA}
+        created = int(time.time() * 1e6)
+        for r in rows:
+            for name in cols:
+                if name == "event_timestamp":
+                    cols[name].append(r["event_timestamp_us"])
+                elif name == "created_timestamp":
+                    cols[name].append(created)
+                else:
+                    cols[name].append(r[name])
+        table = pa.table({n: pa.array(v, type=OFFLINE_SCHEMA.field(n).type) for n, v in cols.items()},
+                         schema=OFFLINE_SCHEMA)
+        name = f"part-{created // 1000:013d}-{os.getpid()}-{next(self._seq):06d}"
+        tmp = self.dir / f"{name}.tmp"
+        final = self.dir / f"{name}.parquet"
+        pq.write_table(table, tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+        return final

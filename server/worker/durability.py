@@ -1,0 +1,323 @@
+"""Durability: every accepted change goes to the event log before it is acknowledged;
+checkpoints of the whole state let a restart load the newest one and replay the log after it.
+
+Record kinds in the log: ``E`` + an event (protobuf bytes), ``A`` + JSON attributes,
+``D`` + JSON ``{"digest", "at"}`` (an erasure; ``server.domain.erasure``), ``U`` + a digest (suppression
+lifted), ``X`` (a record compaction removed: offsets stay), ``N`` (no-op: closes a segment).
+The pipeline applies a change and the log records it in the same synchronous step,
+so the log order is the apply order and a replay reproduces the state exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import pickle
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from server import fdlimit
+from server.domain.erasure import Erasures
+from server.domain.events import Event
+from server.log import checkpoint, codec, compaction
+from server.log.eventlog import EventLog
+from server.logs import OncePerCause, cause_of
+from server.worker.materialize import Materializer
+from server.worker.pipeline import Pipeline
+
+log = logging.getLogger(__name__)
+
+EVENT, ATTRIBUTES, ERASE, UNSUPPRESS, TOMBSTONE, NOOP = b"E", b"A", b"D", b"U", b"X", b"N"
+
+
+@dataclass(frozen=True)
+class RecoveryReport:
+    """What start-up recovery did."""
+
+    checkpoint_offset: int | None
+    replayed: int
+    next_offset: int
+    truncated_bytes: int
+    seconds: float
+
+
+def apply_record(pipeline: Pipeline, payload: bytes, offset: int = -1,
+                 on_erase: Callable[[str], Any] | None = None) -> str | None:
+    """Apply one log record to ``pipeline``; return the user it changed (None if nothing changed).
+    ``on_erase`` gets the stored id of a user an erasure record dropped."""
+    kind, body = payload[:1], payload[1:]
+    if kind == EVENT:
+        e = codec.event_from_bytes(body)
+        out = pipeline.apply(e, score=False)
+        return None if out.duplicate or out.suppressed else e.user_id
+    if kind == ATTRIBUTES:
+        a = json.loads(body)
+        pipeline.update_attributes(a["user_id"], a["age"], a["gender"], a["region"])
+        return str(a["user_id"])
+    if kind == ERASE:
+        d = json.loads(body)
+        user = pipeline.erase_digest(d["digest"], offset, d["at"])
+        if user is not None and on_erase is not None:
+            on_erase(user)
+        return None
+    if kind == UNSUPPRESS:
+        u = json.loads(body)
+        pipeline.unsuppress(u["digest"], u["at"])
+        return None
+    if kind in (TOMBSTONE, NOOP):
+        return None
+    raise ValueError(f"unknown log record kind {kind!r}")
+
+
+def record_user(payload: bytes) -> str | None:
+    """The stored user id a record holds (events and attribute updates), for compaction."""
+    kind, body = payload[:1], payload[1:]
+    if kind == EVENT:
+        return codec.event_from_bytes(body).user_id
+    if kind == ATTRIBUTES:
+        return str(json.loads(body)["user_id"])
+    return None
+
+
+class Durability:
+    """Owns the event log and the checkpoints of one data directory."""
+
+    def __init__(self, data_dir: Path, pipeline: Pipeline, materializer: Materializer,
+                 fsync: str = "always", segment_bytes: int = 64 * 1024 * 1024,
+                 checkpoint_interval_s: float = 60.0, log_retention_s: float = 0.0,
+                 fork_checkpoints: bool = True) -> None:
+        self.pipeline = pipeline
+        self.materializer = materializer
+        self.checkpoint_interval_s = checkpoint_interval_s
+        self.log_retention_s = log_retention_s
+        self.checkpoint_dir = Path(data_dir) / "checkpoints"
+        self.log = EventLog(Path(data_dir) / "log", segment_bytes=segment_bytes, fsync=fsync)
+        self.checkpoint_seconds = 0.0
+        self.fork = fork_checkpoints and hasattr(os, "fork")
+        self._fork_skipped = OncePerCause(log)
+        self._checkpointed_at = self.log.next_offset
+        self._checkpointing = asyncio.Lock()
+
+    # -- start-up -----------------------------------------------------------------------------
+    def recover(self) -> RecoveryReport:
+        """Load the newest valid checkpoint, replay the log after it, queue changed users for writing."""
+        t0 = time.perf_counter()
+        opened = self.log.open()
+        found = checkpoint.load_latest(self.checkpoint_dir)
+        start = 0
+        if found:
+            start, body, path = found
+            state = checkpoint.loads(body)
+            self.pipeline.load_state(state["pipeline"])
+            self.materializer.restore(state["dirty"], state["offline_rows"], state.get("deletes", ()))
+            log.info("loaded checkpoint %s (log offset %d, %d users)", path.name, start,
+                     len(self.pipeline.profiles))
+        first = self.log.first_offset()
+        if start < first:
+            log.warning("the log starts at offset %d but the checkpoint is at %d: records %d..%d are gone; "
+                        "profiles miss them", first, start, start, first - 1)
+        replayed = 0
+        for offset, payload in self.log.read_from(start):
+            user = apply_record(self.pipeline, payload, offset, self.materializer.forget)
+            if user is not None:
+                self.materializer.mark_quiet(user)
+            replayed += 1
+        self._checkpointed_at = start
+        report = RecoveryReport(start if found else None, replayed, opened.next_offset, opened.truncated_bytes,
+                                time.perf_counter() - t0)
+        if found or replayed:
+            log.info("recovered: checkpoint offset %s, replayed %d log records in %.2f s%s",
+                     report.checkpoint_offset, replayed, report.seconds,
+                     f", cut a torn log tail of {opened.truncated_bytes} bytes" if opened.truncated_bytes else "")
+        return report
+
+    # -- the write path (event loop) ------------------------------------------------------------
+    def log_event(self, e: Event) -> None:
+        """Record an applied event (durable after ``commit``)."""
+        self.log.append(EVENT + codec.event_to_bytes(e))
+
+    def log_attributes(self, user_id: str, age: int, gender: str, region: str) -> None:
+        """Record an applied attribute update."""
+        body = json.dumps({"user_id": user_id, "age": age, "gender": gender, "region": region})
+        self.log.append(ATTRIBUTES + body.encode())
+
+    def log_erasure(self, digest: str, at: float) -> int:
+        """Record an erasure (by digest only); returns its log offset."""
+        return self.log.append(ERASE + json.dumps({"digest": digest, "at": at}).encode())
+
+    def log_unsuppress(self, digest: str, at: float) -> None:
+        """Record that a suppression was lifted."""
+        self.log.append(UNSUPPRESS + json.dumps({"digest": digest, "at": at}).encode())
+
+    async def commit(self) -> None:
+        """Return once everything recorded so far is durable.
+
+        If the log cannot be written (disk full, I/O error) the process stops at once (exit 70):
+        memory already holds changes the log does not, so the only consistent state is the log's;
+        a supervisor restarts the server, which recovers every acknowledged change from it.
+        """
+        try:
+            await self.log.commit()
+        except RuntimeError:
+            log.critical("event log write failed: stopping now so a restart recovers from the log")
+            logging.shutdown()
+            os._exit(70)
+
+    # -- checkpoints -------------------------------------------------------------------------------
+    async def checkpoint(self, fork: bool | None = None) -> Path:
+        """Snapshot the state (synchronously: a consistent cut), make the log durable up to it,
+        write the checkpoint, then delete log segments it makes unnecessary."""
+        async with self._checkpointing:  # one at a time: the periodic task and close() may overlap
+            return await self._checkpoint(fork)
+
+    def _body(self, dirty: list[str], offline_rows: list[Any], deletes: list[str]) -> bytes:
+        return pickle.dumps({"pipeline": self.pipeline.state(), "dirty": dirty, "offline_rows": offline_rows,
+                             "deletes": deletes}, protocol=pickle.HIGHEST_PROTOCOL)
+
+    async def _checkpoint(self, fork: bool | None = None) -> Path:
+        t0 = time.perf_counter()
+        offset = self.log.next_offset
+        dirty, offline_rows = self.materializer.snapshot()
+        deletes = self.materializer.pending_deletes()
+        tmp = checkpoint.temp_path(self.checkpoint_dir, offset)
+        forked = self.fork if fork is None else fork
+        if forked and fdlimit.free_fds() < fdlimit.FORK_HEADROOM:  # gRPC's fork handlers abort without them
+            self._fork_skipped.failed("EMFILE", "checkpoint written without a fork: fewer than %d file "
+                                      "descriptors free", fdlimit.FORK_HEADROOM)
+            forked = False
+        if forked:
+            try:
+                await self._write_forked(tmp, offset, dirty, offline_rows, deletes)
+            except OSError as exc:  # fork itself failed (memory, process limit): write it here instead
+                self._fork_skipped.failed(cause_of(exc), "checkpoint fork failed (%s): written in-process",
+                                          cause_of(exc))
+                forked = False
+            else:
+                self._fork_skipped.recovered("checkpoints fork again")
+        if not forked:  # pickled here: the event loop waits (seconds with millions of users)
+            body = self._body(dirty, offline_rows, deletes)
+            await asyncio.to_thread(checkpoint.write_temp, tmp, offset, body)
+        await self.log.commit()  # never publish a state the log does not hold up to its offset
+        path = await asyncio.to_thread(checkpoint.publish, tmp, self.checkpoint_dir, offset)
+        await asyncio.to_thread(checkpoint.prune, self.checkpoint_dir)
+        self._checkpointed_at = offset
+        kept = checkpoint.checkpoints(self.checkpoint_dir)
+        self._retain(min(o for o, _ in kept) if kept else 0)  # the log from the oldest kept checkpoint on
+        self.checkpoint_seconds = time.perf_counter() - t0
+        log.info("checkpoint at log offset %d: %d bytes in %.2f s", offset, path.stat().st_size,
+                 self.checkpoint_seconds)
+        return path
+
+    async def _write_forked(self, tmp: Path, offset: int, dirty: list[str], offline_rows: list[Any],
+                            deletes: list[str]) -> None:
+        """Pickle and write the state in a forked child: a copy-on-write snapshot of this instant, so the
+        event loop goes on serving while it is written (as Redis' BGSAVE). The child touches no lock,
+        thread or socket of the parent and leaves with ``os._exit``."""
+        pid = os.fork()
+        if pid == 0:  # the child
+            code = 1
+            try:
+                checkpoint.write_temp(tmp, offset, self._body(dirty, offline_rows, deletes))
+                code = 0
+            finally:
+                os._exit(code)
+        _, status = await asyncio.to_thread(os.waitpid, pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        if code != 0:
+            tmp.unlink(missing_ok=True)
+            raise RuntimeError(f"the checkpoint child exited with {code}")
+
+    def _retain(self, offset: int) -> None:
+        """Delete segments wholly below ``offset`` (the oldest kept checkpoint, so a corrupt newest
+        checkpoint can fall back to the previous one and replay from there), except those written to within
+        ``log_retention_s`` (kept for ``portrait replay-log``); a negative retention keeps all."""
+        if self.log_retention_s < 0:
+            return
+        cutoff = time.time() - self.log_retention_s
+        keep_from = offset
+        for first, path in self.log.segments():  # oldest first
+            if path.stat().st_mtime >= cutoff:
+                keep_from = min(keep_from, first)
+                break
+        for path in self.log.delete_before(keep_from):
+            log.info("deleted log segment %s (covered by a checkpoint)", path.name)
+
+    async def run(self) -> None:
+        """Checkpoint every ``checkpoint_interval_s`` while the log grows."""
+        while True:
+            await asyncio.sleep(self.checkpoint_interval_s)
+            if self.log.next_offset != self._checkpointed_at:
+                try:
+                    await self.checkpoint()
+                except Exception:
+                    log.exception("checkpoint failed; the log still holds everything")
+
+    async def close(self) -> None:
+        """Final checkpoint, then close the log."""
+        if self.log.next_offset != self._checkpointed_at:
+            await self.checkpoint(fork=False)  # nothing left to serve: no need for a child
+        await self.log.commit()
+        self.log.close()
+
+    # -- compaction ------------------------------------------------------------------------------
+    async def compact(self, offline_dir: Path, rewrite_online: Callable[[], Any] | None = None
+                      ) -> compaction.CompactionReport:
+        """Rewrite every stored file holding a user erased since the last compaction (see
+        ``server.log.compaction``): roll the log, write a fresh checkpoint (the in-memory state is already
+        clean), then rewrite closed log segments, older checkpoints and offline parquet parts, and
+        (``rewrite_online``) the online store's own files. Erasures whose online row is not deleted yet
+        wait for the next compaction."""
+        async with self._checkpointing:
+            t0 = time.perf_counter()
+            erasures = self.pipeline.erasures
+            waiting = {erasures.digest(u) for u in self.materializer.pending_deletes()}
+            todo = {d: v for d, v in erasures.pending.items() if d not in waiting}
+            if not todo:
+                return compaction.CompactionReport()
+            frozen = erasures.subset(todo)
+            await self.log.roll(NOOP)
+            await self._checkpoint()
+            report = compaction.CompactionReport(erased_users=len(todo))
+            report.log_segments = await asyncio.to_thread(compaction.compact_log, self.log, frozen, record_user,
+                                                          TOMBSTONE)
+            report.checkpoints = await asyncio.to_thread(
+                compaction.compact_checkpoints, self.checkpoint_dir, frozen, lambda s: self._erase_state(s, frozen))
+            compaction.remove_temp_files(self.checkpoint_dir)
+            async with self.materializer.offline_lock:
+                report.offline_files = await asyncio.to_thread(compaction.compact_offline, offline_dir, frozen)
+                compaction.remove_temp_files(offline_dir)
+            if rewrite_online is not None:
+                await asyncio.to_thread(rewrite_online)
+            for d, v in todo.items():  # done, unless erased again meanwhile
+                if erasures.pending.get(d) == v:
+                    del erasures.pending[d]
+            report.seconds = time.perf_counter() - t0
+            log.info("compaction: %d erased users; rewrote %d log segments, %d checkpoints, %d offline files "
+                     "in %.2f s", report.erased_users, report.log_segments, report.checkpoints,
+                     report.offline_files, report.seconds)
+            return report
+
+    def _erase_state(self, state: dict[str, Any], erasures: Erasures) -> dict[str, Any]:
+        """A checkpoint's state without the users of ``erasures`` (worker thread; a scratch pipeline)."""
+        from prometheus_client import CollectorRegistry
+
+        from server.metrics import Metrics
+
+        scratch = Pipeline(self.pipeline.config, Metrics(CollectorRegistry()))
+        scratch.load_state(state["pipeline"])
+        for d, (offset, at, _) in erasures.pending.items():
+            scratch.erase_digest(d, offset, at)
+        keep = [u for u in state["dirty"] if erasures.digest(u) not in erasures.pending]
+        rows = [r for r in state["offline_rows"] if erasures.digest(r["user_id"]) not in erasures.pending]
+        deletes = [u for u in state.get("deletes", ()) if erasures.digest(u) not in erasures.pending]
+        return {"pipeline": scratch.state(), "dirty": keep, "offline_rows": rows, "deletes": deletes}
+
+    def state_summary(self) -> dict[str, Any]:
+        """Numbers for logs/metrics."""
+        return {"next_offset": self.log.next_offset, "durable_offset": self.log.durable_offset,
+                "pending_bytes": self.log.pending_bytes}

@@ -1,0 +1,374 @@
+"""The single writer: validate -> dedupe -> profile -> labels -> ranking -> risk -> models -> enqueue.
+
+Transport-agnostic and synchronous: the server calls it from its event loop
+only, so profiles and River models have exactly one writer and need no locks.
+
+>>> from prometheus_client import CollectorRegistry
+>>> from server.domain.events import Event, EventType
+>>> p = Pipeline(PipelineConfig(), Metrics(CollectorRegistry()))
+>>> out = p.track(Event("e1", "u1", EventType.VIEW, 1_700_000_000.0, item_id="i1", category="c1"), now=1_700_000_000.0)
+>>> out.duplicate, out.version
+(False, 1)
+>>> p.track(Event("e1", "u1", EventType.VIEW, 1_700_000_000.0, item_id="i1"), now=1_700_000_000.0).duplicate
+True
+>>> p.row("u1")["views_1h"], p.row("u1")["top_categories"]
+(1.0, ['c1'])
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from server.domain.dedupe import Dedupe
+from server.domain.erasure import Erasures
+from server.domain.errors import FailedPrecondition, InvalidArgument
+from server.domain.events import MAX_PRICE, Event, EventType, FieldError, validate
+from server.domain.labels import DelayedLabels
+from server.domain.profile import TagRules, UserProfile
+from server.metrics import Metrics
+from server.models.quality import RollingQuality
+from server.models.ranking import Ranker
+from server.models.risk import Risk
+from server.models.user import Propensity, Segmenter
+
+PROPENSITY = "propensity"
+ITEM = "item"
+MAX_CANDIDATES = 500
+_COLD_START = UserProfile().features()  # an unknown user's features (all zero)
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """The pipeline's knobs (taken from ``Settings``)."""
+
+    propensity_horizon_s: float = 3600.0
+    decision_interval_s: float = 300.0
+    allowed_lateness_s: float = 60.0
+    max_pending_labels: int = 1_000_000
+    segments: int = 8
+    dedupe_capacity: int = 1_000_000
+    quality_window: int = 10_000
+    tag_rules: TagRules = field(default_factory=TagRules)
+    item_horizon_s: float = 86_400.0
+    """Item model horizon H_item: 'will the user buy this item within H_item after touching it?'."""
+    item_decision_interval_s: float = 3600.0
+    """At most one item decision per (user, item, action) per this many seconds."""
+    max_pending_item_labels: int = 500_000
+    """Hard cap on pending item decisions (~300 bytes each); beyond it new ones are not recorded."""
+    item_decision_sample: float = 1.0
+    """Share of (user, item) pairs whose decisions are recorded (deterministic); lower it at high traffic."""
+    item_history: int = 20
+    """Recently touched items remembered per user (history features of the item model)."""
+    max_items: int = 200_000
+    """Items with popularity/conversion statistics in memory (least recently seen dropped first)."""
+    labels_per_event: int = 16
+    """Overdue decisions resolved (and learnt) per event and model, at most: after a jump of event time
+    (a replay, a paused producer) the backlog is spread over the next events instead of one long stall."""
+    risk_threshold: float = 0.94
+    """A user whose decayed risk score is at least this gets the ``suspicious`` tag."""
+    erasure_salt: bytes = b""
+    """Key of the digests erased users are held by (``server.domain.erasure``; the server uses its data dir's)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What happened to one event."""
+
+    duplicate: bool
+    version: int
+    propensity: float
+    segment: int
+    suppressed: bool = False
+
+
+class Pipeline:
+    """Owns every profile and model; one call per event, one thread."""
+
+    #: Attributes that are wiring, not state: never checkpointed (see ``state``).
+    TRANSIENT = ("config", "metrics", "on_change", "on_label", "_stage", "_counted")
+
+    def __init__(self, config: PipelineConfig, metrics: Metrics,
+                 on_change: Callable[[str], Any] | None = None,
+                 on_label: Callable[[str, Any, bool, float], Any] | None = None) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.on_change = on_change
+        self.on_label = on_label  # (model, decision, label, event time at resolution): for replays/evaluation
+        self.profiles: dict[str, UserProfile] = {}
+        self.dedupe = Dedupe(config.dedupe_capacity)
+        self.labels = DelayedLabels(config.propensity_horizon_s, config.decision_interval_s,
+                                    config.allowed_lateness_s, config.max_pending_labels)
+        self.propensity = Propensity()
+        self.segmenter = Segmenter(k=config.segments)
+        self.quality = RollingQuality(config.quality_window)
+        self.segment_sizes = [0] * config.segments
+        self.ranker = Ranker(config.item_horizon_s, config.item_decision_interval_s, config.allowed_lateness_s,
+                             config.max_pending_item_labels, config.item_history, config.max_items,
+                             quality_window=config.quality_window, sample=config.item_decision_sample)
+        self.risk = Risk(threshold=config.risk_threshold)
+        self._row_ts: dict[str, int] = {}
+        self.erasures = Erasures(config.erasure_salt)
+        # the per-event counters, resolved once (a labels() lookup per event was measurable)
+        self._counted = {(t, o): metrics.events.labels(event_type=t.name.lower(), outcome=o)
+                         for t in EventType for o in ("accepted", "duplicate", "suppressed")}
+        self._stage = {s: metrics.stage_duration.labels(stage=s) for s in
+                       ("validate", "dedupe", "profile", "labels", "ranking", "risk", "models")}
+
+    # -- ingest -------------------------------------------------------------------------------
+    def check(self, e: Event, now: float | None = None) -> FieldError | None:
+        """Validation only (changes nothing)."""
+        t0 = time.perf_counter()
+        err = validate(e, time.time() if now is None else now)
+        self._stage["validate"].observe(time.perf_counter() - t0)
+        if err:
+            self.metrics.events.labels(event_type=_type_label(e.type), outcome="rejected").inc()
+        return err
+
+    def track(self, e: Event, now: float | None = None) -> Outcome:
+        """Validate and apply one event; raise ``InvalidArgument`` naming the field if it is invalid."""
+        err = self.check(e, now)
+        if err:
+            raise InvalidArgument(err.message, field=err.field)
+        return self.apply(e)
+
+    def apply(self, e: Event, score: bool = True) -> Outcome:
+        """Apply one *validated* event (dedupe, profile, labels, models).
+
+        With ``score=False`` (bulk ingest) the propensity is computed only when a labelled
+        decision is recorded; otherwise it is left stale and scored when the row is built
+        (``row``), with the model of that moment — the returned ``Outcome.propensity`` is NaN.
+        """
+        stage = self._stage
+        etype = EventType(e.type)
+        t0 = time.perf_counter()
+        if self.erasures.suppressed and self.erasures.is_suppressed(e.user_id):
+            self._counted[etype, "suppressed"].inc()  # an erased user: nothing is stored
+            return Outcome(False, 0, math.nan, -1, suppressed=True)
+        profile = self.profiles.get(e.user_id)
+        if e.event_id in self.dedupe:
+            stage["dedupe"].observe(time.perf_counter() - t0)
+            self._counted[etype, "duplicate"].inc()
+            if profile is None:
+                return Outcome(True, 0, 0.0, -1)
+            return Outcome(True, profile.version, self._score(e.user_id) if score else math.nan, profile.segment)
+        if profile is None:
+            profile = self.profiles[e.user_id] = UserProfile()
+        self.dedupe.add(e.event_id, profile)  # owned by the profile: an erasure forgets the user's ids
+        t1 = time.perf_counter()
+        stage["dedupe"].observe(t1 - t0)
+        t = float(e.event_time)  # type: ignore[arg-type]
+        if etype == EventType.PURCHASE:
+            self._learn(self.labels.on_purchase(e.user_id, t), t)
+        previous_t = profile.last_event
+        profile.update(e)
+        profile.version += 1
+        features = profile.features()
+        t2 = time.perf_counter()
+        stage["profile"].observe(t2 - t1)
+        if score or self.labels.wants(e.user_id, t):
+            x = Propensity.vector(features, int(etype), t)
+            profile.propensity = self.propensity.predict(x)
+            self.labels.decide(e.user_id, t, x, profile.propensity)
+        else:
+            profile.propensity = math.nan
+        self._learn(self.labels.advance(t, self.config.labels_per_event), t)
+        t3 = time.perf_counter()
+        stage["labels"].observe(t3 - t2)
+        if e.item_id:
+            self._learn_items(self.ranker.observe(e, features, profile, t), t)
+        self._learn_items(self.ranker.advance(t, self.config.labels_per_event), t)
+        t4 = time.perf_counter()
+        stage["ranking"].observe(t4 - t3)
+        self.metrics.risk_score.observe(self.risk.observe(e, features, previous_t))
+        t5 = time.perf_counter()
+        stage["risk"].observe(t5 - t4)
+        segment = self.segmenter.learn_predict(Segmenter.vector(features, profile.category_count(), t))
+        if segment != profile.segment:
+            if profile.segment >= 0:
+                self.segment_sizes[profile.segment] -= 1
+            self.segment_sizes[segment] += 1
+            profile.segment = segment
+        stage["models"].observe(time.perf_counter() - t5)
+        self._counted[etype, "accepted"].inc()
+        if self.on_change:
+            self.on_change(e.user_id)
+        return Outcome(False, profile.version, profile.propensity, segment)
+
+    def _score(self, user_id: str) -> float:
+        p = self.profiles[user_id]
+        self._ensure_score(p)
+        return p.propensity
+
+    def _ensure_score(self, p: UserProfile, features: dict[str, float] | None = None) -> None:
+        """Score a profile left stale by bulk ingest, with the current model, as of its latest event."""
+        if not math.isnan(p.propensity):
+            return
+        if p.last_event is None:
+            p.propensity = 0.0
+            return
+        f = p.features() if features is None else features
+        p.propensity = self.propensity.predict(Propensity.vector(f, p.last_type, p.updated_at))
+
+    def _learn(self, resolved: list[Any], t: float) -> None:
+        for decision, label in resolved:
+            self.quality.add(decision.p, label)
+            self.propensity.learn(decision.x, label)
+            self.metrics.labels.labels(model=PROPENSITY, label="positive" if label else "negative").inc()
+            if self.on_label:
+                self.on_label(PROPENSITY, decision, label, t)
+
+    def _learn_items(self, resolved: list[Any], t: float) -> None:
+        for decision, label in resolved:
+            self.ranker.learn(decision, label)
+            self.metrics.labels.labels(model=ITEM, label="positive" if label else "negative").inc()
+            if self.on_label:
+                self.on_label(ITEM, decision, label, t)
+
+    def update_attributes(self, user_id: str, age: int, gender: str, region: str) -> int:
+        """Replace a user's basic attributes (creating the user); return the new version."""
+        if not user_id or len(user_id) > 128:
+            raise InvalidArgument("user_id must be 1..128 characters", field="user_id")
+        if not 0 <= age <= 150:
+            raise InvalidArgument("attributes.age must be within 0..150", field="attributes.age")
+        if len(gender) > 32:
+            raise InvalidArgument("attributes.gender is longer than 32 characters", field="attributes.gender")
+        if len(region) > 128:
+            raise InvalidArgument("attributes.region is longer than 128 characters", field="attributes.region")
+        if self.erasures.is_suppressed(user_id):
+            raise FailedPrecondition("the user was erased and is suppressed (an admin can lift it)", field="user_id")
+        profile = self.profiles.get(user_id)
+        if profile is None:
+            profile = self.profiles[user_id] = UserProfile()
+        profile.set_attributes(age, gender, region)
+        profile.version += 1
+        if self.on_change:
+            self.on_change(user_id)
+        return profile.version
+
+    # -- erasure ------------------------------------------------------------------------------------
+    def erase(self, user_id: str, offset: int = -1, at: float | None = None) -> bool:
+        """Drop everything held for ``user_id`` (profile, pending labels, item history, risk, dedupe ids)
+        and suppress its later events; ``offset``/``at`` locate the erasure record (for compaction).
+        True if anything was held."""
+        self.erasures.add(self.erasures.digest(user_id), offset, at)
+        return self._drop(user_id)
+
+    def erase_digest(self, digest: str, offset: int = -1, at: float | None = None) -> str | None:
+        """``erase`` by digest (log replay and compaction, which never see the id): O(users) scan;
+        returns the user found, if any."""
+        self.erasures.add(digest, offset, at)
+        for user_id in self.profiles:
+            if self.erasures.digest(user_id) == digest:
+                self._drop(user_id)
+                return user_id
+        return None
+
+    def unsuppress(self, digest: str, at: float | None = None) -> bool:
+        """Accept the user's events again; True if they were suppressed."""
+        return self.erasures.unsuppress(digest, at)
+
+    def _drop(self, user_id: str) -> bool:
+        profile = self.profiles.pop(user_id, None)
+        held = profile is not None
+        if profile is not None:
+            if profile.segment >= 0:
+                self.segment_sizes[profile.segment] -= 1
+            self.dedupe.forget(profile)
+        held = self.labels.drop_user(user_id) or held
+        held = self.ranker.drop_user(user_id) or held
+        held = self.risk.drop_user(user_id) or held
+        self._row_ts.pop(user_id, None)
+        return held
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """Everything the pipeline holds (profiles, models, pending labels, dedupe ids), picklable."""
+        return {k: v for k, v in vars(self).items() if k not in self.TRANSIENT}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Replace the held state with a ``state()`` taken earlier (the wiring stays)."""
+        for k, v in state.items():
+            if k not in self.TRANSIENT:
+                setattr(self, k, v)
+
+    # -- reads --------------------------------------------------------------------------------
+    def row(self, user_id: str) -> dict[str, Any]:
+        """The user's current profile as one feature row.
+
+        ``event_timestamp_us`` is the profile's as-of time, bumped so that it strictly
+        increases per user (Feast's Redis writer silently skips a row whose timestamp
+        is <= the stored one, e.g. after a late event that left ``updated_at`` unchanged).
+        """
+        p = self.profiles[user_id]
+        features = p.features()
+        self._ensure_score(p, features)
+        ts = max(int(p.updated_at * 1_000_000), self._row_ts.get(user_id, 0) + 1)
+        self._row_ts[user_id] = ts
+        row: dict[str, Any] = dict(features)
+        row.update(
+            user_id=user_id, event_timestamp_us=ts, updated_at_ts=p.updated_at,
+            purchase_propensity=p.propensity, segment=p.segment, profile_version=p.version,
+            tags=p.tags(features, self.config.tag_rules), top_categories=p.top_categories(),
+            age=p.age, gender=p.gender, region=p.region, risk_score=self.risk.user_risk(user_id, p.updated_at),
+        )
+        if row["risk_score"] >= self.risk.threshold:
+            row["tags"] = sorted([*row["tags"], "suspicious"])
+        return row
+
+    def score(self, user_id: str, candidates: Sequence[tuple[str, str, float]]) -> list[tuple[str, float]]:
+        """Rank ``(item_id, category, price)`` candidates for a user, best first: (item_id, P(bought within
+        ``item_horizon_s`` if viewed now)). An unknown user gets cold-start scores (an empty profile).
+
+        "Now" is the latest event time seen (event time, like every feature). Ties keep the request order.
+        """
+        if not user_id or len(user_id) > 128:
+            raise InvalidArgument("user_id must be 1..128 characters", field="user_id")
+        if len(candidates) > MAX_CANDIDATES:
+            raise InvalidArgument(f"at most {MAX_CANDIDATES} candidates, got {len(candidates)}", field="candidates")
+        for i, (item, category, price) in enumerate(candidates):
+            if not item or len(item) > 128:
+                raise InvalidArgument("item_id must be 1..128 characters", field=f"candidates[{i}].item_id")
+            if len(category) > 128:
+                raise InvalidArgument("category is longer than 128 characters", field=f"candidates[{i}].category")
+            if not math.isfinite(price) or not 0 <= price <= MAX_PRICE:
+                raise InvalidArgument(f"price must be a finite number in 0..{MAX_PRICE:g}",
+                                      field=f"candidates[{i}].price")
+        p = self.profiles.get(user_id)
+        t = max(self.ranker.labels.max_time, 0.0)
+        if p is None or p.last_event is None:
+            features, top = _COLD_START, []
+        else:
+            features, top, t = p.features(), p.top_categories(), max(t, p.updated_at)
+        scores = self.ranker.score(user_id, features, top, candidates, t)
+        order = sorted(range(len(candidates)), key=lambda i: -scores[i])
+        return [(candidates[i][0], scores[i]) for i in order]
+
+    def refresh_gauges(self, quality: bool = True) -> None:
+        """Update the gauges that summarise state (called periodically, not per event); ``quality``
+        also recomputes the exact rolling AUC / log loss (O(window log window): not every second)."""
+        m = self.metrics
+        m.users.set(len(self.profiles))
+        m.suppressed_users.set(len(self.erasures.suppressed))
+        m.erasures_pending_compaction.set(len(self.erasures.pending))
+        m.pending_labels.labels(model=PROPENSITY).set(len(self.labels))
+        for i, n in enumerate(self.segment_sizes):
+            m.segment_users.labels(segment=str(i)).set(n)
+        if not quality:
+            m.pending_labels.labels(model=ITEM).set(len(self.ranker.labels))
+            return
+        m.model_roc_auc.labels(model=PROPENSITY).set(self.quality.roc_auc())
+        m.model_log_loss.labels(model=PROPENSITY).set(self.quality.log_loss())
+        m.pending_labels.labels(model=ITEM).set(len(self.ranker.labels))
+        m.model_roc_auc.labels(model=ITEM).set(self.ranker.quality.roc_auc())
+        m.model_log_loss.labels(model=ITEM).set(self.ranker.quality.log_loss())
+
+
+def _type_label(t: int) -> str:
+    try:
+        return EventType(t).name.lower()
+    except ValueError:
+        return "unknown"
