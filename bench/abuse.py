@@ -46,6 +46,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bench.client import open_loop
 from bench.stats import latency_summary, parse_metrics
 
 if TYPE_CHECKING:
@@ -434,19 +435,8 @@ async def track_load(stub: Any, reqs: list[Any], rate: float) -> dict[str, Any]:
             codes[name] = codes.get(name, 0) + 1
             details.setdefault(name, str(exc.details())[:200])
 
-    interval = 1.0 / rate
-    tasks = []
-    t0 = time.perf_counter() + 0.02
-    i, n = 0, len(reqs)
-    while i < n:
-        now = time.perf_counter()
-        while i < n and t0 + i * interval <= now:
-            tasks.append(asyncio.create_task(call(reqs[i], t0 + i * interval)))
-            i += 1
-        if i < n:
-            await asyncio.sleep(max(0.0, t0 + i * interval - time.perf_counter()))
-    await asyncio.gather(*tasks)
-    elapsed = time.perf_counter() - t0
+    n = len(reqs)
+    elapsed = await open_loop(call, reqs, rate, lead_s=0.02)
     out: dict[str, Any] = {"sent": n, "ok": len(ok), "accepted_pct": 100.0 * len(ok) / n if n else math.nan,
                            "codes": codes, "error_details": details, "offered_rate": rate,
                            "achieved_rate": len(ok) / elapsed, "failed_latency": latency_summary(failed)}

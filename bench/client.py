@@ -24,6 +24,7 @@ import asyncio
 import json
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
@@ -46,6 +47,24 @@ def load_events(a: argparse.Namespace) -> list[Any]:
 
 def protos(events: list[Any]) -> list[pb.Event]:
     return [convert.event_to_proto(e) for e in events]
+
+
+async def open_loop(call: Any, reqs: Sequence[Any], rate: float, lead_s: float = 0.05) -> float:
+    """Open loop: start ``call(req, scheduled_start)`` for each request at ``rate`` per second, whether or not
+    earlier calls returned; await them all. Returns the seconds from the first scheduled start to the end."""
+    interval = 1.0 / rate
+    tasks = []
+    t0 = time.perf_counter() + lead_s
+    i, n = 0, len(reqs)
+    while i < n:
+        now = time.perf_counter()
+        while i < n and t0 + i * interval <= now:
+            tasks.append(asyncio.create_task(call(reqs[i], t0 + i * interval)))
+            i += 1
+        if i < n:
+            await asyncio.sleep(max(0.0, t0 + i * interval - time.perf_counter()))
+    await asyncio.gather(*tasks)
+    return time.perf_counter() - t0
 
 
 async def queue_drained(metrics_url: str, timeout_s: float = 60.0) -> float:
@@ -164,19 +183,7 @@ async def cmd_unary(a: argparse.Namespace) -> dict[str, Any]:
                 errors[exc.code().name] = errors.get(exc.code().name, 0) + 1
                 details.setdefault(exc.code().name, str(exc.details())[:200])
 
-        interval = 1.0 / a.rate
-        tasks = []
-        t0 = time.perf_counter() + 0.05
-        i = 0
-        while i < n:
-            now = time.perf_counter()
-            while i < n and t0 + i * interval <= now:
-                tasks.append(asyncio.create_task(call(reqs[i], t0 + i * interval)))
-                i += 1
-            if i < n:
-                await asyncio.sleep(max(0.0, t0 + i * interval - time.perf_counter()))
-        await asyncio.gather(*tasks)
-        elapsed = time.perf_counter() - t0
+        elapsed = await open_loop(call, reqs, a.rate, lead_s=0.05)
     out: dict[str, Any] = {"calls": n, "offered_rate": a.rate, "achieved_rate": len(latencies) / elapsed,
                            "errors": errors, "error_details": details,
                            "send_lag_p99": latency_summary(send_lag)["p99"]}
