@@ -34,7 +34,9 @@ async def test_track_then_get_profile_reads_back_through_feast(stub: Any) -> Non
     user = uid()
     r = await stub.Track(pb.TrackRequest(event=ev(user, category="shoes", price=20.0), wait_visible=True))
     assert (r.duplicate, r.profile_version) == (False, 1)
-    assert 0.0 < r.purchase_propensity < 1.0
+    # a probability from the session server's model, which has learnt from every earlier test: River's sigmoid
+    # saturates to exactly 0 or 1 beyond |z| = 30, so the open interval depends on test order
+    assert 0.0 <= r.purchase_propensity <= 1.0
     r = await stub.Track(pb.TrackRequest(
         event=ev(user, pb.EVENT_TYPE_PURCHASE, price=20.0, quantity=2, category="shoes"), wait_visible=True))
     assert r.profile_version == 2
