@@ -15,9 +15,11 @@ that are not JSON types are written as ``str(value)``.
 
 from __future__ import annotations
 
+import errno as _errno
 import json as _json
 import logging
 import sys
+import time
 from datetime import UTC, datetime
 from typing import IO, Any
 
@@ -99,8 +101,6 @@ class OncePerCause:
 
     def failed(self, cause: str, msg: str, *args: Any) -> bool:
         """Record one failure; returns whether a line was logged."""
-        import time
-
         now = time.monotonic()
         seen = self._causes.get(cause)
         if seen is None:
@@ -135,8 +135,6 @@ def cause_of(exc: BaseException) -> str:
     >>> cause_of(OSError(errno.EMFILE, "Too many open files"))
     'OSError/EMFILE'
     """
-    import errno as _errno
-
     name = type(exc).__name__
     if isinstance(exc, OSError) and exc.errno is not None:
         return f"{name}/{_errno.errorcode.get(exc.errno, exc.errno)}"

@@ -8,6 +8,7 @@ interceptor: refusals by inner ones (``security.AuthInterceptor``) are counted t
 Admission is fair between kinds: unary calls and client streams have separate in-flight budgets
 (``max_inflight`` and ``max_inflight_streams``), so streams that hold their slot — even idle ones, until
 ``stream_idle_s`` ends them — never take a unary call's place.
+
 Unexpected exceptions are logged with their type and stack only: exception messages
 can carry data (redis-py puts Redis keys, i.e. user ids, into its error strings).
 """
@@ -190,7 +191,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         def undecodable(request: Undecodable, index: int | None = None) -> InvalidArgument:
             self._metrics.rejected.labels(reason="decode").inc()
             where = "" if index is None else f"message {index} of the stream: "
-            self._decode_warnings.failed(request.message, "undecodable request to %s/%s: %s%s", service, method,
+            # one cause for all: the messages name fields and indices, which would make the causes unbounded
+            self._decode_warnings.failed("decode", "undecodable request to %s/%s: %s%s", service, method,
                                          where, request.message)
             done = "" if index is None else f" (the {index} messages before it were processed)"
             return InvalidArgument(f"{where}{request.message}{done}", field=request.field or None)
