@@ -1,5 +1,7 @@
 """Portrait's Feast definitions: one entity, two sources, one feature view, one service.
 
+The columns (join key, timestamps, every feature and its type) come from ``server.store.schema``.
+
 The server applies these itself at start (``feast apply`` works too). Paths come from
 ``PORTRAIT_DATA_DIR`` (made absolute here, so the registry records where the files are).
 """
@@ -7,31 +9,24 @@ The server applies these itself at start (``feast apply`` works too). Paths come
 import os
 from datetime import timedelta
 
-from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource, ValueType
+from feast import Entity, FeatureService, FeatureView, FileSource, PushSource
 from feast.data_format import ParquetFormat
-from feast.types import Array, Float64, Int64, String
+
+from server.store.schema import CREATED_TIMESTAMP, ENTITY, EVENT_TIMESTAMP, feast_fields
 
 _DATA_DIR = os.path.abspath(os.environ.get("PORTRAIT_DATA_DIR", "var"))
 
-_COUNTS = ("views", "clicks", "carts", "remove_from_carts", "favorites", "purchases", "searches")
-_WINDOWS = ("1h", "24h", "7d", "30d")
-_SCALARS = (
-    "spend_7d", "spend_30d", "lifetime_events", "lifetime_purchases", "lifetime_spend", "avg_order_value",
-    "first_seen_ts", "last_event_ts", "last_purchase_ts", "sessions_7d", "conversion_rate_30d",
-    "preferred_hour", "avg_viewed_price_30d", "avg_purchased_price_30d",
-    "updated_at_ts", "purchase_propensity", "risk_score",
-)
-
 # The user whose profile it is; join key user_id.
-user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.STRING, description="A shop's user")
+user = Entity(name="user", join_keys=[ENTITY.name], value_type=ENTITY.kind.feast_type().to_value_type(),
+              description="A shop's user")
 
 # Append-only parquet files the server rolls under $PORTRAIT_DATA_DIR/offline/user_profile (one row per flush per user).
 user_profile_source = FileSource(
     name="user_profile_source",
     path=os.path.join(_DATA_DIR, "offline", "user_profile", "*.parquet"),
     file_format=ParquetFormat(),
-    created_timestamp_column="created_timestamp",
-    timestamp_field="event_timestamp",
+    created_timestamp_column=CREATED_TIMESTAMP.name,
+    timestamp_field=EVENT_TIMESTAMP.name,
 )
 
 # Push source over the same schema, for writers that push rows through Feast.
@@ -42,17 +37,7 @@ user_profile_fv = FeatureView(
     name="user_profile",
     entities=[user],
     ttl=timedelta(days=0),
-    schema=[
-        *(Field(name=f"{c}_{w}", dtype=Float64) for c in _COUNTS for w in _WINDOWS),
-        *(Field(name=n, dtype=Float64) for n in _SCALARS),
-        Field(name="profile_version", dtype=Int64),
-        Field(name="segment", dtype=Int64),
-        Field(name="tags", dtype=Array(String)),
-        Field(name="top_categories", dtype=Array(String)),
-        Field(name="age", dtype=Int64),
-        Field(name="gender", dtype=String),
-        Field(name="region", dtype=String),
-    ],
+    schema=feast_fields(),
     online=True,
     source=user_profile_push_source,
     tags={"owner": "portrait"},

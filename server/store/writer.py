@@ -34,7 +34,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from server.store.feast import FEATURE_VIEW, FLOAT_COLUMNS, INT_COLUMNS, LIST_COLUMNS, STRING_COLUMNS, open_store
+from server.store.feast import FEATURE_VIEW, open_store
+from server.store.schema import FEATURES
 
 log = logging.getLogger(__name__)
 
@@ -59,15 +60,14 @@ class FeastRowWriter:
         self._view = store.get_feature_view(FEATURE_VIEW)
         self._entity_key, self._value, self._string_list = EntityKey, Value, StringList
         wanted = [f.name for f in self._view.features]
-        kinds = {**dict.fromkeys(FLOAT_COLUMNS, "double_val"), **dict.fromkeys(INT_COLUMNS, "int64_val"),
-                 **dict.fromkeys(STRING_COLUMNS, "string_val"), **dict.fromkeys(LIST_COLUMNS, "list")}
+        kinds = {c.name: c.kind.value_field for c in FEATURES if c.kind.value_field}  # each feature's Value field
         missing = set(wanted) - set(kinds)
         if missing:
             raise ValueError(f"feature view {FEATURE_VIEW} has features rows do not carry: {sorted(missing)}")
         value, string_list = self._value, self._string_list
         make = {"double_val": lambda v: value(double_val=v), "int64_val": lambda v: value(int64_val=v),
                 "string_val": lambda v: value(string_val=v),
-                "list": lambda v: value() if v is None else value(string_list_val=string_list(val=v))}
+                "string_list_val": lambda v: value() if v is None else value(string_list_val=string_list(val=v))}
         # Most values repeat (counts, zeros, flags): one Value per distinct scalar, shared by the rows
         # (Feast only serializes them). Halves the conversion time; -0.0 is stored as 0.0.
         memos: dict[str, dict[Any, Any]] = {"double_val": {}, "int64_val": {}, "string_val": {}}
