@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 GEN := server/_gen/portrait/v1/portrait_pb2.py
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: help install gen run test lint bench clean audit
+.PHONY: help install gen run test test-unit lint bench clean audit
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -35,6 +35,9 @@ run: install ## run the server (embedded Redis unless PORTRAIT_REDIS_URL is set)
 
 test: install ## run the tests (unit, doctests, integration against real Redis/gRPC/Feast)
 	$(BIN)/python -m pytest
+
+test-unit: install ## the fast part: unit tests and doctests (no Redis, gRPC server, Feast or child process)
+	$(BIN)/python -m pytest tests/unit server
 
 lint: install ## ruff + mypy on hand-written code
 	$(BIN)/ruff check server tests bench feature_repo

@@ -1,11 +1,11 @@
 """In-process measurements of Portrait's own code (no gRPC, no Redis), one subprocess each.
 
 ``python -m bench.inproc limit --events F --rounds N``
-    The limit: ``Pipeline.check`` + ``Pipeline.apply(e, score=False)`` over the events (what the
+    The limit: ``PartitionWorker.check`` + ``PartitionWorker.apply(e, score=False)`` over the events (what the
     server does per event in TrackBatch/TrackStream, minus transport and materialization),
-    a fresh Pipeline per round. Prints events/s per round.
+    a fresh PartitionWorker per round. Prints events/s per round.
 ``python -m bench.inproc memory --users N --days D --seed S``
-    RSS per user: a Pipeline fed the simulated stream of N users (events rebuilt with fresh
+    RSS per user: a PartitionWorker fed the simulated stream of N users (events rebuilt with fresh
     strings, as from protobufs); VmRSS delta / users. The dedupe set is sized to 1 here (it is
     bounded by event count, not users) and measured separately, per remembered id.
 ``python -m bench.inproc scaling --events F --population N --rounds R``
@@ -33,15 +33,15 @@ from bench import stream
 from bench.procs import rss_bytes
 from server.domain.events import Event, EventType
 from server.metrics import Metrics
-from server.worker.pipeline import Pipeline, PipelineConfig
+from server.worker.partition import PartitionWorker, WorkerConfig
 
 
-def new_pipeline(**config: Any) -> Pipeline:
-    """A Pipeline as the server builds it (default config), with its own metrics registry."""
-    return Pipeline(PipelineConfig(**config), Metrics(CollectorRegistry()))
+def new_pipeline(**config: Any) -> PartitionWorker:
+    """A PartitionWorker as the server builds it (default config), with its own metrics registry."""
+    return PartitionWorker(WorkerConfig(**config), Metrics(CollectorRegistry()))
 
 
-def run_loop(p: Pipeline, events: list[Event], now: float, cpu: list[float] | None = None) -> tuple[int, float]:
+def run_loop(p: PartitionWorker, events: list[Event], now: float, cpu: list[float] | None = None) -> tuple[int, float]:
     """The limit loop; returns (accepted, wall seconds) and appends the CPU seconds to ``cpu``."""
     check, apply = p.check, p.apply
     accepted = 0

@@ -2,8 +2,8 @@
 
 A ``grpc.aio`` server implementing the same ``portrait.v1.ProfileService.TrackBatch`` that,
 for every event, inline in the handler: validates it and runs the same profile + models
-(``Pipeline.check`` + ``Pipeline.apply``, scoring every event), builds the profile row
-(``Pipeline.row``) and pushes it through Feast with
+(``PartitionWorker.check`` + ``PartitionWorker.apply``, scoring every event), builds the profile row
+(``PartitionWorker.row``) and pushes it through Feast with
 ``store.push("user_profile_push_source", <one-row DataFrame>)`` — one online write per event,
 so the row is visible when the call returns (``wait_visible`` is implied). It writes no
 offline log (less work than Portrait). Health is served so the benchmark can wait for it.
@@ -34,7 +34,7 @@ from server.config import redis_url_to_feast
 from server.metrics import Metrics
 from server.store.embedded_redis import EmbeddedRedis
 from server.store.feast import apply_definitions, set_feast_env
-from server.worker.pipeline import Pipeline, PipelineConfig
+from server.worker.partition import PartitionWorker, WorkerConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 PUSH_SOURCE = "user_profile_push_source"
@@ -54,8 +54,8 @@ def row_frame(row: dict[str, Any]) -> Any:
 class NaiveServicer(pb_grpc.ProfileServiceServicer):
     """TrackBatch: per event, apply and push (blocking, on the event loop)."""
 
-    def __init__(self, pipeline: Pipeline, store: Any) -> None:
-        self.pipeline = pipeline
+    def __init__(self, worker: PartitionWorker, store: Any) -> None:
+        self.worker = worker
         self.store = store
 
     async def TrackBatch(self, request: pb.TrackBatchRequest,
@@ -64,16 +64,16 @@ class NaiveServicer(pb_grpc.ProfileServiceServicer):
         rejected = []
         for i, m in enumerate(request.events):
             e = convert.event_from_proto(m)
-            err = self.pipeline.check(e)
+            err = self.worker.check(e)
             if err:
                 rejected.append(pb.EventError(index=i, event_id=e.event_id, field=err.field, message=err.message))
                 continue
-            out = self.pipeline.apply(e)
+            out = self.worker.apply(e)
             if out.duplicate:
                 duplicates += 1
                 continue
             accepted += 1
-            self.store.push(PUSH_SOURCE, row_frame(self.pipeline.row(e.user_id)))
+            self.store.push(PUSH_SOURCE, row_frame(self.worker.row(e.user_id)))
         return pb.TrackBatchResponse(accepted=accepted, duplicates=duplicates, rejected=rejected)
 
 
@@ -90,9 +90,9 @@ async def serve(a: argparse.Namespace) -> None:
     try:
         set_feast_env(data_dir, feast_redis)
         store = await asyncio.to_thread(apply_definitions, Path(a.feature_repo), data_dir)
-        pipeline = Pipeline(PipelineConfig(), Metrics(CollectorRegistry()))
+        worker = PartitionWorker(WorkerConfig(), Metrics(CollectorRegistry()))
         server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)])
-        pb_grpc.add_ProfileServiceServicer_to_server(NaiveServicer(pipeline, store), server)
+        pb_grpc.add_ProfileServiceServicer_to_server(NaiveServicer(worker, store), server)
         hs = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(hs, server)
         port = server.add_insecure_port(f"127.0.0.1:{a.port}")

@@ -16,7 +16,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from server.domain.events import Event, EventType
-from server.tools.simulate import DAY, START, simulate
+from server.domain.units import DAY, HOUR
+from server.tools.simulate import START, simulate
 
 MAX_SLOTS = 48  # variants per run (rounds x phases); event times must stay in the past
 
@@ -77,7 +78,7 @@ def population_events(population: int, prefix: str, end_time: float, seed_items:
     """One VIEW per user of a population (untimed warm-up), spread over a day ending 2 h before ``end_time``
     (so an event at ``end_time`` moves the watermark past every propensity decision they made)."""
     step = DAY / max(population, 1)
-    t0 = end_time - DAY - 2 * 3600.0
+    t0 = end_time - DAY - 2 * HOUR
     for k in range(population):
         yield Event(event_id=f"{prefix}w{k}", user_id=f"{prefix}{k}", type=EventType.VIEW, event_time=t0 + k * step,
                     item_id=f"i-w-{k % seed_items:03d}", category=f"c{k % 20:02d}", price=10.0 + k % 90,

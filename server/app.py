@@ -25,16 +25,17 @@ from server.api.interceptors import ServerInterceptor
 from server.api.security import AuthInterceptor, SecurityConfigError, access_policy
 from server.api.servicer import ProfileServicer
 from server.config import Settings, redis_url_to_feast
-from server.domain.erasure import load_salt
 from server.domain.pseudonym import Pseudonymizer, PseudonymKeyError
+from server.log.compaction import load_salt
 from server.metrics import Metrics, serve_metrics
+from server.models.trainer import TrainerConfig
 from server.store.embedded_redis import EmbeddedRedis
 from server.store.feast import OfflineLog, OnlineStore, apply_definitions, offline_dir, open_store, set_feast_env
 from server.store.writer import WriterProcess
 from server.worker.core import ProfileCore
 from server.worker.durability import Durability, RecoveryReport
 from server.worker.materialize import Materializer, RowSink
-from server.worker.pipeline import Pipeline, PipelineConfig
+from server.worker.partition import PartitionWorker, WorkerConfig
 
 log = logging.getLogger("portrait")
 
@@ -45,17 +46,18 @@ GAUGE_REFRESH_S = 1.0
 QUALITY_EVERY = 15  # gauge refreshes between exact AUC/log-loss recomputations (8.6 % of a stream run)
 
 
-def pipeline_config(s: Settings) -> PipelineConfig:
-    """The pipeline's part of the settings."""
-    return PipelineConfig(
+def worker_config(s: Settings) -> WorkerConfig:
+    """The partition worker's (and its in-process trainer's) part of the settings."""
+    return WorkerConfig(
         propensity_horizon_s=s.propensity_horizon_s, decision_interval_s=s.decision_interval_s,
         allowed_lateness_s=s.allowed_lateness_s, max_pending_labels=s.max_pending_labels,
-        segments=s.segments, dedupe_capacity=s.dedupe_capacity, quality_window=s.quality_window,
+        dedupe_capacity=s.dedupe_capacity,
         item_horizon_s=s.item_horizon_s, item_decision_interval_s=s.item_decision_interval_s,
         max_pending_item_labels=s.max_pending_item_labels, item_decision_sample=s.item_decision_sample,
-        item_history=s.item_history, max_items=s.max_items, risk_threshold=s.risk_threshold,
+        item_history=s.item_history, risk_threshold=s.risk_threshold,
         labels_per_event=s.labels_per_event,
         erasure_salt=load_salt(s.data_dir),
+        trainer=TrainerConfig(segments=s.segments, quality_window=s.quality_window, max_items=s.max_items),
     )
 
 
@@ -87,7 +89,7 @@ def grpc_server_options(s: Settings, max_connections: int | None = None) -> list
 
 
 class PortraitServer:
-    """One Portrait process: owns the stores, the pipeline and the gRPC + metrics servers."""
+    """One Portrait process: owns the stores, the partition worker (and its trainer) and the gRPC + metrics servers."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -153,23 +155,23 @@ class PortraitServer:
             await self._writer.open()  # the first write waits until the child has opened the store
             online_write = self._writer.write
         offline = OfflineLog(data_dir)
-        pipeline = Pipeline(pipeline_config(s), self.metrics)
+        worker = PartitionWorker(worker_config(s), self.metrics)
 
         async def log_durable() -> None:
             await durability.commit()
 
         materializer = Materializer(
-            pipeline.row, online_write, offline.append, self.metrics, delete=writer.delete, before_write=log_durable,
+            worker.row, online_write, offline.append, self.metrics, delete=writer.delete, before_write=log_durable,
             flush_interval_s=s.flush_interval_s, flush_max_rows=s.flush_max_rows,
             offline_roll_s=s.offline_roll_s, offline_roll_rows=s.offline_roll_rows,
             max_backoff_s=s.retry_max_backoff_s,
         )
-        durability = Durability(data_dir, pipeline, materializer, fsync=s.fsync,
+        durability = Durability(data_dir, worker, materializer, fsync=s.fsync,
                                 segment_bytes=s.log_segment_bytes, checkpoint_interval_s=s.checkpoint_interval_s,
                                 log_retention_s=s.log_retention_s, fork_checkpoints=s.checkpoint_fork)
         self.recovery = await asyncio.to_thread(durability.recover)
         self.durability = durability
-        self.core = ProfileCore(pipeline, materializer, OnlineStore(reader_store), durability,
+        self.core = ProfileCore(worker, materializer, OnlineStore(reader_store), durability,
                                 max_log_backlog_bytes=s.max_log_backlog_bytes, ids=ids,
                                 offline_dir=offline_dir(data_dir), erase_timeout_s=s.erase_timeout_s,
                                 # the embedded Redis keeps its files in the data dir: rewrite them too
@@ -217,7 +219,7 @@ class PortraitServer:
         frozen_at = time.monotonic()
         every = self.settings.gc_freeze_interval_s
         while True:
-            self.core.pipeline.refresh_gauges(quality=tick % QUALITY_EVERY == 0)
+            self.core.worker.refresh_gauges(quality=tick % QUALITY_EVERY == 0)
             tick += 1
             if every and time.monotonic() - frozen_at >= every:  # see Settings.gc_freeze_interval_s
                 gc.freeze()
@@ -237,7 +239,7 @@ class PortraitServer:
         assert self.core is not None
         while True:
             await asyncio.sleep(self.settings.compact_interval_s)
-            if self.core.pipeline.erasures.pending:
+            if self.core.worker.erasures.pending:
                 try:
                     await self.core.compact()
                 except Exception:

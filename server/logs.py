@@ -122,11 +122,6 @@ class OncePerCause:
             self._causes.clear()
             self.logger.info(msg + " (%d failures)", *args, total)
 
-    @property
-    def failing(self) -> bool:
-        """Whether a failure was recorded since the last recovery."""
-        return bool(self._causes)
-
 
 def cause_of(exc: BaseException) -> str:
     """A short, data-free name for an exception's cause: its type and, for OS errors, the errno name.

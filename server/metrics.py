@@ -29,9 +29,6 @@ FRESHNESS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 
 # Risk scores live in [0, 1]; the suspicious threshold is near the top.
 RISK_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.99, 1.0)
 
-STAGES = ("validate", "dedupe", "profile", "labels", "ranking", "risk", "models", "enqueue", "online_write",
-          "offline_write")
-
 
 class Metrics:
     """The metric objects, registered on ``registry``."""

@@ -20,10 +20,11 @@ import pytest
 
 from server.api.client import PortraitClient
 from server.domain.events import Event
+from server.domain.units import DAY
 from server.tools import backfill
 from server.tools.backfill import ReplayState, TokenBucket, replay
 from server.tools.eventfile import read_events, write_events
-from server.tools.simulate import DAY, simulate_to_file
+from server.tools.simulate import simulate_to_file
 from tests.conftest import uid
 
 pytestmark = pytest.mark.usefixtures("server")

@@ -53,9 +53,9 @@ def test_offline_compaction_rewrites_or_removes_parts_and_keeps_other_rows(tmp_p
     from prometheus_client import CollectorRegistry
 
     from server.metrics import Metrics
-    from server.worker.pipeline import Pipeline, PipelineConfig
+    from server.worker.partition import PartitionWorker, WorkerConfig
 
-    p = Pipeline(PipelineConfig(), Metrics(CollectorRegistry()))
+    p = PartitionWorker(WorkerConfig(), Metrics(CollectorRegistry()))
     for user in ("victim", "other"):
         p.apply(Event(f"{user}-e", user, EventType.VIEW, 1_700_000_000.0, item_id="i"))
     out = OfflineLog(tmp_path)

@@ -22,7 +22,8 @@ from server.api import convert
 from server.domain.events import Event, EventType
 from server.metrics import Metrics
 from server.store.embedded_redis import EmbeddedRedis
-from server.worker.pipeline import Pipeline, PipelineConfig
+from server.worker import snapshot
+from server.worker.partition import PartitionWorker, WorkerConfig
 from tests.conftest import ServerProcess, uid
 
 TYPES = [EventType.VIEW] * 5 + [EventType.CLICK, EventType.ADD_TO_CART, EventType.FAVORITE, EventType.PURCHASE]
@@ -75,10 +76,10 @@ def wait_drained(srv: ServerProcess, timeout_s: float = 120.0) -> None:
     raise AssertionError("online queue did not drain")
 
 
-def reference(events: list[Event]) -> Pipeline:
+def reference(events: list[Event]) -> PartitionWorker:
     """An uncrashed in-process run over the same events as the server saw them (after the proto
     round trip, which keeps event times to the nanosecond)."""
-    p = Pipeline(PipelineConfig(), Metrics(CollectorRegistry()))
+    p = PartitionWorker(WorkerConfig(), Metrics(CollectorRegistry()))
     for e in events:
         p.apply(convert.event_from_proto(convert.event_to_proto(e)), score=False)
     return p
@@ -331,14 +332,13 @@ def test_replay_log_rebuilds_profiles_into_an_empty_online_store(tmp_path: Path,
 
 
 async def test_a_forked_checkpoint_holds_the_state_of_its_instant_while_the_loop_goes_on(tmp_path: Path) -> None:
-    import pickle
 
     from server.log import checkpoint
     from server.worker.durability import Durability
     from server.worker.materialize import Materializer
 
-    def durable() -> tuple[Pipeline, Durability]:
-        p = Pipeline(PipelineConfig(), Metrics(CollectorRegistry()))
+    def durable() -> tuple[PartitionWorker, Durability]:
+        p = PartitionWorker(WorkerConfig(), Metrics(CollectorRegistry()))
         m = Materializer(p.row, lambda rows: None, lambda rows: None, p.metrics)
         return p, Durability(tmp_path, p, m)
 
@@ -357,9 +357,9 @@ async def test_a_forked_checkpoint_holds_the_state_of_its_instant_while_the_loop
     path = await task
     offset, body = checkpoint.read_checkpoint(path)
     assert offset == 800
-    snap = Pipeline(PipelineConfig(), Metrics(CollectorRegistry()))
-    snap.load_state(pickle.loads(body)["pipeline"])
-    before = Pipeline(PipelineConfig(), Metrics(CollectorRegistry()))
+    snap = PartitionWorker(WorkerConfig(), Metrics(CollectorRegistry()))
+    snapshot.restore(snap, snapshot.loads(body, offset))
+    before = PartitionWorker(WorkerConfig(), Metrics(CollectorRegistry()))
     for e in events[:800]:
         before.apply(e, score=False)
     assert {u: pr.version for u, pr in snap.profiles.items()} == {u: pr.version for u, pr in before.profiles.items()}

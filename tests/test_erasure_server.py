@@ -127,9 +127,9 @@ async def test_delete_user_forgets_online_in_memory_and_after_compaction_in_ever
         assert online.to_dict()["profile_version"] == [None, 4]
         core = srv.core
         assert core is not None
-        assert stored_victim not in core.pipeline.profiles
-        assert core.pipeline.labels.pending_for(stored_victim) == 0
-        assert core.pipeline.risk.user_risk(stored_victim, time.time()) == 0.0
+        assert stored_victim not in core.worker.profiles
+        assert core.worker.labels.pending_for(stored_victim) == 0
+        assert core.worker.risk.user_risk(stored_victim, time.time()) == 0.0
 
         # 3: suppression
         r = await stub.Track(pb.TrackRequest(event=ev(victim), wait_visible=True))
@@ -168,7 +168,7 @@ async def test_delete_user_forgets_online_in_memory_and_after_compaction_in_ever
     try:
         assert (await stub.GetProfile(pb.GetProfileRequest(user_id=other))).version == 5
         assert (await stub.Track(pb.TrackRequest(event=ev(victim)))).suppressed
-        assert srv.core is not None and stored_victim not in srv.core.pipeline.profiles
+        assert srv.core is not None and stored_victim not in srv.core.worker.profiles
         # lifting the suppression: a new, empty profile from the next event on
         assert (await stub.UnsuppressUser(pb.UnsuppressUserRequest(user_id=victim))).was_suppressed
         r = await stub.Track(pb.TrackRequest(event=ev(victim), wait_visible=True))
@@ -244,6 +244,6 @@ async def test_an_erase_racing_with_ingest_for_the_same_user_leaves_nothing(serv
     assert accepted_after and suppressed  # the race really happened: some calls before, some after
     assert await code_of(stub.GetProfile, pb.GetProfileRequest(user_id=victim)) == grpc.StatusCode.NOT_FOUND
     core = server.core
-    assert victim not in core.pipeline.profiles and victim not in core.materializer.snapshot()[0]
+    assert victim not in core.worker.profiles and victim not in core.materializer.snapshot()[0]
     assert all(r["user_id"] != victim for r in core.materializer.snapshot()[1])
     assert core.reader.read(victim) is None  # DeleteUser returned after the delete, ordered after any write

@@ -28,7 +28,7 @@ from server.tools.evaluate import (
     replay,
 )
 from server.tools.simulate import START, simulate, simulate_to_file
-from server.worker.pipeline import ITEM, PROPENSITY
+from server.worker.partition import ITEM, PROPENSITY
 
 USERS, DAYS, DRIFT_DAY, STATIC_DAYS, SEED = 600, 14, 7, 3, 0
 
@@ -50,7 +50,7 @@ def result(request: pytest.FixtureRequest, rep: Replay) -> dict[str, Any]:
 
 def test_replay_runs_every_event_through_the_pipeline(events: list[Event], rep: Replay) -> None:
     assert (rep.events, rep.rejected, rep.duplicates) == (len(events), 0, 0)
-    assert len(rep.pipeline.profiles) == len({e.user_id for e in events})
+    assert len(rep.worker.profiles) == len({e.user_id for e in events})
     assert rep.first_time == events[0].event_time and rep.last_time == events[-1].event_time
     for model, n_inputs in ((ITEM, len(ITEM_INPUTS)), (PROPENSITY, len(PROPENSITY_INPUTS))):
         d = rep.decisions[model]
@@ -166,4 +166,4 @@ def test_invalid_and_duplicate_events_are_counted_not_applied() -> None:
     rep = replay([good, Event("e2", "u", EventType.VIEW, t, item_id="i", price=-1.0), good,
                   Event("e3", "u", EventType.VIEW, None, item_id="i")])
     assert (rep.events, rep.rejected, rep.duplicates) == (2, 2, 1)
-    assert rep.pipeline.profiles["u"].version == 1
+    assert rep.worker.profiles["u"].version == 1

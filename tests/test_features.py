@@ -18,15 +18,15 @@ from server.domain.events import Event, EventType
 from server.domain.profile import FEATURE_NAMES
 from server.metrics import Metrics
 from server.store.feast import FEATURE_SERVICE, OfflineLog, OnlineStore, offline_dir, open_store
-from server.worker.pipeline import Pipeline, PipelineConfig
+from server.worker.partition import PartitionWorker, WorkerConfig
 from tests.conftest import ROOT, uid
 from tests.test_servicer import ev
 
 pytestmark = pytest.mark.usefixtures("server")
 
 
-def _pipeline() -> Pipeline:
-    return Pipeline(PipelineConfig(), Metrics())
+def _pipeline() -> PartitionWorker:
+    return PartitionWorker(WorkerConfig(), Metrics())
 
 
 def test_feature_view_schema_matches_the_profile() -> None:

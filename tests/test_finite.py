@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 
 from server.domain.events import MAX_AMOUNT, MAX_PRICE, Event, EventType
 from server.metrics import Metrics
-from server.worker.pipeline import Pipeline, PipelineConfig
+from server.worker.partition import PartitionWorker, WorkerConfig
 
 T0 = 1_700_000_000.0
 INT32_MAX = 2**31 - 1
@@ -52,7 +52,7 @@ def _finite(value: Any) -> bool:
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(events())
 def test_every_feature_and_score_stays_finite(evs: list[Event]) -> None:
-    p = Pipeline(PipelineConfig(), Metrics(CollectorRegistry()))
+    p = PartitionWorker(WorkerConfig(), Metrics(CollectorRegistry()))
     applied = 0
     for e in evs:
         if p.check(e, now=e.event_time) is None:  # type: ignore[arg-type]
@@ -71,7 +71,7 @@ def test_every_feature_and_score_stays_finite(evs: list[Event]) -> None:
 
 
 def test_prices_beyond_the_documented_maximum_are_rejected() -> None:
-    p = Pipeline(PipelineConfig(), Metrics(CollectorRegistry()))
+    p = PartitionWorker(WorkerConfig(), Metrics(CollectorRegistry()))
     over = Event("e1", "u", EventType.PURCHASE, T0, item_id="a", price=MAX_PRICE * 1.5)
     assert p.check(over, now=T0).field == "price"  # type: ignore[union-attr]
     line = Event("e2", "u", EventType.PURCHASE, T0, item_id="a", price=MAX_PRICE, quantity=1001)

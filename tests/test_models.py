@@ -8,16 +8,17 @@ import collections
 import math
 import pickle
 import random
+from collections.abc import Sequence
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from river import compose, linear_model, optim, preprocessing
+from river import cluster, compose, linear_model, optim, preprocessing
 
 from server.domain.events import Event, EventType
 from server.domain.profile import DAY, FEATURE_NAMES, HOUR, UserProfile
 from server.models.quality import roc_auc
-from server.models.user import PROPENSITY_INPUTS, SEGMENT_INPUTS, DenseScaler, Propensity, Segmenter, StableKMeans
+from server.models.user import PROPENSITY_INPUTS, SEGMENT_INPUTS, DenseScaler, Propensity, Segmenter
 
 T = 1_700_006_400.0  # midnight UTC
 
@@ -91,10 +92,10 @@ def test_untrained_propensity_is_uninformative() -> None:
 def test_segment_ids_in_range_and_stable(xs: list[tuple[float, ...]], k: int) -> None:
     seg = Segmenter(k=k)
     for x in xs:
-        sid = seg.learn_predict(x)
+        sid = learn_predict(seg, x)
         assert 0 <= sid < k
         assert seg.predict(x) == sid
-        assert seg.learn_predict(x) == sid  # the same input again, after learning it
+        assert learn_predict(seg, x) == sid  # the same input again, after learning it
 
 
 def test_well_separated_groups_get_different_segments() -> None:
@@ -108,7 +109,7 @@ def test_well_separated_groups_get_different_segments() -> None:
         return tuple(rng.gauss(5.0, 0.1) for _ in SEGMENT_INPUTS)
 
     for i in range(2000):
-        seg.learn_predict(light() if i % 2 else heavy())
+        learn_predict(seg, light() if i % 2 else heavy())
     a = collections.Counter(seg.predict(light()) for _ in range(200)).most_common(1)[0]
     b = collections.Counter(seg.predict(heavy()) for _ in range(200)).most_common(1)[0]
     assert a[0] != b[0]
@@ -119,6 +120,27 @@ def test_well_separated_groups_get_different_segments() -> None:
 def _river_propensity(adaptive: bool, l2: float) -> compose.Pipeline:
     opt = optim.AdaGrad(0.01) if adaptive else optim.SGD(0.01)
     return compose.Pipeline(preprocessing.StandardScaler(), linear_model.LogisticRegression(optimizer=opt, l2=l2))
+
+
+class StableKMeans(cluster.KMeans):
+    """River's KMeans with a distance summed in a fixed key order.
+
+    River 0.26.1 sums ``|center[k] - x[k]|**p`` over ``{*center.keys(), *x.keys()}``: a *set*, whose
+    order depends on the per-process string hash seed. The float sums then differ in their last bits
+    between processes, near-ties flip, and a restarted server (checkpoint + log replay) drifted away
+    from an uncrashed run (measured: 1 in 400 users in another segment after a 50k-event crash test).
+    Summing in the inputs' own order makes replays exact.
+
+    Not used by ``Segmenter`` (see ``DenseKMeans``): the reference the tests compare ``DenseKMeans`` with.
+    """
+
+    def predict_one(self, x: dict) -> int:  # type: ignore[override, type-arg]
+        def distance(c: int) -> float:
+            center = self.centers[c]
+            total = sum(abs(center[k] - xk) ** self.p for k, xk in x.items())
+            return total + sum(abs(v) ** self.p for k, v in center.items() if k not in x)
+
+        return min(self.centers, key=distance)
 
 
 def _river_segmenter(k: int) -> compose.Pipeline:
@@ -139,6 +161,12 @@ def test_propensity_matches_river_pipeline(adaptive: bool, l2: float) -> None:
     assert any(abs(w) > 1e-3 for w in ours.weights.values())  # it did learn something
 
 
+def learn_predict(seg: Segmenter, x: Sequence[float]) -> int:
+    """Learn ``x``, then the id of its segment (what the partition worker does with the trainer's segments)."""
+    seg.learn(x)
+    return seg.predict(x)
+
+
 def _segment_stream(n: int, seed: int) -> list[tuple[float, ...]]:
     rng = random.Random(seed)
     return [tuple(rng.expovariate(1.0) * (1 + i % 3) for _ in SEGMENT_INPUTS) for i in range(n)]
@@ -152,7 +180,7 @@ def test_segmenter_matches_river_pipeline() -> None:
         xd = dict(zip(SEGMENT_INPUTS, x))
         river.learn_one(xd)
         expected = river.predict_one(xd)
-        assert ours.learn_predict(x) == expected
+        assert learn_predict(ours, x) == expected
         ids.append(expected)
     assert len(set(ids)) >= 4  # several centres in use: the comparison covers more than one
     centers = river["StableKMeans"].centers
@@ -164,40 +192,30 @@ def test_models_survive_pickling_mid_stream() -> None:
     data, xs = _stream(400, seed=5), _segment_stream(400, seed=6)
     for (x, y), s in zip(data[:200], xs[:200]):
         prop.learn(x, y)
-        seg.learn_predict(s)
+        learn_predict(seg, s)
     prop2, seg2 = pickle.loads(pickle.dumps((prop, seg)))
     for (x, y), s in zip(data[200:], xs[200:]):
         assert prop2.predict(x) == prop.predict(x)
-        assert seg2.learn_predict(s) == seg.learn_predict(s)
+        assert learn_predict(seg2, s) == learn_predict(seg, s)
         prop.learn(x, y)
         prop2.learn(x, y)
     assert prop2.weights == prop.weights and seg2.centers == seg.centers
 
 
-def test_checkpoint_of_river_pipelines_loads_as_the_compact_models() -> None:
-    """Checkpoints written before the compact models pickled River pipelines (``_model``)."""
-    data, xs = _stream(600, seed=8), _segment_stream(600, seed=9)
-    river_p, river_s = _river_propensity(True, 0.0), _river_segmenter(8)
-    for (x, y), s in zip(data[:300], xs[:300]):
-        river_p.learn_one(dict(zip(PROPENSITY_INPUTS, x)), y)
-        river_s.learn_one(dict(zip(SEGMENT_INPUTS, s)))
-    old_p, old_s = Propensity.__new__(Propensity), Segmenter.__new__(Segmenter)
-    old_p.__dict__.update(learning_rate=0.01, l2=0.0, adaptive=True, _model=river_p)
-    old_s.__dict__.update(k=8, halflife=0.5, seed=42, _model=river_s)
-    prop, seg = pickle.loads(pickle.dumps((old_p, old_s)))
-    for (x, y), s in zip(data[300:], xs[300:]):
-        xd, sd = dict(zip(PROPENSITY_INPUTS, x)), dict(zip(SEGMENT_INPUTS, s))
-        assert prop.predict(x) == pytest.approx(river_p.predict_proba_one(xd)[True], abs=1e-12)
-        river_s.learn_one(sd)
-        assert seg.learn_predict(s) == river_s.predict_one(sd)
-        river_p.learn_one(xd, y)
-        prop.learn(x, y)
-
-
-def test_learn_predict_is_what_predict_says_afterwards() -> None:
+def test_predict_after_learning_is_the_centre_that_moved() -> None:
+    """The partition worker sends a user's vector to the trainer, then asks the published segments for its id:
+    that must be the centre the vector moved (River's ``learn_one`` then ``predict_one``)."""
     seg = Segmenter(k=8)
+    moves = 0
     for x in _segment_stream(2000, seed=10):
-        assert seg.learn_predict(x) == seg.predict(x)
+        before = seg.centers
+        seg.learn(x)
+        moved = [i for i, (b, c) in enumerate(zip(before, seg.centers)) if b != c]
+        assert len(moved) <= 1
+        if moved:
+            moves += 1
+            assert seg.predict(x) == moved[0]
+    assert moves > 1900
 
 
 def test_dense_scaler_is_rivers_standard_scaler() -> None:

@@ -1,4 +1,4 @@
-"""Unit tests of server.worker.pipeline.Pipeline: versions, duplicates, validation errors, attributes, segments,
+"""Unit tests of server.worker.partition.Pipeline: versions, duplicates, validation errors, attributes, segments,
 delayed labels and their metrics, bounded pending labels, the row and its timestamp, on_change."""
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ from server.domain.errors import FailedPrecondition, InvalidArgument
 from server.domain.events import Event, EventType
 from server.domain.profile import DAY, FEATURE_NAMES
 from server.metrics import Metrics
-from server.worker.pipeline import PROPENSITY, Pipeline, PipelineConfig
+from server.models.trainer import TrainerConfig
+from server.worker import snapshot
+from server.worker.partition import PROPENSITY, PartitionWorker, WorkerConfig
 
 T = 1_700_006_400.0
 NOW = T + 100 * DAY
@@ -31,7 +33,7 @@ class Harness:
     def __init__(self, **config: Any) -> None:
         self.registry = CollectorRegistry()
         self.changes: list[str] = []
-        self.p = Pipeline(PipelineConfig(**config), Metrics(self.registry), on_change=self.changes.append)
+        self.p = PartitionWorker(WorkerConfig(**config), Metrics(self.registry), on_change=self.changes.append)
 
     def track(self, e: Event) -> Any:
         return self.p.track(e, now=NOW)
@@ -130,7 +132,7 @@ def test_update_attributes_bounds_and_row() -> None:
 
 
 def test_segment_sizes_count_users_with_events() -> None:
-    h = Harness(segments=4)
+    h = Harness(trainer=TrainerConfig(segments=4))
     for i in range(40):
         for j in range(i % 5 + 1):
             h.track(ev(f"u{i}", T + j * 600, EventType.PURCHASE if j % 3 == 2 else EventType.VIEW, price=float(i)))
@@ -150,7 +152,7 @@ def test_purchase_resolves_earlier_decisions_as_positive() -> None:
     assert h.sample("portrait_labels_total", model=PROPENSITY, label="positive") == 1.0
     assert h.sample("portrait_labels_total", model=PROPENSITY, label="negative") == 0.0
     assert h.p.labels.pending_for("u1") == 1  # the purchase's own decision waits for a later one
-    assert len(h.p.quality) == 1
+    assert len(h.p.trainer.propensity_quality) == 1
 
 
 def test_watermark_resolves_negatives() -> None:
@@ -220,7 +222,6 @@ def test_on_change_once_per_accepted_event() -> None:
 
 
 def test_erase_drops_every_trace_of_the_user_and_suppresses_later_events() -> None:
-    import pickle
 
     h = Harness(item_decision_interval_s=0.0, decision_interval_s=0.0)
     for k in range(6):
@@ -228,13 +229,13 @@ def test_erase_drops_every_trace_of_the_user_and_suppresses_later_events() -> No
                    event_id=f"victim-e{k}"))
         h.track(ev("other", T + k, EventType.VIEW, item_id="i1", category="shoes"))
     p = h.p
-    assert p.labels.pending_for("victim") and p.ranker.history.get("victim", "i1") is not None
+    assert p.labels.pending_for("victim") and p.items.history.get("victim", "i1") is not None
     sizes = sum(p.segment_sizes)
     assert p.erase("victim", offset=3, at=5.0)
     assert "victim" not in p.profiles and p.labels.pending_for("victim") == 0
-    assert p.ranker.history.get("victim", "i1") is None and p.risk.user_risk("victim", T) == 0.0
+    assert p.items.history.get("victim", "i1") is None and p.risk.user_risk("victim", T) == 0.0
     assert sum(p.segment_sizes) == sizes - 1 and "victim-e0" not in p.dedupe
-    blob = pickle.dumps(p.state())
+    blob = snapshot.dumps(snapshot.take(p, offset=0))
     assert b"victim" not in blob and b"other" in blob  # nothing left anywhere in the checkpointed state
     out = h.track(ev("victim", T + 10, event_id="victim-e0"))  # even a resend of an old id: suppressed
     assert out.suppressed and not out.duplicate and "victim" not in p.profiles
@@ -255,7 +256,7 @@ def test_erase_digest_finds_the_user_without_its_id() -> None:
 
 
 def test_a_jump_of_event_time_resolves_the_backlog_a_few_labels_per_event() -> None:
-    p = Pipeline(PipelineConfig(labels_per_event=2, decision_interval_s=0.0), Metrics(CollectorRegistry()))
+    p = PartitionWorker(WorkerConfig(labels_per_event=2, decision_interval_s=0.0), Metrics(CollectorRegistry()))
     t = 1_700_000_000.0
     for i in range(8):  # eight users, one decision each
         p.apply(Event(f"e{i}", f"u{i}", EventType.VIEW, t + i, item_id="a"), score=True)
@@ -266,4 +267,4 @@ def test_a_jump_of_event_time_resolves_the_backlog_a_few_labels_per_event() -> N
         p.apply(Event(f"x{i}", "other", EventType.SEARCH, later + i, query="q"), score=False)
         pending.append(sum(p.labels.pending_for(f"u{k}") for k in range(8)))
     assert pending[0] == 8 - 2 and pending[-1] == 0  # spread over the events, all resolved in the end
-    assert len(p.quality) >= 8  # and every one of them learnt
+    assert len(p.trainer.propensity_quality) >= 8  # and every one of them learnt

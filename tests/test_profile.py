@@ -12,17 +12,8 @@ from array import array
 import pytest
 
 from server.domain.events import Event, EventType
-from server.domain.profile import (
-    COUNT_FEATURES,
-    DAY,
-    FEATURE_NAMES,
-    HOUR,
-    MAX_CATEGORIES,
-    MINUTE,
-    SCALAR_FEATURES,
-    TagRules,
-    UserProfile,
-)
+from server.domain.profile import COUNT_FEATURES, FEATURE_NAMES, MAX_CATEGORIES, SCALAR_FEATURES, TagRules, UserProfile
+from server.domain.units import DAY, HOUR, MINUTE
 
 T0 = 19676 * DAY  # 2023-11-15T00:00:00Z: aligned to a day, an hour and a minute
 _ids = itertools.count()
@@ -277,29 +268,6 @@ def test_pickle_round_trip_continues_identically() -> None:
         q.update(e)
         assert q.features() == p.features()
         assert (q.top_categories(), q.category_count(), q.tags()) == (p.top_categories(), p.category_count(), p.tags())
-
-
-def test_checkpoint_of_the_older_layout_loads() -> None:
-    """Older checkpoints pickled the slots as they were: affinity as a dict, hours as a list, the recent
-    session ids themselves, the current session id as a string."""
-    events = _mixed_events(80, seed=4)
-    p = profile(*events[:40])
-    state = {k: getattr(p, k) for k in UserProfile.__slots__ if k != "_affinity_w"}
-    state["_affinity"] = dict(zip(p._affinity, p._affinity_w))
-    state["_hours"] = list(p._hours)
-    state["_recent_sessions"] = tuple(e.session_id for e in events[:40])[-8:]
-    state["_session_id"] = events[39].session_id
-    old = UserProfile.__new__(UserProfile)
-    old.__setstate__((None, state))
-    for e in events[40:]:
-        p.update(e)
-        old.update(e)
-    assert old.features() == p.features()
-    assert old.top_categories() == p.top_categories() and old.category_count() == p.category_count()
-    late_same_session = ev(V, T0 + 300 * MINUTE, session_id=events[75].session_id)
-    p.update(late_same_session)
-    old.update(late_same_session)
-    assert old.features()["sessions_7d"] == p.features()["sessions_7d"]
 
 
 def test_decayed_scores_rebase_instead_of_overflowing() -> None:

@@ -25,8 +25,11 @@ from server.metrics import Metrics
 from server.models.itemlabels import ItemLabels
 from server.models.itemstats import CARTS, FAVORITES, PURCHASES, VIEWS, ItemHistory, Popularity
 from server.models.quality import roc_auc
-from server.models.ranking import ITEM_INPUTS, ItemModel, Ranker
-from server.worker.pipeline import ITEM, MAX_CANDIDATES, Pipeline, PipelineConfig
+from server.models.ranking import ITEM_INPUTS, ItemModel
+from server.models.trainer import Trainer, TrainerConfig
+from server.worker import snapshot
+from server.worker.items import ItemDecisions
+from server.worker.partition import ITEM, MAX_CANDIDATES, PartitionWorker, WorkerConfig
 from tests.conftest import uid
 
 T = 1_700_006_400.0
@@ -160,7 +163,7 @@ def test_item_history_is_bounded_per_user_and_ordered_by_touch() -> None:
     assert h.get("u", "i2")[6] == T + 2  # type: ignore[index]
 
 
-def test_item_history_is_compact_and_converts_old_checkpoints() -> None:
+def test_item_history_is_compact_and_survives_a_checkpoint() -> None:
     h = ItemHistory(max_items=3)
     h.add("u", "a", "c", T, VIEWS)
     h.add("u", "b", "", T + 1, CARTS)
@@ -169,12 +172,8 @@ def test_item_history_is_compact_and_converts_old_checkpoints() -> None:
     assert held.items == ["b", "a"] and held.categories == ["", "c"] and len(held.numbers) == 14
     assert h.user_key("u") is held.user and h.user_key("v") == "v"
     assert h.get("u", "a") == [1.0, 0.0, 0.0, 0.0, 0.0, 1.0, T + 2, "c"]
-    # a checkpoint written before the compact layout: {user: {item: [6 counters, last touch, category]}}
-    old = ItemHistory(max_items=3)
-    old._users = {"u": {"b": [0.0, 0.0, 1.0, 0.0, 0.0, 0.0, T + 1, ""],  # type: ignore[dict-item]
-                        "a": [1.0, 0.0, 0.0, 0.0, 0.0, 1.0, T + 2, "c"]}}
-    new = pickle.loads(pickle.dumps(old))
-    assert new._users == h._users and pickle.loads(pickle.dumps(h))._users == h._users
+    new = pickle.loads(pickle.dumps(h))
+    assert new._users == h._users
     for x in (new, h):
         x.add("u", "d", "c", T + 3, VIEWS)
         x.add("u", "e", "c", T + 4, FAVORITES)  # evicts b
@@ -182,7 +181,7 @@ def test_item_history_is_compact_and_converts_old_checkpoints() -> None:
     assert h.drop_user("u") and not h.drop_user("u") and h.get("u", "a") is None
 
 
-def test_item_labels_pack_decisions_and_convert_old_checkpoints() -> None:
+def test_item_labels_pack_decisions_and_survive_a_checkpoint() -> None:
     q = ItemLabels(horizon_s=DAY, min_interval_s=HOUR, allowed_lateness_s=0)
     x = [0.1, 2.5, -3.0]
     assert q.decide("u", "a", 1, T + 10, x, 0.25) and q.decide("u", "a", 3, T, [1.0], 0.5)  # late: sorted by t
@@ -192,12 +191,7 @@ def test_item_labels_pack_decisions_and_convert_old_checkpoints() -> None:
     assert [(d.t, d.p, d.user, d.item, d.kind) for d in got] == [
         (T, 0.5, "u", "a", 3), (T + 5, 0.125, "v", "a", 5), (T + 10, 0.25, "u", "a", 1)]
     assert list(got[2].x) == list(array("f", x)) and got[2].x.typecode == "f"  # 32-bit floats, as before
-    # a checkpoint written before the packed layout: {(user, item): [ItemDecision, ...]} (sorted by t)
-    old = ItemLabels(horizon_s=DAY, min_interval_s=HOUR, allowed_lateness_s=0)
-    old._pending = {("u", "a"): [d for d in got if d.user == "u"],  # type: ignore[dict-item]
-                    ("v", "a"): [got[1]], ("w", "z"): []}
-    old._deadlines, old._count = list(q._deadlines), 3
-    new = pickle.loads(pickle.dumps(old))
+    new = pickle.loads(pickle.dumps(q))
     assert new._pending == q._pending and sorted(new.decisions()) == got
     for labels in (new, q):
         assert [(d.t, y) for d, y in labels.on_purchase("u", "a", T + 7)] == [(T, True)]
@@ -215,14 +209,14 @@ def test_item_labels_drop_user_removes_every_trace() -> None:
     assert b"u" not in pickle.dumps(q._pending) and q.drop_user("v") and len(q) == 0
 
 
-def test_ranker_shares_user_and_item_strings() -> None:
-    r = Ranker(horizon_s=DAY)
+def test_item_decisions_share_user_and_item_strings() -> None:
+    r, trainer = ItemDecisions(horizon_s=DAY), Trainer(TrainerConfig())
     prof = UserProfile()
     for n in range(3):  # fresh string objects per event, as from protobufs
         e = ev("".join(["u", "1"]), T + HOUR * n, EventType.VIEW, item="".join(["i", str(n % 2)]),
                category="".join(["c", "1"]), price=5.0)
         prof.update(e)
-        r.observe(e, prof.features(), prof, T + HOUR * n)
+        r.observe(e, prof.features(), prof, T + HOUR * n, trainer)
     user = r.history._users["u1"].user
     assert all(u is user for u in r.labels._pending) and all(d[1] is user for d in r.labels._deadlines)
     held = r.history._users["u1"]
@@ -230,7 +224,7 @@ def test_ranker_shares_user_and_item_strings() -> None:
     assert {id(d.item) for d in r.labels.decisions()} == {id(i) for i in held.items}
 
 
-# -- ItemModel and Ranker -----------------------------------------------------------------------
+# -- ItemModel and ItemDecisions -----------------------------------------------------------------------
 def test_vector_names_and_values() -> None:
     assert len(set(ITEM_INPUTS)) == len(ITEM_INPUTS)
     model = ItemModel()
@@ -278,7 +272,8 @@ def _shop_stream(users: int, seed: int) -> list[Event]:
 
 def test_pipeline_item_model_learns_that_carted_items_get_bought() -> None:
     labels: list[tuple[str, Any, bool]] = []
-    p = Pipeline(PipelineConfig(), Metrics(CollectorRegistry()), on_label=lambda m, d, y, t: labels.append((m, d, y)))
+    p = PartitionWorker(WorkerConfig(), Metrics(CollectorRegistry()),
+                        on_label=lambda m, d, y, t: labels.append((m, d, y)))
     stream = _shop_stream(1500, seed=1)
     assert stream[-1].event_time < T + 7 * DAY  # type: ignore[operator]
     for e in stream:
@@ -300,9 +295,10 @@ def test_pipeline_item_model_learns_that_carted_items_get_bought() -> None:
     assert [i for i, _ in ranked] == ["i1", "i2"] and ranked[0][1] > 1.3 * ranked[1][1]
 
 
-def test_untrained_ranker_scores_every_candidate_alike() -> None:
-    r = Ranker()
-    scores = r.score("u", UserProfile().features(), [], [("a", "c", 1.0), ("b", "", 500.0)], T)
+def test_untrained_item_model_scores_every_candidate_alike() -> None:
+    r = ItemDecisions()
+    scores = r.score("u", UserProfile().features(), [], [("a", "c", 1.0), ("b", "", 500.0)], T,
+                     Trainer(TrainerConfig()))
     assert scores == [0.5, 0.5]  # so the learning tests above are meaningful
 
 
@@ -322,8 +318,8 @@ def test_negative_sampling_keeps_predictions_calibrated() -> None:
 def test_item_labels_are_counted_and_reported() -> None:
     registry = CollectorRegistry()
     seen: list[tuple[str, str, str, bool]] = []
-    p = Pipeline(PipelineConfig(item_horizon_s=HOUR), Metrics(registry),
-                 on_label=lambda m, d, y, t: seen.append((m, d.user, d.item, y)) if m == ITEM else None)
+    p = PartitionWorker(WorkerConfig(item_horizon_s=HOUR), Metrics(registry),
+                        on_label=lambda m, d, y, t: seen.append((m, d.user, d.item, y)) if m == ITEM else None)
     p.apply(ev("u", T, item="a"))
     p.apply(ev("u", T + 10, item="b"))
     p.apply(ev("u", T + 20, EventType.PURCHASE, item="a"))
@@ -343,7 +339,7 @@ def test_item_labels_are_counted_and_reported() -> None:
 
 
 def test_score_validates_sorts_and_keeps_duplicates_and_order_of_ties() -> None:
-    p = Pipeline(PipelineConfig(), Metrics(CollectorRegistry()))
+    p = PartitionWorker(WorkerConfig(), Metrics(CollectorRegistry()))
     cands = [("a", "c", 1.0), ("b", "", 2.0), ("a", "c", 1.0)]
     assert [i for i, _ in p.score("nobody", cands)] == ["a", "b", "a"]  # untrained: all tie, request order
     assert p.score("nobody", []) == []
@@ -364,14 +360,14 @@ def test_score_validates_sorts_and_keeps_duplicates_and_order_of_ties() -> None:
 
 
 def test_checkpointed_state_carries_the_item_model_and_risk() -> None:
-    p = Pipeline(PipelineConfig(), Metrics(CollectorRegistry()))
+    p = PartitionWorker(WorkerConfig(), Metrics(CollectorRegistry()))
     for e in _shop_stream(300, seed=2):
         p.apply(e, score=False)
     cands = [(f"i{n}", f"c{n % 10}", 20.0) for n in range(40)]
-    q = Pipeline(PipelineConfig(), Metrics(CollectorRegistry()))
-    q.load_state(pickle.loads(pickle.dumps(p.state())))
+    q = PartitionWorker(WorkerConfig(), Metrics(CollectorRegistry()))
+    snapshot.restore(q, snapshot.loads(snapshot.dumps(snapshot.take(p, offset=0))))
     assert q.score("u7", cands) == p.score("u7", cands)
-    assert len(q.ranker.labels) == len(p.ranker.labels) > 0
+    assert len(q.items.labels) == len(p.items.labels) > 0
     assert q.risk.user_risk("u7", T + 3 * DAY) == p.risk.user_risk("u7", T + 3 * DAY)
     e = ev("u7", T + 3 * DAY, item="i3", category="c3", price=20.0)
     assert q.apply(e).version == p.apply(e).version
@@ -451,23 +447,23 @@ async def test_score_ranks_for_known_and_unknown_users_over_grpc(stub: Any, serv
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await stub.Score(pb.ScoreRequest(user_id="u", candidates=[pb.Candidate(item_id="a")] * 501))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "candidates" in info.value.details()
-    server.core.pipeline.refresh_gauges()  # the server does this every second; done here to not wait
+    server.core.worker.refresh_gauges()  # the server does this every second; done here to not wait
     assert 0.5 < _metric(server, "portrait_model_roc_auc", {"model": "item"}) <= 1.0
     assert _metric(server, "portrait_model_log_loss", {"model": "item"}) > 0.0
 
 
 def test_decision_sampling_keeps_a_stable_share_of_pairs() -> None:
-    r = Ranker(sample=0.3)
+    r = ItemDecisions(sample=0.3)
     pairs = [(f"u{n % 50}", f"i{n}") for n in range(4000)]
     kept = [r.sampled(u, i) for u, i in pairs]
     assert 0.27 < sum(kept) / len(kept) < 0.33
-    assert kept == [Ranker(sample=0.3).sampled(u, i) for u, i in pairs]  # the same in every process / replay
-    assert all(Ranker(sample=1.0).sampled(u, i) for u, i in pairs[:100])
-    assert not any(Ranker(sample=0.0).sampled(u, i) for u, i in pairs[:100])
-    p = Pipeline(PipelineConfig(item_decision_sample=0.3), Metrics(CollectorRegistry()))
+    assert kept == [ItemDecisions(sample=0.3).sampled(u, i) for u, i in pairs]  # the same in every process / replay
+    assert all(ItemDecisions(sample=1.0).sampled(u, i) for u, i in pairs[:100])
+    assert not any(ItemDecisions(sample=0.0).sampled(u, i) for u, i in pairs[:100])
+    p = PartitionWorker(WorkerConfig(item_decision_sample=0.3), Metrics(CollectorRegistry()))
     for n, (u, i) in enumerate(pairs):
         p.apply(ev(u, T + n, item=i))
-    assert {(d.user, d.item) for d in p.ranker.labels.decisions()} == {
+    assert {(d.user, d.item) for d in p.items.labels.decisions()} == {
         pair for pair, k in zip(pairs, kept) if k}
 
 

@@ -4,7 +4,6 @@ per-user risk, bounded per-user state, and its wiring into the pipeline (profile
 from __future__ import annotations
 
 import itertools
-import pickle
 from typing import Any
 
 import pytest
@@ -13,11 +12,34 @@ from prometheus_client import CollectorRegistry
 from server.domain.events import Event, EventType
 from server.domain.profile import HOUR, UserProfile
 from server.metrics import Metrics
-from server.models.risk import RISK_INPUTS, Risk
+from server.models.risk import RISK_INPUTS, RiskDetector, UserRisk, inputs
 from server.tools.simulate import simulate
-from server.worker.pipeline import Pipeline, PipelineConfig
+from server.worker.partition import PartitionWorker, WorkerConfig
 
 T = 1_700_006_400.0
+
+
+class Risk:
+    """The shared detector and the per-user state together, in the order the partition worker uses them:
+    inputs from the user's state, score with the detector, the detector learns, the user's state records."""
+
+    def __init__(self, threshold: float = 0.94, half_life_s: float = 3600.0) -> None:
+        self.detector = RiskDetector()
+        self.users = UserRisk(threshold, half_life_s)
+        self.threshold, self.window_size = threshold, self.detector.window_size
+        self.user_risk, self.user_state, self._users = self.users.user_risk, self.users.user_state, self.users._users
+
+    vector = staticmethod(inputs)
+
+    def observe(self, e: Event, f: dict[str, float], previous_t: float | None) -> float:
+        x = self.users.vector(e, f, previous_t)
+        score = self.detector.score(x)
+        self.detector.learn(x)
+        self.users.record(e, score)
+        return score
+
+    def suspicious(self, user: str, t: float) -> bool:
+        return self.user_risk(user, t) >= self.threshold
 _ids = itertools.count()
 
 
@@ -104,7 +126,7 @@ def test_user_risk_is_the_decayed_maximum_and_state_is_bounded() -> None:
     assert r.user_risk("u", T + 2 * HOUR) == pytest.approx(0.2, rel=0.01)
 
 
-def test_per_user_state_is_one_flat_tuple_with_shared_categories_and_old_checkpoints_convert() -> None:
+def test_per_user_state_is_one_flat_tuple_with_shared_categories() -> None:
     r = Risk()
     for u in ("u", "v"):
         for i in range(3):
@@ -113,23 +135,12 @@ def test_per_user_state_is_one_flat_tuple_with_shared_categories_and_old_checkpo
     assert r.user_state("u")[2:] == (("c0", "c1", "c2"), ("du",))  # type: ignore[index]
     assert r._users["u"][3] is r._users["v"][3]  # category names are shared between users
     assert r.user_state("nobody") is None
-    # a checkpoint written before the flat layout: (risk, risk_t, categories, devices) per user
-    old = Risk()
-    old._users = {"u": (0.5, T, ("a", "b"), ("phone",)), "w": (0.0, T, (), ())}
-    new = pickle.loads(pickle.dumps(old))
-    assert new._users == {"u": (0.5, T, 2, "a", "b", "phone"), "w": (0.0, T, 0)}
-    assert new.user_risk("u", T) == 0.5 and new.user_state("u") == (0.5, T, ("a", "b"), ("phone",))
-    twin = Risk()  # the same state written in the new layout: continues identically
-    twin._users = dict(new._users)
-    e = ev("u", T + 5, category="c", context={"device": "tablet"})
-    assert new.observe(e, {}, T) == twin.observe(e, {}, T) and new._users == twin._users
-    assert new._users["u"][2:] == (3, "a", "b", "c", "phone", "tablet")
 
 
 @pytest.mark.parametrize(("threshold", "tagged"), [(0.0, True), (1.01, False)])
 def test_pipeline_row_carries_risk_and_the_suspicious_tag(threshold: float, tagged: bool) -> None:
     registry = CollectorRegistry()
-    p = Pipeline(PipelineConfig(risk_threshold=threshold), Metrics(registry))
+    p = PartitionWorker(WorkerConfig(risk_threshold=threshold), Metrics(registry))
     for i in range(5):
         p.apply(ev("u", T + i, EventType.ADD_TO_CART, category="c"))
     row = p.row("u")

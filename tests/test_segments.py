@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,8 @@ from server.log.checkpoint import write_checkpoint
 from server.metrics import Metrics
 from server.tools.segments import format_report, from_checkpoint, from_events, segment_report, to_json
 from server.tools.simulate import simulate_to_file
-from server.worker.pipeline import Pipeline, PipelineConfig
+from server.worker import snapshot
+from server.worker.partition import PartitionWorker, WorkerConfig
 
 T = 1_700_006_400.0
 _ids = itertools.count()
@@ -29,9 +29,9 @@ def ev(user: str, t: float, etype: EventType = EventType.VIEW, **kw: Any) -> Eve
 
 
 @pytest.fixture
-def pipeline() -> Pipeline:
+def pipeline() -> PartitionWorker:
     """Two hand-made groups: two recent big buyers of shoes (segment 1), three lapsed browsers of books (segment 4)."""
-    p = Pipeline(PipelineConfig(), Metrics())
+    p = PartitionWorker(WorkerConfig(), Metrics())
     now = T + 10 * DAY
     for u in ("b1", "b2"):
         for i in range(10):
@@ -47,7 +47,7 @@ def pipeline() -> Pipeline:
     return p
 
 
-def test_report_means_and_names(pipeline: Pipeline) -> None:
+def test_report_means_and_names(pipeline: PartitionWorker) -> None:
     report = segment_report(pipeline)
     assert [s.id for s in report] == [1, 4]
     buyers, browsers = report
@@ -64,7 +64,7 @@ def test_report_means_and_names(pipeline: Pipeline) -> None:
     assert browsers.name == "lapsed occasional browsers"
 
 
-def test_text_and_json(pipeline: Pipeline) -> None:
+def test_text_and_json(pipeline: PartitionWorker) -> None:
     report = segment_report(pipeline)
     text = format_report(report)
     assert "segment 1: active frequent big spenders - 2 users (40%)" in text
@@ -97,8 +97,7 @@ def test_cli_from_events_and_from_a_checkpoint_agree(tmp_path: Path, capsys: pyt
     assert from_file and all(f"segment {s['id']}: {s['name']}" in printed for s in from_file)
     # the same state, as a server's checkpoint
     p = from_events(str(events))
-    write_checkpoint(tmp_path / "data" / "checkpoints", 7, pickle.dumps({"pipeline": p.state(), "dirty": [],
-                                                                          "offline_rows": []}))
+    write_checkpoint(tmp_path / "data" / "checkpoints", 7, snapshot.dumps(snapshot.take(p, offset=7)))
     loaded = from_checkpoint(str(tmp_path / "data"))
     assert loaded is not None and loaded.segment_sizes == p.segment_sizes
     assert cli.main(["segments", "--data-dir", str(tmp_path / "data"), "--json", str(out)]) == 0

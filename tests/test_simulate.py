@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from server.domain.events import Event, EventType, validate
+from server.domain.units import DAY
 from server.tools.eventfile import read_events
-from server.tools.simulate import DAY, START, Shop, ShopConfig, simulate, simulate_to_file
+from server.tools.simulate import START, Shop, ShopConfig, simulate, simulate_to_file
 
 FAR_FUTURE = 4_000_000_000.0
 USERS, DAYS, DRIFT_DAY = 2000, 14, 7

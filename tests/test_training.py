@@ -176,11 +176,11 @@ def test_raw_entity_ids_find_rows_stored_under_pseudonyms(server: Any) -> None:
     from server.domain.pseudonym import Pseudonymizer
     from server.metrics import Metrics
     from server.store.feast import OfflineLog, open_store
-    from server.worker.pipeline import Pipeline, PipelineConfig
+    from server.worker.partition import PartitionWorker, WorkerConfig
 
     ids = Pseudonymizer([("v1", secrets.token_bytes(32))])
     raw = uid("raw")
-    p = Pipeline(PipelineConfig(), Metrics(CollectorRegistry()))
+    p = PartitionWorker(WorkerConfig(), Metrics(CollectorRegistry()))
     t0 = 1_650_000_000.0
     p.apply(Event(uid("e"), ids.map(raw), EventType.VIEW, t0, item_id="a"))  # stored as the server would
     OfflineLog(server.settings.data_dir).append([p.row(ids.map(raw))])

@@ -1,5 +1,7 @@
 """A data directory written by the code before the re-house (log segments + a checkpoint taken mid-stream,
-then kill -9) starts with today's code: every profile equals what the old server served."""
+then kill -9; checkpoint format 0, the single pipeline's attributes) starts with today's code: every
+profile equals what the old server served; its next checkpoint is format 1 (worker and trainer apart, each
+with its log offset), and a restart from that one serves the same rows again."""
 
 from __future__ import annotations
 
@@ -8,6 +10,8 @@ import math
 import tarfile
 from pathlib import Path
 
+from server.log import checkpoint
+from server.worker import snapshot
 from tests.conftest import ROOT, make_settings
 
 GOLDEN = ROOT / "tests" / "golden"
@@ -25,14 +29,34 @@ async def test_a_data_dir_of_the_previous_format_recovers_every_profile(tmp_path
     try:
         report = srv.recovery
         assert report is not None and report.replayed > 0  # the checkpoint did not cover the second half
-        pipeline = srv.core.pipeline  # type: ignore[union-attr]
-        assert sorted(pipeline.profiles) == sorted(expected["profiles"])
+        worker = srv.core.worker  # type: ignore[union-attr]
+        assert sorted(worker.profiles) == sorted(expected["profiles"])
         for user, want in expected["profiles"].items():
-            row = pipeline.row(user)
+            row = worker.row(user)
             assert row["profile_version"] == want["version"], user
             assert sorted(row["tags"]) == sorted(want["tags"]), user
             assert row["segment"] == want["segment"], user
             for name, value in want["features"].items():
                 assert math.isclose(float(row[name]), value, rel_tol=1e-9, abs_tol=1e-12), (user, name)
+        before = {u: _served(worker.row(u)) for u in worker.profiles}
+        trainer_version = worker.trainer.version
     finally:
-        await srv.stop()
+        await srv.stop()  # the final checkpoint: format 1
+    offset, body, _ = checkpoint.load_latest(data / "checkpoints")  # type: ignore[misc]
+    written = checkpoint.loads(body)
+    assert written["format"] == snapshot.FORMAT == 1
+    assert written["worker"]["offset"] == written["trainer"]["offset"] == offset
+    assert written["trainer"]["version"] == trainer_version > 0
+    assert "pipeline" not in written and set(written["worker"]["state"]["profiles"]) == set(before)
+    again = PortraitServer(make_settings(data, redis_url))
+    await again.start()
+    try:
+        assert again.recovery is not None and again.recovery.replayed == 0
+        worker = again.core.worker  # type: ignore[union-attr]
+        assert {u: _served(worker.row(u)) for u in worker.profiles} == before
+    finally:
+        await again.stop()
+
+
+def _served(row: dict[str, object]) -> dict[str, object]:
+    return {k: v for k, v in row.items() if k != "event_timestamp_us"}  # bumped per build by design

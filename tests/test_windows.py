@@ -154,20 +154,6 @@ def test_property_asof_newest_sums_every_event_in_range(evs: list[tuple[int, int
         assert w.sums(float(newest_t)) == in_range
 
 
-def test_checkpoint_of_the_dict_layout_loads() -> None:
-    """Checkpoints written before the flat array layout pickled ``{tile: [sums]}`` with newest and total."""
-    ref = TiledWindow(tile_s=10, n_tiles=5, width=2)
-    for t, i, v in [(3.0, 0, 1.0), (12.0, 1, 2.5), (14.0, 0, 1.0), (41.0, 1, -1.0)]:
-        ref.add(t, i, v)
-    old = TiledWindow.__new__(TiledWindow)
-    old.__setstate__({"tile_s": 10, "n_tiles": 5, "width": 2, "newest": 4,
-                      "tiles": {4: [0.0, -1.0], 0: [1.0, 0.0], 1: [1.0, 2.5]}, "total": [2.0, 1.5]})
-    for asof, n in [(41.0, None), (19.0, None), (41.0, 2), (5.0, 1)]:
-        assert old.sums(asof, n) == ref.sums(asof, n)
-    assert old.add(-5.0, 0) is False and old.add(10.0, 0) is True  # the newest tile (4) came along
-    assert old.add(65.0, 0) is True and old.sums(65.0) == [1.0, -1.0]  # tiles 0 and 1 dropped, totals recomputed
-
-
 def test_state_is_one_array_of_the_nonzero_sums() -> None:
     """Memory: a tile stores only the metrics it was given, not ``width`` zeros."""
     w = TiledWindow(tile_s=60, n_tiles=60, width=7)

@@ -16,7 +16,7 @@ from server.domain.events import Event, EventType
 from server.metrics import Metrics
 from server.store.feast import FEATURE_VIEW, OnlineStore, open_store
 from server.store.writer import FeastRowWriter, WriteError, WriterProcess
-from server.worker.pipeline import Pipeline, PipelineConfig
+from server.worker.partition import PartitionWorker, WorkerConfig
 from tests.conftest import ROOT, uid
 
 pytestmark = pytest.mark.usefixtures("server")  # sets the Feast environment (registry, Redis) of the session
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.usefixtures("server")  # sets the Feast environment (re
 
 def _rows(n: int, *, tag: str = "w") -> list[dict[str, Any]]:
     """Rows of ``n`` users with varied values: counts, money, tags, categories, attributes, a suspicious tag."""
-    p = Pipeline(PipelineConfig(), Metrics())
+    p = PartitionWorker(WorkerConfig(), Metrics())
     t = 1_700_000_000.0
     users = [uid(tag) for _ in range(n)]
     for i, u in enumerate(users):

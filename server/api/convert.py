@@ -6,11 +6,14 @@ from __future__ import annotations
 from typing import Any
 
 from server._gen.portrait.v1 import portrait_pb2 as pb
-from server.domain.events import BatchResult, FieldError
+from server.domain.events import BatchResult
 from server.log.codec import event_from_proto as event_from_proto
 from server.log.codec import event_to_proto as event_to_proto
 from server.log.codec import timestamp
-from server.store.feast import FLOAT_COLUMNS
+from server.store.schema import FEATURES, FLOAT
+
+_NUMBERS = tuple(c.name for c in FEATURES if c.kind is FLOAT and c.name != "purchase_propensity")
+"""The float features a Profile carries in its ``features`` map (the propensity has its own field)."""
 
 
 def batch_response(r: BatchResult) -> pb.TrackBatchResponse:
@@ -25,17 +28,9 @@ def batch_response(r: BatchResult) -> pb.TrackBatchResponse:
     )
 
 
-def batch_from_response(m: pb.TrackBatchResponse) -> BatchResult:
-    """TrackBatchResponse -> BatchResult (client side)."""
-    return BatchResult(m.accepted, m.duplicates,
-                       [(x.index, x.event_id, FieldError(x.field, x.message)) for x in m.rejected], m.suppressed,
-                       max(m.rejected_count, len(m.rejected)))
-
-
 def profile_to_proto(row: dict[str, Any]) -> pb.Profile:
     """A feature row as read from the online store -> Profile."""
-    features = {k: float(row[k]) for k in FLOAT_COLUMNS if row.get(k) is not None}
-    features.pop("purchase_propensity", None)
+    features = {k: float(row[k]) for k in _NUMBERS if row.get(k) is not None}
     updated = row.get("updated_at_ts") or 0.0
     return pb.Profile(
         user_id=row["user_id"],

@@ -15,6 +15,8 @@ forget a user's ids.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 
 class Dedupe:
     """The last ``capacity`` event ids, each with its owner."""
@@ -41,6 +43,10 @@ class Dedupe:
             return True
         self.add(event_id, owner)
         return False
+
+    def owners(self) -> Iterable[tuple[str, object]]:
+        """(event id, owner) of every remembered id, oldest first."""
+        return self._ids.items()
 
     def forget(self, owner: object) -> int:
         """Forget every id of ``owner`` (compared by identity; O(ids), for erasures); returns how many."""

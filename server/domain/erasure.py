@@ -1,10 +1,10 @@
 """Erasure bookkeeping: which users are suppressed and which erasures await compaction.
 
 Users are held by a keyed digest (BLAKE2b-128 of the stored id, keyed with a per-data-directory
-secret, ``<data_dir>/erasure.key``), never by id: after compaction no stored byte holds an erased
-user's id or pseudonym, yet a later event of theirs is still recognised and dropped. Whoever holds
-the secret can test a candidate id against the list: it is personal data too, kept to honour the
-erasure (suppression, as Segment and others do).
+secret, ``<data_dir>/erasure.key``: ``server.log.compaction.load_salt``), never by id: after compaction
+no stored byte holds an erased user's id or pseudonym, yet a later event of theirs is still recognised
+and dropped. Whoever holds the secret can test a candidate id against the list: it is personal data
+too, kept to honour the erasure (suppression, as Segment and others do).
 
 >>> er = Erasures(b"k" * 16)
 >>> d = er.digest("alice")
@@ -20,29 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import time
-from pathlib import Path
-
-SALT_FILE = "erasure.key"
-
-
-def load_salt(data_dir: Path) -> bytes:
-    """The data directory's erasure secret, created (0600, 32 random bytes) on first use."""
-    path = Path(data_dir) / SALT_FILE
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, os.urandom(32))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        return path.read_bytes()
 
 
 class Erasures:

@@ -17,6 +17,9 @@ import math
 from dataclasses import dataclass, field
 
 MAX_ID_LEN = 128
+"""Longest id (user, event, item, session) and category or region name, in characters."""
+MAX_GENDER_LEN = 32
+"""Longest ``attributes.gender``, in characters."""
 MAX_QUERY_LEN = 1024
 MAX_CONTEXT_ENTRIES = 16
 MAX_CONTEXT_LEN = 256

@@ -26,9 +26,9 @@ from typing import Any
 
 from server.domain.events import Event, EventType
 from server.domain.names import shared
+from server.domain.units import DAY, HOUR, MINUTE
 from server.domain.windows import TiledWindow
 
-MINUTE, HOUR, DAY = 60, 3600, 86400
 SESSION_GAP_S = 30 * MINUTE
 AFFINITY_HALF_LIFE_S = 7 * DAY
 HOUR_HALF_LIFE_S = 14 * DAY
@@ -307,18 +307,7 @@ class UserProfile:
     def __getstate__(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__slots__}
 
-    def __setstate__(self, state: Any) -> None:
-        if isinstance(state, tuple):  # the default __slots__ pickle of older checkpoints: (None, {slot: value})
-            state = dict(state[1])
-        if isinstance(state.get("_affinity"), dict):  # older checkpoints: {category: affinity as of _affinity_t}
-            affinity = state["_affinity"]
-            state["_affinity"] = [shared(c) for c in affinity]
-            state["_affinity_w"] = array("d", affinity.values())
-        if isinstance(state.get("_hours"), list):
-            state["_hours"] = array("d", state["_hours"])
-        if isinstance(state.get("_recent_sessions"), tuple):  # older checkpoints: the ids themselves
-            state["_recent_sessions"] = array("q", map(_session_key, state["_recent_sessions"]))
-        state["_session_id"] = bool(state.get("_session_id"))
+    def __setstate__(self, state: dict[str, Any]) -> None:
         for k, v in state.items():
             setattr(self, k, v)
 

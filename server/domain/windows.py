@@ -113,15 +113,5 @@ class TiledWindow:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.tile_s = state["tile_s"]
         self.n_tiles = state["n_tiles"]
-        self.width = w = state["width"]
-        if "a" in state:
-            self._a = state["a"]
-            return
-        # a checkpoint from before the compact layout: {tile: [sums]} with "newest" and "total"
-        newest = state["newest"]
-        a = array("d", (_NO_TILE if newest is None else newest, *state["total"]))
-        for tile in sorted(state["tiles"]):
-            for i, v in enumerate(state["tiles"][tile]):
-                if v:
-                    a.extend((tile * w + i, v))
-        self._a = a
+        self.width = state["width"]
+        self._a = state["a"]

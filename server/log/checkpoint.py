@@ -26,19 +26,14 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+from server.domain.units import HOUR
+from server.log.atomic import replace
+
 log = logging.getLogger(__name__)
 
 MAGIC = b"PRTCKPT1"
 HEADER = struct.Struct("<QQI")
 PREFIX, SUFFIX = "ckpt-", ".bin"
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def checkpoints(directory: str | Path) -> list[tuple[int, Path]]:
@@ -79,8 +74,7 @@ def publish(tmp: Path, directory: str | Path, offset: int) -> Path:
     """Rename a written temporary file to the checkpoint of ``offset`` (atomic, directory fsynced)."""
     d = Path(directory)
     final = d / f"{PREFIX}{offset:020d}{SUFFIX}"
-    os.replace(tmp, final)
-    fsync_dir(d)
+    replace(tmp, final)
     return final
 
 
@@ -115,7 +109,7 @@ def prune(directory: str | Path, keep: int = 2) -> list[Path]:
     """Delete all but the newest ``keep`` checkpoints (and stale temp files)."""
     d = Path(directory)
     removed = [p for _, p in checkpoints(d)[keep:]]
-    stale = time.time() - 3600  # a temp file this old belongs to no running writer
+    stale = time.time() - HOUR  # a temp file this old belongs to no running writer
     removed += [p for p in d.glob(f"{PREFIX}*.tmp") if p.stat().st_mtime < stale]
     for p in removed:
         p.unlink(missing_ok=True)
@@ -131,12 +125,29 @@ MOVED_MODULES = {
     "server.names": "server.domain.names", "server.models": "server.models.user",
     "server.ranking": "server.models.ranking", "server.itemlabels": "server.models.itemlabels",
     "server.itemstats": "server.models.itemstats", "server.risk": "server.models.risk",
-    "server.quality": "server.models.quality", "server.pipeline": "server.worker.pipeline",
+    "server.quality": "server.models.quality",
 }
+
+
+class Removed:
+    """An object of a class that no longer exists (format 0's ``Ranker`` and ``Risk``, split since between the
+    partition worker and the trainer): its attributes only, for a converter to read (``vars``)."""
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+
+#: Classes a format-0 checkpoint may hold that are gone (read as ``Removed``).
+REMOVED_CLASSES = frozenset({
+    ("server.models.ranking", "Ranker"), ("server.ranking", "Ranker"),
+    ("server.models.risk", "Risk"), ("server.risk", "Risk"),
+})
 
 
 class _Unpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in REMOVED_CLASSES:
+            return Removed
         return super().find_class(MOVED_MODULES.get(module, module), name)
 
 

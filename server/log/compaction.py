@@ -2,10 +2,10 @@
 
 Three kinds of files can hold an erased user: offline parquet parts (profile rows), event-log
 segments (their events and attribute updates) and checkpoints (the whole state). Each file that
-holds one is rewritten — temp file, fsync, atomic rename, fsync of the directory — so a crash
-leaves either the old or the new file, never a torn one. Log records are replaced by tombstones
-(offsets stay, so checkpoints still point at the right records). What to remove is decided by
-``Erasures.doomed_record`` / ``doomed_row`` (the user's digest, never its id).
+holds one is rewritten atomically (``server.log.atomic``), so a crash leaves either the old or the
+new file, never a torn one. Log records are replaced by tombstones (offsets stay, so checkpoints still
+point at the right records). What to remove is decided by ``Erasures.doomed_record`` / ``doomed_row``
+(the user's digest, never its id, keyed with the data directory's secret: ``load_salt``).
 
 The functions block (file I/O, parquet, pickle): the server runs them in a worker thread.
 """
@@ -25,7 +25,21 @@ import pyarrow.parquet as pq
 
 from server.domain.erasure import Erasures
 from server.log import checkpoint
+from server.log.atomic import atomic_file, fsync_dir, write_atomic
 from server.log.eventlog import HEADER, EventLog, records
+
+SALT_FILE = "erasure.key"
+
+
+def load_salt(data_dir: Path) -> bytes:
+    """The data directory's erasure secret (``SALT_FILE``), created (0600, 32 random bytes) on first use."""
+    path = Path(data_dir) / SALT_FILE
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, os.urandom(32), mode=0o600)
+        return path.read_bytes()
 
 
 @dataclass
@@ -37,15 +51,6 @@ class CompactionReport:
     checkpoints: int = 0
     erased_users: int = 0
     seconds: float = 0.0
-
-
-def _replace(path: Path, write: Callable[[Path], Any]) -> None:
-    tmp = path.with_name(f"{path.name}.compact-{os.getpid()}.tmp")
-    write(tmp)
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    checkpoint.fsync_dir(path.parent)
 
 
 def remove_temp_files(directory: Path) -> int:
@@ -71,14 +76,10 @@ def compact_offline(directory: Path, erasures: Erasures) -> int:
             continue
         if not any(keep):
             path.unlink()
-            checkpoint.fsync_dir(path.parent)
+            fsync_dir(path.parent)
         else:
-            kept = table.filter(pa.array(keep))
-
-            def write(tmp: Path, t: pa.Table = kept) -> None:
-                pq.write_table(t, tmp)
-
-            _replace(path, write)
+            with atomic_file(path) as fh:
+                pq.write_table(table.filter(pa.array(keep)), fh)
         changed += 1
     return changed
 
@@ -97,7 +98,7 @@ def compact_segment(path: Path, first_offset: int, erasures: Erasures,
         else:
             out += data[start:end]
     if changed:
-        _replace(path, lambda tmp: tmp.write_bytes(bytes(out)))
+        write_atomic(path, bytes(out))
     return changed
 
 

@@ -33,6 +33,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from server.log.atomic import fsync_dir
+
 log = logging.getLogger(__name__)
 
 HEADER = struct.Struct("<II")
@@ -226,11 +228,7 @@ class EventLog:
             path = self.dir / _segment_name(first_offset)
             self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             self._segment_size = 0
-            dfd = os.open(self.dir, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            fsync_dir(self.dir)
         view = memoryview(data)
         while view:
             n = os.write(self._fd, view)

@@ -34,7 +34,7 @@ import struct
 import sys
 from array import array
 from collections.abc import Iterator, Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 # Decision class per event type: view and click are both browsing; cart and favorite stand alone.
 _CLASS = {1: 0, 2: 0, 3: 1, 5: 2}
@@ -94,17 +94,6 @@ class ItemLabels:
         self._deadlines: list[tuple[float, str, str]] = []
         self._count = 0
         self._max_time = float("-inf")
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        """Checkpoints written before the packed layout held ``{(user, item): [ItemDecision, ...]}``."""
-        pending = state.get("_pending", {})
-        if any(isinstance(k, tuple) for k in pending):
-            nested: dict[str, dict[str, bytes]] = {}
-            for (user, item), q in pending.items():
-                if q:
-                    nested.setdefault(user, {})[item] = b"".join(_pack(d.t, d.x, d.p, d.kind) for d in q)
-            state["_pending"] = nested
-        self.__dict__.update(state)
 
     def __len__(self) -> int:
         return self._count

@@ -28,9 +28,7 @@ from collections import OrderedDict
 from typing import Any, NamedTuple
 
 from server.domain.events import EventType
-from server.domain.names import shared
-
-DAY = 86_400.0
+from server.domain.units import DAY
 
 # Counter slots of Popularity (and the first ones of an ItemHistory entry).
 VIEWS, CLICKS, CARTS, FAVORITES, REMOVES, PURCHASES = range(6)
@@ -38,7 +36,7 @@ SLOT = {
     EventType.VIEW: VIEWS, EventType.CLICK: CLICKS, EventType.ADD_TO_CART: CARTS,
     EventType.FAVORITE: FAVORITES, EventType.REMOVE_FROM_CART: REMOVES, EventType.PURCHASE: PURCHASES,
 }
-_LAST_T, _CATEGORY = 6, 7  # ItemHistory entry: 6 counters, last touch time, category
+_LAST_T = 6  # ItemHistory entry: 6 counters, last touch time, then the category
 _EMPTY = (0.0, 0.0, 0.0, 0.0)
 
 class Popularity:
@@ -130,18 +128,6 @@ class ItemHistory:
     def __init__(self, max_items: int = 20) -> None:
         self.max_items = max_items
         self._users: dict[str, _Recent] = {}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        """Checkpoints written before the compact layout held ``{user: {item: entry list}}``."""
-        users = state.get("_users", {})
-        for user, held in list(users.items()):
-            if isinstance(held, dict):
-                numbers = array("d")
-                for entry in held.values():
-                    numbers.extend(entry[:_CATEGORY])
-                users[user] = _Recent(user, [shared(i) for i in held], [shared(e[_CATEGORY]) for e in held.values()],
-                                      numbers)
-        self.__dict__.update(state)
 
     def __len__(self) -> int:
         return len(self._users)

@@ -1,58 +1,33 @@
-"""Personalized ranking: P(this user buys this item within ``horizon_s``), learnt online.
+"""The item model: P(this user buys this item within the horizon), learnt online.
 
-``ItemModel`` is a River ``StandardScaler | LogisticRegression`` over ``ITEM_INPUTS``: the
-user's profile, the user's history with the item and its category (``ItemHistory``), the item's
-and category's recent popularity and conversion (``Popularity``), the price relative to the
-user's usual price and to the item's recent price, and the action (view, click, cart, favorite).
+``ItemModel`` is a River ``StandardScaler | Clip | LogisticRegression`` over ``ITEM_INPUTS``: the
+user's profile, the user's history with the item and its category (``ItemHistory``, a partition
+worker's), the item's and category's recent popularity and conversion (``Popularity``, the trainer's),
+the price relative to the user's usual price and to the item's recent price, and the action (view,
+click, cart, favorite). The trainer owns and learns it; partition workers decide and score with the
+version it publishes (``server.worker.items``).
 
-``Ranker`` owns the model, the statistics and the delayed labels (``ItemLabels``). Per event
-that carries an item it makes a *decision* at views, clicks, add-to-carts and favorites
-(predict now, learn when the item is bought or the watermark passes ``t + horizon_s``) and
-updates the statistics; ``score`` ranks candidates as if the user viewed each of them now, for
-unknown users too (cold start: an empty profile, so item popularity and price decide).
-
->>> from server.domain.events import Event, EventType
 >>> from server.domain.profile import UserProfile
->>> r = Ranker(horizon_s=3600.0)
->>> prof = UserProfile()
->>> for i, (kind, item) in enumerate([(EventType.VIEW, "a"), (EventType.ADD_TO_CART, "a"), (EventType.VIEW, "b")]):
-...     e = Event(f"e{i}", "u1", kind, 60.0 * i, item_id=item, category="shoes", price=20.0)
-...     prof.update(e)
-...     _ = r.observe(e, prof.features(), prof, 60.0 * i)
->>> len(r.labels), [d.item for d, y in r.observe(Event("e9", "u1", EventType.PURCHASE, 600.0, item_id="a"),
-...                                               prof.features(), prof, 600.0)]
-(3, ['a', 'a'])
->>> scores = r.score("u1", prof.features(), prof.top_categories(), [("a", "shoes", 20.0), ("z", "", 5.0)], 600.0)
->>> len(scores), all(0.0 < s < 1.0 for s in scores)
-(2, True)
+>>> m = ItemModel()
+>>> none = (0.0, 0.0, 0.0, 0.0)
+>>> x = m.vector(UserProfile().features(), [], None, (0.0, 0.0), none, none[:3], none, none[:3], "shoes", 20.0,
+...              int(EventType.VIEW), 600.0)
+>>> len(x) == len(ITEM_INPUTS), 0.0 < m.predict(x) < 1.0
+(True, True)
+>>> m.learn(x, True)
 """
 
 from __future__ import annotations
 
 import math
-import zlib
 from collections.abc import Hashable, Sequence
 from typing import Any
 
 from river import base, compose, linear_model, optim, preprocessing
 
-from server.domain.events import Event, EventType
-from server.domain.profile import HOUR, UserProfile
-from server.models.itemlabels import ItemDecision, ItemLabels
-from server.models.itemstats import (
-    CARTS,
-    CLICKS,
-    DAY,
-    FAVORITES,
-    PURCHASES,
-    REMOVES,
-    SLOT,
-    VIEWS,
-    ItemHistory,
-    Popularity,
-    shared,
-)
-from server.models.quality import RollingQuality
+from server.domain.events import EventType
+from server.domain.units import DAY, HOUR
+from server.models.itemstats import CARTS, CLICKS, FAVORITES, PURCHASES, REMOVES, VIEWS
 
 #: Event types at which an item decision is made (and that ``score`` assumes: VIEW).
 DECISION_TYPES = (EventType.VIEW, EventType.CLICK, EventType.ADD_TO_CART, EventType.FAVORITE)
@@ -173,83 +148,3 @@ class ItemModel:
                 return
             w = float(self.negative_sampling)
         self._model.learn_one(dict(zip(ITEM_INPUTS, x)), y, w=w)
-
-
-class Ranker:
-    """The user x item model with its statistics, history and delayed labels (one writer)."""
-
-    def __init__(self, horizon_s: float = 86_400.0, decision_interval_s: float = 3600.0,
-                 allowed_lateness_s: float = 60.0, max_pending: int = 500_000, max_items_per_user: int = 20,
-                 max_items: int = 200_000, max_categories: int = 10_000, half_life_s: float = 3 * DAY,
-                 quality_window: int = 10_000, sample: float = 1.0, model: ItemModel | None = None) -> None:
-        self.sample = sample
-        self.model = model if model is not None else ItemModel()
-        self.labels = ItemLabels(horizon_s, decision_interval_s, allowed_lateness_s, max_pending)
-        self.items = Popularity(half_life_s, max_items)
-        self.categories = Popularity(half_life_s, max_categories)
-        self.history = ItemHistory(max_items_per_user)
-        self.quality = RollingQuality(quality_window)
-
-    def _vector(self, user: str, f: dict[str, float], top: Sequence[str], item: str, cat: str, price: float,
-                kind: int, t: float) -> list[float]:
-        entry = self.history.get(user, item)
-        if not cat and entry is not None:
-            cat = entry[7]
-        touches = self.history.category_touches(user, cat)
-        category = self.categories.get(cat, t) if cat else (0.0, 0.0, 0.0, 0.0)
-        return self.model.vector(f, top, entry, touches, self.items.get(item, t), self.items.average(t), category,
-                                 self.categories.average(t), cat, price, kind, t)
-
-    def observe(self, e: Event, f: dict[str, float], profile: UserProfile,
-                t: float) -> list[tuple[ItemDecision, bool]]:
-        """Fold one accepted event with an item in: resolve labels (purchase), decide, update statistics.
-
-        Returns the decisions it resolved (the caller learns from them with ``learn``).
-        """
-        etype = EventType(e.type)
-        slot = SLOT.get(etype)
-        if slot is None or not e.item_id:  # a search (with or without an item) says nothing about items
-            return []
-        # one string object per user (the history's) and per item id / category name: held many times over
-        user, item, cat = self.history.user_key(e.user_id), shared(e.item_id), shared(e.category)
-        resolved: list[tuple[ItemDecision, bool]] = []
-        if etype == EventType.PURCHASE:
-            resolved = self.labels.on_purchase(user, item, t)
-        elif etype in _DECIDE and self.sampled(user, item) and self.labels.wants(user, item, int(etype), t):
-            x = self._vector(user, f, profile.top_categories(), item, cat, e.price, int(etype), t)
-            self.labels.decide(user, item, int(etype), t, x, self.model.predict(x))
-        self.history.add(user, item, cat, t, slot)
-        self.items.add(item, t, slot, e.price)
-        if cat:
-            self.categories.add(cat, t, slot)
-        return resolved
-
-    def sampled(self, user: str, item: str) -> bool:
-        """Are (user, item) decisions recorded? A deterministic ``sample`` share of pairs (crc32 of the pair,
-        the same in every process and replay), so that pending labels stay under the cap at high traffic."""
-        return self.sample >= 1.0 or zlib.crc32(f"{user}\x1f{item}".encode()) < self.sample * 4_294_967_296
-
-    def drop_user(self, user: str) -> bool:
-        """Forget the user's item history and pending decisions (erasure); True if any were held.
-        Item and category statistics are aggregates over all users and stay."""
-        held = self.history.drop_user(user)
-        return self.labels.drop_user(user) or held
-
-    def advance(self, t: float, limit: int | None = None) -> list[tuple[ItemDecision, bool]]:
-        """Move the watermark; return the decisions that became negative (about ``limit`` at most)."""
-        return self.labels.advance(t, limit)
-
-    def learn(self, d: ItemDecision, y: bool) -> None:
-        """Learn one resolved decision and record it in the rolling quality."""
-        self.quality.add(d.p, y)
-        self.model.learn(d.x, y)
-
-    def score(self, user: str, f: dict[str, float], top: Sequence[str],
-              candidates: Sequence[tuple[str, str, float]], t: float) -> list[float]:
-        """P(purchase within the horizon) per (item_id, category, price), as if the user viewed it at ``t``."""
-        kind = int(EventType.VIEW)
-        return [self.model.predict(self._vector(user, f, top, item, cat, price, kind, t))
-                for item, cat, price in candidates]
-
-
-_DECIDE = frozenset(DECISION_TYPES)

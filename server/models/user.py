@@ -15,7 +15,9 @@ and summed in a fixed order (exact replays; see ``DenseKMeans``).
 True
 >>> prop.learn(x, True)
 >>> seg = Segmenter(k=4)
->>> 0 <= seg.learn_predict(seg.vector(UserProfile().features(), 0, 0.0)) < 4
+>>> v = seg.vector(UserProfile().features(), 0, 0.0)
+>>> seg.learn(v)
+>>> 0 <= seg.predict(v) < 4
 True
 """
 
@@ -25,12 +27,10 @@ import math
 import random
 from collections.abc import Sequence
 from operator import mul
-from typing import Any
-
-from river import cluster
 
 from server.domain.events import EventType
-from server.domain.profile import COUNT_FEATURES, DAY, HOUR
+from server.domain.profile import COUNT_FEATURES
+from server.domain.units import DAY, HOUR
 
 _LOG_FEATURES = (
     *COUNT_FEATURES,
@@ -156,11 +156,6 @@ class Propensity:
         """The weights by input name (and ``"intercept"``), for inspection."""
         return {**dict(zip(PROPENSITY_INPUTS, self._weights)), "intercept": self._intercept}
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        if "_model" in state:  # a checkpoint from before the compact model: River's pipeline
-            state = _propensity_from_river(state)
-        self.__dict__.update(state)
-
 
 def _sigmoid(z: float) -> float:
     """River's ``utils.math.sigmoid`` (saturates beyond +-30)."""
@@ -180,28 +175,6 @@ def _log_loss_gradient(y: bool, raw: float) -> float:
     if z < -18.0:
         return float(-s)
     return -s / (math.exp(z) + 1.0)
-
-
-class StableKMeans(cluster.KMeans):
-    """River's KMeans with a distance summed in a fixed key order.
-
-    River 0.26.1 sums ``|center[k] - x[k]|**p`` over ``{*center.keys(), *x.keys()}``: a *set*, whose
-    order depends on the per-process string hash seed. The float sums then differ in their last bits
-    between processes, near-ties flip, and a restarted server (checkpoint + log replay) drifted away
-    from an uncrashed run (measured: 1 in 400 users in another segment after a 50k-event crash test).
-    Summing in the inputs' own order makes replays exact.
-
-    No longer used by ``Segmenter`` (see ``DenseKMeans``); kept so that older checkpoints load, and as
-    the reference the tests compare ``DenseKMeans`` with.
-    """
-
-    def predict_one(self, x: dict) -> int:  # type: ignore[override, type-arg]
-        def distance(c: int) -> float:
-            center = self.centers[c]
-            total = sum(abs(center[k] - xk) ** self.p for k, xk in x.items())
-            return total + sum(abs(v) ** self.p for k, v in center.items() if k not in x)
-
-        return min(self.centers, key=distance)
 
 
 class DenseKMeans:
@@ -277,11 +250,11 @@ class Segmenter:
             math.log1p(features["purchases_30d"]),
         )
 
-    def learn_predict(self, x: Sequence[float]) -> int:
-        """Move the nearest centre towards ``x`` and return its id (River's pipeline: the scaler learns
-        ``x`` first, then KMeans learns the scaled ``x``)."""
+    def learn(self, x: Sequence[float]) -> None:
+        """Move the nearest centre towards ``x`` (River's pipeline: the scaler learns ``x`` first, then KMeans
+        learns the scaled ``x``); ``predict(x)`` afterwards is the id of the centre that moved."""
         self._scaler.learn(x)
-        return self._kmeans.learn_predict(self._scaler.transform(x))
+        self._kmeans.learn_predict(self._scaler.transform(x))
 
     def predict(self, x: Sequence[float]) -> int:
         """The nearest centre's id, without learning."""
@@ -291,36 +264,3 @@ class Segmenter:
     def centers(self) -> list[list[float]]:
         """The centres, in scaled units (order: ``SEGMENT_INPUTS``)."""
         return [list(c) for c in self._kmeans.centers]
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        if "_model" in state:  # a checkpoint from before the compact model: River's pipeline
-            state = _segmenter_from_river(state)
-        self.__dict__.update(state)
-
-
-# -- checkpoints written before the compact models held River pipelines: convert them on load ---------------
-def _scaler_from_river(river_scaler: Any, names: Sequence[str]) -> DenseScaler:
-    s = DenseScaler(len(names))
-    s.__setstate__((int(max(river_scaler.counts.values(), default=0)),
-                    [float(river_scaler.means.get(n, 0.0)) for n in names],
-                    [float(river_scaler.vars.get(n, 0.0)) for n in names]))
-    return s
-
-
-def _propensity_from_river(state: dict[str, Any]) -> dict[str, Any]:
-    scaler, lr = state["_model"].steps.values()
-    weights = lr.weights
-    g2 = getattr(lr.optimizer, "g2", {})
-    return {"learning_rate": state["learning_rate"], "l2": state["l2"], "adaptive": state["adaptive"],
-            "_scaler": _scaler_from_river(scaler, PROPENSITY_INPUTS),
-            "_weights": [float(weights.get(n, 0.0)) for n in PROPENSITY_INPUTS],
-            "_g2": [float(g2.get(n, 0.0)) for n in PROPENSITY_INPUTS], "_intercept": float(lr.intercept)}
-
-
-def _segmenter_from_river(state: dict[str, Any]) -> dict[str, Any]:
-    scaler, km = state["_model"].steps.values()
-    dense = DenseKMeans(0, 0, halflife=km.halflife)
-    # reading a River centre fills a missing feature from its generator, in River's own order
-    dense.centers = [[float(km.centers[c][n]) for n in SEGMENT_INPUTS] for c in sorted(km.centers)]
-    return {"k": state["k"], "halflife": state["halflife"], "seed": state["seed"],
-            "_scaler": _scaler_from_river(scaler, SEGMENT_INPUTS), "_kmeans": dense}

@@ -112,3 +112,16 @@ class EmbeddedRedis:
                 self._proc.kill()
                 self._proc.wait()
         self._proc = None
+
+
+def online_redis(configured: str | None, data_dir: Path, port: int) -> tuple[str, EmbeddedRedis | None]:
+    """Feast's Redis connection: ``configured`` (from ``PORTRAIT_FEAST_REDIS`` / ``PORTRAIT_REDIS_URL``) when
+    given, else an embedded Redis on ``port`` keeping its files in ``data_dir``, started here (the caller
+    stops it). The one place the server and its tools choose between an external and the embedded Redis."""
+    if configured:
+        return configured, None
+    from server.config import redis_url_to_feast
+
+    embedded = EmbeddedRedis(data_dir, port)
+    embedded.start()
+    return redis_url_to_feast(embedded.url), embedded

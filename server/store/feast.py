@@ -5,6 +5,7 @@ Online writes go through the Feast provider's batch call ``online_write_batch``
 process). Offline rows are appended as new parquet files under
 ``$PORTRAIT_DATA_DIR/offline/user_profile/`` (written to a temporary name and
 renamed, so readers never see a partial file; a growing file is never rewritten).
+Columns, their order and types, online and offline: ``server.store.schema``.
 All calls here block: the materializer runs them in a worker thread.
 """
 
@@ -15,33 +16,17 @@ import itertools
 import os
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from server.domain.profile import FEATURE_NAMES
+from server.log.atomic import atomic_file
+from server.store.schema import ARROW_SCHEMA, COLUMNS
 
 FEATURE_VIEW = "user_profile"
 FEATURE_SERVICE = "user_profile_v1"
-FLOAT_COLUMNS = (*FEATURE_NAMES, "updated_at_ts", "purchase_propensity", "risk_score")
-INT_COLUMNS = ("profile_version", "segment", "age")
-STRING_COLUMNS = ("gender", "region")
-LIST_COLUMNS = ("tags", "top_categories")
-
-OFFLINE_SCHEMA = pa.schema(
-    [
-        pa.field("user_id", pa.string()),
-        pa.field("event_timestamp", pa.timestamp("us", tz="UTC")),
-        pa.field("created_timestamp", pa.timestamp("us", tz="UTC")),
-        *(pa.field(c, pa.float64()) for c in FLOAT_COLUMNS),
-        *(pa.field(c, pa.int64()) for c in INT_COLUMNS),
-        *(pa.field(c, pa.string()) for c in STRING_COLUMNS),
-        *(pa.field(c, pa.list_(pa.string())) for c in LIST_COLUMNS),
-    ]
-)
 
 Row = dict[str, Any]
 
@@ -84,10 +69,6 @@ def _wait_until(cond: Any, timeout_s: float = 60.0) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError("redis persistence rewrite did not finish")
         time.sleep(0.05)
-
-
-def _ts(us: int) -> datetime:
-    return datetime.fromtimestamp(us / 1e6, tz=UTC)
 
 
 class OnlineStore:
@@ -154,23 +135,14 @@ class OfflineLog:
 
     def append(self, rows: Sequence[Row]) -> Path:
         """Write ``rows`` as one new file (temp name, fsync, rename); return its path."""
-        cols: dict[str, list[Any]] = {f.name: [] for f in OFFLINE_SCHEMA}
         created = int(time.time() * 1e6)
-        for r in rows:
-            for name in cols:
-                if name == "event_timestamp":
-                    cols[name].append(r["event_timestamp_us"])
-                elif name == "created_timestamp":
-                    cols[name].append(created)
-                else:
-                    cols[name].append(r[name])
-        table = pa.table({n: pa.array(v, type=OFFLINE_SCHEMA.field(n).type) for n, v in cols.items()},
-                         schema=OFFLINE_SCHEMA)
+        # one array per column of the schema, in its order; rows carry the event timestamp as int µs, and
+        # no created timestamp (the only column without a row key): it is now
+        arrays = [pa.array([created] * len(rows) if (key := c.row_key) is None else [r[key] for r in rows],
+                           type=c.kind.arrow) for c in COLUMNS]
+        table = pa.Table.from_arrays(arrays, schema=ARROW_SCHEMA)
         name = f"part-{created // 1000:013d}-{os.getpid()}-{next(self._seq):06d}"
-        tmp = self.dir / f"{name}.tmp"
         final = self.dir / f"{name}.parquet"
-        pq.write_table(table, tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
+        with atomic_file(final) as fh:
+            pq.write_table(table, fh)
         return final

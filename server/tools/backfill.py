@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from server.domain.events import MAX_REJECTED_LISTED
+from server.log.atomic import write_atomic
 
 #: Largest --batch: the server lists at most this many rejected events per answer, so every rejected row
 #: of a batch this size is named in the rejected-rows file.
@@ -137,14 +138,8 @@ class ReplayState:
         return cls(**{k: v for k, v in raw.items() if k in names})
 
     def save(self, path: Path) -> None:
-        """Write atomically: a temporary file in the same directory, fsync, rename."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(asdict(self), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        """Write atomically (``server.log.atomic``)."""
+        write_atomic(path, json.dumps(asdict(self)).encode())
 
 
 def default_state_path(events_file: str | os.PathLike[str]) -> Path:

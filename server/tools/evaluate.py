@@ -1,7 +1,7 @@
-"""``portrait evaluate``: replay an event log through the server's own pipeline and compare learners.
+"""``portrait evaluate``: replay an event log through the server's own partition worker and compare learners.
 
 The events are validated, sorted by event time and applied in-process, one by one, by the very
-``Pipeline`` the server runs (profile, delayed labels, online models; no network). Every labelled
+``PartitionWorker`` the server runs (profile, delayed labels, online models; no network). Every labelled
 decision of the task's model is recorded when its label resolves: its frozen input ``x``, the
 online model's prediction made at the decision (prequential: before the label was known), the
 label, and the event time at which the label became known.
@@ -47,12 +47,12 @@ import numpy as np
 
 from server.domain.events import Event, validate
 from server.domain.labels import DelayedLabels
+from server.domain.units import DAY, HOUR, MINUTE
 from server.metrics import Metrics
 from server.models.ranking import ITEM_INPUTS
 from server.models.user import PROPENSITY_INPUTS
-from server.worker.pipeline import ITEM, PROPENSITY, Pipeline, PipelineConfig
+from server.worker.partition import ITEM, PROPENSITY, PartitionWorker, WorkerConfig
 
-DAY = 86_400.0
 TASKS = {"item": ITEM, "user": PROPENSITY}
 MODELS = ("online", "static", "periodic", "heuristic")
 
@@ -83,14 +83,14 @@ class Replay:
     """What a replay produced: resolved decisions per model and a few counts."""
 
     decisions: dict[str, Decisions]
-    config: PipelineConfig
+    config: WorkerConfig
     events: int
     rejected: int
     duplicates: int
     first_time: float
     last_time: float
     unresolved: dict[str, int]
-    pipeline: Pipeline
+    worker: PartitionWorker
 
 
 class _UserLabels(DelayedLabels):
@@ -107,13 +107,13 @@ class _UserLabels(DelayedLabels):
         return False
 
 
-def replay(events: Iterable[Event], config: PipelineConfig | None = None, horizon_s: float | None = None,
+def replay(events: Iterable[Event], config: WorkerConfig | None = None, horizon_s: float | None = None,
            task: str = "item", progress: bool = False, total: int | None = None) -> Replay:
-    """Validate, sort by event time and apply ``events`` through a fresh ``Pipeline``.
+    """Validate, sort by event time and apply ``events`` through a fresh ``PartitionWorker``.
 
     ``horizon_s`` (if given) replaces the horizon of ``task``'s model in ``config``.
     """
-    cfg = config or PipelineConfig()
+    cfg = config or WorkerConfig()
     if horizon_s is not None:
         if task == "item":
             cfg = replace(cfg, item_horizon_s=horizon_s)
@@ -129,14 +129,14 @@ def replay(events: Iterable[Event], config: PipelineConfig | None = None, horizo
         else:
             out[PROPENSITY].add(d.t, users.users.pop((d.t, tuple(d.x)), ""), d.x, d.p, y, t)
 
-    pipeline = Pipeline(cfg, Metrics(), on_label=on_label)
-    pipeline.labels = users
-    n, rejected, duplicates, first, last = apply_events(pipeline, events, progress)
+    worker = PartitionWorker(cfg, Metrics(), on_label=on_label)
+    worker.labels = users
+    n, rejected, duplicates, first, last = apply_events(worker, events, progress)
     return Replay(out, cfg, n, rejected, duplicates, first, last,
-                  {PROPENSITY: len(pipeline.labels), ITEM: len(pipeline.ranker.labels)}, pipeline)
+                  {PROPENSITY: len(worker.labels), ITEM: len(worker.items.labels)}, worker)
 
 
-def apply_events(pipeline: Pipeline, events: Iterable[Event],
+def apply_events(worker: PartitionWorker, events: Iterable[Event],
                  progress: bool = False) -> tuple[int, int, int, float, float]:
     """Validate (any time is fine), sort by event time and apply ``events`` in bulk mode, one by one.
 
@@ -153,7 +153,7 @@ def apply_events(pipeline: Pipeline, events: Iterable[Event],
     valid.sort(key=lambda e: e.event_time)  # type: ignore[arg-type,return-value]
     duplicates = 0
     for e in _progress(valid, progress, "replay"):
-        duplicates += pipeline.apply(e, score=False).duplicate
+        duplicates += worker.apply(e, score=False).duplicate
     first = float(valid[0].event_time) if valid else 0.0  # type: ignore[arg-type]
     last = float(valid[-1].event_time) if valid else 0.0  # type: ignore[arg-type]
     return len(valid), rejected, duplicates, first, last
@@ -286,7 +286,7 @@ def parse_duration(text: str) -> float:
     (86400.0, 1800.0, 129600.0, 600.0)
     """
     text = text.strip().lower()
-    unit = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": DAY}.get(text[-1:])
+    unit = {"s": 1.0, "m": MINUTE, "h": HOUR, "d": DAY}.get(text[-1:])
     value = float(text[:-1] if unit else text) * (unit or 1.0)
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"a duration must be positive, got {text!r}")
@@ -307,7 +307,7 @@ def evaluate(rep: Replay, task: str = "item", static_days: float = 3.0, bootstra
     """
     model = TASKS[task]
     d = rep.decisions[model]
-    day0 = math.floor(rep.first_time / DAY) * DAY
+    day0 = float(math.floor(rep.first_time / DAY) * DAY)
     cutoff = day0 + static_days * DAY
     t = np.array(d.t, dtype=float)
     x = np.array([list(v) for v in d.x], dtype=float).reshape(len(t), -1)

@@ -17,8 +17,9 @@ move but keep their index. For each segment with users this reports, from the us
 
 >>> from server.domain.events import Event, EventType
 >>> from server.metrics import Metrics
->>> from server.worker.pipeline import Pipeline, PipelineConfig
->>> p = Pipeline(PipelineConfig(segments=2), Metrics())
+>>> from server.models.trainer import TrainerConfig
+>>> from server.worker.partition import PartitionWorker, WorkerConfig
+>>> p = PartitionWorker(WorkerConfig(trainer=TrainerConfig(segments=2)), Metrics())
 >>> for i in range(40):
 ...     kind = EventType.PURCHASE if i % 2 else EventType.VIEW
 ...     _ = p.apply(Event(f"e{i}", f"u{i % 4}", kind, 1e9 + 60 * i, item_id="i", category="shoes", price=30.0))
@@ -35,10 +36,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from server.domain.units import DAY
 from server.metrics import Metrics
-from server.worker.pipeline import Pipeline, PipelineConfig
+from server.worker.partition import PartitionWorker, WorkerConfig
 
-DAY = 86_400.0
 NAME_RATIO = 1.5
 
 
@@ -61,42 +62,43 @@ class Segment:
     top_categories: list[tuple[str, int]]
 
 
-def from_events(path: str, progress: bool = False) -> Pipeline:
-    """A fresh pipeline with every valid event of the file applied (in event-time order)."""
+def from_events(path: str, progress: bool = False) -> PartitionWorker:
+    """A fresh worker with every valid event of the file applied (in event-time order)."""
     from server.tools.evaluate import apply_events
     from server.tools.eventfile import read_events
 
-    pipeline = Pipeline(PipelineConfig(), Metrics())
-    apply_events(pipeline, read_events(path), progress)
-    return pipeline
+    worker = PartitionWorker(WorkerConfig(), Metrics())
+    apply_events(worker, read_events(path), progress)
+    return worker
 
 
-def from_checkpoint(data_dir: str) -> Pipeline | None:
-    """A pipeline holding the state of the newest valid checkpoint under ``data_dir`` (None if there is none).
+def from_checkpoint(data_dir: str) -> PartitionWorker | None:
+    """A worker holding the state of the newest valid checkpoint under ``data_dir`` (None if there is none).
 
     That is the server's state at its last checkpoint (every ``PORTRAIT_CHECKPOINT_INTERVAL_S``), without
     the log records after it. Reading it does not disturb a running server.
     """
 
-    from server.log.checkpoint import load_latest, loads
+    from server.log.checkpoint import load_latest
+    from server.worker import snapshot
 
     found = load_latest(Path(data_dir) / "checkpoints")
     if found is None:
         return None
-    pipeline = Pipeline(PipelineConfig(), Metrics())
-    pipeline.load_state(loads(found[1])["pipeline"])
-    return pipeline
+    worker = PartitionWorker(WorkerConfig(), Metrics())
+    snapshot.restore(worker, snapshot.loads(found[1], found[0]))
+    return worker
 
 
 def _mean(xs: list[float]) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
 
-def segment_report(pipeline: Pipeline, top: int = 3) -> list[Segment]:
+def segment_report(worker: PartitionWorker, top: int = 3) -> list[Segment]:
     """Summaries of the segments that have users, by id."""
-    now = max((p.updated_at for p in pipeline.profiles.values()), default=0.0)
+    now = max((p.updated_at for p in worker.profiles.values()), default=0.0)
     rows: dict[int, list[dict[str, Any]]] = {}
-    for p in pipeline.profiles.values():
+    for p in worker.profiles.values():
         if p.segment < 0 or p.last_event is None:
             continue
         f = p.features()

@@ -98,13 +98,11 @@ from dataclasses import dataclass, field
 from itertools import accumulate
 
 from server.domain.events import Event, EventType
+from server.domain.units import DAY, HOUR
 from server.tools.eventfile import write_events
 
 START = 1_767_225_600.0
 """2026-01-01T00:00:00Z in unix seconds: the default simulation start."""
-
-DAY = 86_400.0
-HOUR = 3_600.0
 
 _CATEGORY_WORDS = (
     "shoes",

@@ -37,6 +37,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from server.log.atomic import atomic_file
+
 HELP = "build a point-in-time correct training set (features as of each row's time) from Feast"
 DEFAULT_FEATURES = "user_profile_v1"
 _ROW = "__portrait_row"
@@ -178,22 +180,21 @@ def build_training_set(store: Any, entities: Any, features: str = DEFAULT_FEATUR
 
 
 def write_table(df: Any, path: str | os.PathLike[str]) -> None:
-    """Parquet for ``.parquet``, else CSV (lists as JSON, times ISO-8601 UTC); temp file + rename."""
+    """Parquet for ``.parquet``, else CSV (gzipped for ``.csv.gz``; lists as JSON, times ISO-8601 UTC);
+    written atomically (``server.log.atomic``)."""
     p = Path(path)
     suffix = _suffix(p)
-    tmp = p.with_name(f".tmp-{os.getpid()}-{p.name}")
-    try:
+    if suffix != ".parquet":
+        df = df.copy()
+        for col in df.columns:
+            if df[col].dtype == object and df[col].map(_is_list).any():
+                df[col] = df[col].map(lambda v: json.dumps(list(v)) if _is_list(v) else v)
+    with atomic_file(p) as fh:
         if suffix == ".parquet":
-            df.to_parquet(tmp, index=False)
+            df.to_parquet(fh, index=False)
         else:
-            df = df.copy()
-            for col in df.columns:
-                if df[col].dtype == object and df[col].map(_is_list).any():
-                    df[col] = df[col].map(lambda v: json.dumps(list(v)) if _is_list(v) else v)
-            df.to_csv(tmp, index=False, date_format="%Y-%m-%dT%H:%M:%S.%fZ")
-        os.replace(tmp, p)
-    finally:
-        tmp.unlink(missing_ok=True)
+            df.to_csv(fh, index=False, date_format="%Y-%m-%dT%H:%M:%S.%fZ",
+                      compression="gzip" if suffix == ".csv.gz" else None)
 
 
 def _is_list(v: Any) -> bool:

@@ -1,6 +1,6 @@
 """ProfileCore: the transport-agnostic, async face of Portrait.
 
-Wraps the single-writer pipeline, the materializer and the online-store reader.
+Wraps the partition worker, the materializer and the online-store reader.
 All methods run on the server's event loop; blocking store calls go to threads.
 """
 
@@ -12,13 +12,13 @@ from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 from server.domain.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
-from server.domain.events import MAX_BATCH, BatchResult, Event
+from server.domain.events import MAX_BATCH, MAX_ID_LEN, BatchResult, Event
 from server.domain.pseudonym import Pseudonymizer
 from server.log.compaction import CompactionReport
 from server.store.feast import OnlineStore
 from server.worker.durability import Durability
 from server.worker.materialize import Materializer
-from server.worker.pipeline import Outcome, Pipeline
+from server.worker.partition import Outcome, PartitionWorker
 
 YIELD_EVERY = 256  # events processed between yields to the event loop in batches
 STREAM_COMMIT_EVERY = 2000  # events of a stream between log commits
@@ -27,11 +27,11 @@ STREAM_COMMIT_EVERY = 2000  # events of a stream between log commits
 class ProfileCore:
     """What the gRPC servicer delegates to."""
 
-    def __init__(self, pipeline: Pipeline, materializer: Materializer, reader: OnlineStore,
+    def __init__(self, worker: PartitionWorker, materializer: Materializer, reader: OnlineStore,
                  durability: Durability | None = None, max_log_backlog_bytes: int = 64 * 1024 * 1024,
                  ids: Pseudonymizer | None = None, offline_dir: Any = None,
                  rewrite_online: Any = None, erase_timeout_s: float = 10.0) -> None:
-        self.pipeline = pipeline
+        self.worker = worker
         self.materializer = materializer
         self.reader = reader
         self.durability = durability
@@ -40,8 +40,8 @@ class ProfileCore:
         self.offline_dir = offline_dir
         self.rewrite_online = rewrite_online
         self.erase_timeout_s = erase_timeout_s
-        self._latency = pipeline.metrics.update_latency
-        self._rejected = pipeline.metrics.rejected
+        self._latency = worker.metrics.update_latency
+        self._rejected = worker.metrics.rejected
 
     def _admit(self) -> None:
         """Backpressure: refuse new writes while the log has too much not yet on disk."""
@@ -55,14 +55,14 @@ class ProfileCore:
 
     def _user(self, user_id: str) -> str:
         """Validate a raw user id and map it to the stored one (the pseudonym, when enabled)."""
-        if not user_id or len(user_id) > 128:
-            raise InvalidArgument("user_id must be 1..128 characters", field="user_id")
+        if not user_id or len(user_id) > MAX_ID_LEN:
+            raise InvalidArgument(f"user_id must be 1..{MAX_ID_LEN} characters", field="user_id")
         return self.ids.map(user_id)
 
     def _apply(self, e: Event, received: float, score: bool = True) -> tuple[Outcome, asyncio.Future[None] | None]:
         if self.ids.enabled:
             e.user_id = self.ids.map(e.user_id)  # validated already; from here on only the pseudonym
-        out = self.pipeline.apply(e, score=score)
+        out = self.worker.apply(e, score=score)
         fut = None
         if not (out.duplicate or out.suppressed):
             if self.durability is not None:
@@ -74,7 +74,7 @@ class ProfileCore:
     async def track(self, e: Event, wait_visible: bool = False) -> Outcome:
         """One event; ``InvalidArgument`` names the bad field."""
         received = time.monotonic()
-        err = self.pipeline.check(e)
+        err = self.worker.check(e)
         if err:
             raise InvalidArgument(err.message, field=err.field)
         self._admit()
@@ -118,7 +118,7 @@ class ProfileCore:
 
     def _one(self, i: int, e: Event, received: float, result: BatchResult,
              futures: list[asyncio.Future[None]] | None) -> None:
-        err = self.pipeline.check(e)
+        err = self.worker.check(e)
         if err:
             result.reject(i, e.event_id, err)
             return
@@ -136,7 +136,7 @@ class ProfileCore:
         """Replace a user's attributes; returns the new profile version."""
         self._admit()
         user_id = self._user(user_id)
-        version = self.pipeline.update_attributes(user_id, age, gender, region)
+        version = self.worker.update_attributes(user_id, age, gender, region)
         if self.durability is not None:
             self.durability.log_attributes(user_id, age, gender, region)
         self.materializer.mark(user_id, time.monotonic())
@@ -157,7 +157,7 @@ class ProfileCore:
 
     async def score(self, user_id: str, candidates: list[tuple[str, str, float]]) -> list[tuple[str, float]]:
         """Rank (item_id, category, price) candidates for a user, best first (unknown user: cold start)."""
-        return self.pipeline.score(self._user(user_id), candidates)
+        return self.worker.score(self._user(user_id), candidates)
 
     # -- erasure -----------------------------------------------------------------------------------
     async def delete_user(self, user_id: str) -> bool:
@@ -169,13 +169,13 @@ class ProfileCore:
         for stored in self.ids.all(user_id):
             offset = -1
             if self.durability is not None:
-                offset = self.durability.log_erasure(self.pipeline.erasures.digest(stored), at)
-            existed = self.pipeline.erase(stored, offset, at) or existed
+                offset = self.durability.log_erasure(self.worker.erasures.digest(stored), at)
+            existed = self.worker.erase(stored, offset, at) or existed
             fut = self.materializer.forget(stored)
             if fut is not None:
                 waits.append(fut)
         await self._commit()  # acknowledged = durable (a restart replays the erasure)
-        self.pipeline.metrics.erasures.inc()
+        self.worker.metrics.erasures.inc()
         if waits:
             try:
                 await asyncio.wait_for(asyncio.shield(asyncio.gather(*waits)), self.erase_timeout_s)
@@ -189,8 +189,8 @@ class ProfileCore:
         self._user(user_id)
         lifted, at = False, time.time()
         for stored in self.ids.all(user_id):
-            digest = self.pipeline.erasures.digest(stored)
-            if self.pipeline.unsuppress(digest, at):
+            digest = self.worker.erasures.digest(stored)
+            if self.worker.unsuppress(digest, at):
                 lifted = True
                 if self.durability is not None:
                     self.durability.log_unsuppress(digest, at)
@@ -203,5 +203,5 @@ class ProfileCore:
             return CompactionReport()
         report = await self.durability.compact(self.offline_dir, self.rewrite_online)
         if report.erased_users:
-            self.pipeline.metrics.compaction_duration.observe(report.seconds)
+            self.worker.metrics.compaction_duration.observe(report.seconds)
         return report

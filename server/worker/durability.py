@@ -4,7 +4,7 @@ checkpoints of the whole state let a restart load the newest one and replay the 
 Record kinds in the log: ``E`` + an event (protobuf bytes), ``A`` + JSON attributes,
 ``D`` + JSON ``{"digest", "at"}`` (an erasure; ``server.domain.erasure``), ``U`` + a digest (suppression
 lifted), ``X`` (a record compaction removed: offsets stay), ``N`` (no-op: closes a segment).
-The pipeline applies a change and the log records it in the same synchronous step,
+The partition worker applies a change and the log records it in the same synchronous step,
 so the log order is the apply order and a replay reproduces the state exactly.
 """
 
@@ -14,7 +14,6 @@ import asyncio
 import json
 import logging
 import os
-import pickle
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,8 +26,9 @@ from server.domain.events import Event
 from server.log import checkpoint, codec, compaction
 from server.log.eventlog import EventLog
 from server.logs import OncePerCause, cause_of
+from server.worker import snapshot
 from server.worker.materialize import Materializer
-from server.worker.pipeline import Pipeline
+from server.worker.partition import PartitionWorker
 
 log = logging.getLogger(__name__)
 
@@ -46,28 +46,28 @@ class RecoveryReport:
     seconds: float
 
 
-def apply_record(pipeline: Pipeline, payload: bytes, offset: int = -1,
+def apply_record(worker: PartitionWorker, payload: bytes, offset: int = -1,
                  on_erase: Callable[[str], Any] | None = None) -> str | None:
-    """Apply one log record to ``pipeline``; return the user it changed (None if nothing changed).
+    """Apply one log record to ``worker``; return the user it changed (None if nothing changed).
     ``on_erase`` gets the stored id of a user an erasure record dropped."""
     kind, body = payload[:1], payload[1:]
     if kind == EVENT:
         e = codec.event_from_bytes(body)
-        out = pipeline.apply(e, score=False)
+        out = worker.apply(e, score=False)
         return None if out.duplicate or out.suppressed else e.user_id
     if kind == ATTRIBUTES:
         a = json.loads(body)
-        pipeline.update_attributes(a["user_id"], a["age"], a["gender"], a["region"])
+        worker.update_attributes(a["user_id"], a["age"], a["gender"], a["region"])
         return str(a["user_id"])
     if kind == ERASE:
         d = json.loads(body)
-        user = pipeline.erase_digest(d["digest"], offset, d["at"])
+        user = worker.erase_digest(d["digest"], offset, d["at"])
         if user is not None and on_erase is not None:
             on_erase(user)
         return None
     if kind == UNSUPPRESS:
         u = json.loads(body)
-        pipeline.unsuppress(u["digest"], u["at"])
+        worker.unsuppress(u["digest"], u["at"])
         return None
     if kind in (TOMBSTONE, NOOP):
         return None
@@ -87,11 +87,11 @@ def record_user(payload: bytes) -> str | None:
 class Durability:
     """Owns the event log and the checkpoints of one data directory."""
 
-    def __init__(self, data_dir: Path, pipeline: Pipeline, materializer: Materializer,
+    def __init__(self, data_dir: Path, worker: PartitionWorker, materializer: Materializer,
                  fsync: str = "always", segment_bytes: int = 64 * 1024 * 1024,
                  checkpoint_interval_s: float = 60.0, log_retention_s: float = 0.0,
                  fork_checkpoints: bool = True) -> None:
-        self.pipeline = pipeline
+        self.worker = worker
         self.materializer = materializer
         self.checkpoint_interval_s = checkpoint_interval_s
         self.log_retention_s = log_retention_s
@@ -112,18 +112,18 @@ class Durability:
         start = 0
         if found:
             start, body, path = found
-            state = checkpoint.loads(body)
-            self.pipeline.load_state(state["pipeline"])
-            self.materializer.restore(state["dirty"], state["offline_rows"], state.get("deletes", ()))
-            log.info("loaded checkpoint %s (log offset %d, %d users)", path.name, start,
-                     len(self.pipeline.profiles))
+            snap = snapshot.loads(body, start)
+            snapshot.restore(self.worker, snap)
+            self.materializer.restore(snap.dirty, snap.offline_rows, snap.deletes)
+            log.info("loaded checkpoint %s (log offset %d, %d users%s)", path.name, start, len(self.worker.profiles),
+                     f"; converted from format {snap.converted_from}" if snap.converted_from is not None else "")
         first = self.log.first_offset()
         if start < first:
             log.warning("the log starts at offset %d but the checkpoint is at %d: records %d..%d are gone; "
                         "profiles miss them", first, start, start, first - 1)
         replayed = 0
         for offset, payload in self.log.read_from(start):
-            user = apply_record(self.pipeline, payload, offset, self.materializer.forget)
+            user = apply_record(self.worker, payload, offset, self.materializer.forget)
             if user is not None:
                 self.materializer.mark_quiet(user)
             replayed += 1
@@ -175,9 +175,8 @@ class Durability:
         async with self._checkpointing:  # one at a time: the periodic task and close() may overlap
             return await self._checkpoint(fork)
 
-    def _body(self, dirty: list[str], offline_rows: list[Any], deletes: list[str]) -> bytes:
-        return pickle.dumps({"pipeline": self.pipeline.state(), "dirty": dirty, "offline_rows": offline_rows,
-                             "deletes": deletes}, protocol=pickle.HIGHEST_PROTOCOL)
+    def _body(self, offset: int, dirty: list[str], offline_rows: list[Any], deletes: list[str]) -> bytes:
+        return snapshot.dumps(snapshot.take(self.worker, offset, dirty, offline_rows, deletes))
 
     async def _checkpoint(self, fork: bool | None = None) -> Path:
         t0 = time.perf_counter()
@@ -200,7 +199,7 @@ class Durability:
             else:
                 self._fork_skipped.recovered("checkpoints fork again")
         if not forked:  # pickled here: the event loop waits (seconds with millions of users)
-            body = self._body(dirty, offline_rows, deletes)
+            body = self._body(offset, dirty, offline_rows, deletes)
             await asyncio.to_thread(checkpoint.write_temp, tmp, offset, body)
         await self.log.commit()  # never publish a state the log does not hold up to its offset
         path = await asyncio.to_thread(checkpoint.publish, tmp, self.checkpoint_dir, offset)
@@ -222,7 +221,7 @@ class Durability:
         if pid == 0:  # the child
             code = 1
             try:
-                checkpoint.write_temp(tmp, offset, self._body(dirty, offline_rows, deletes))
+                checkpoint.write_temp(tmp, offset, self._body(offset, dirty, offline_rows, deletes))
                 code = 0
             finally:
                 os._exit(code)
@@ -274,7 +273,7 @@ class Durability:
         wait for the next compaction."""
         async with self._checkpointing:
             t0 = time.perf_counter()
-            erasures = self.pipeline.erasures
+            erasures = self.worker.erasures
             waiting = {erasures.digest(u) for u in self.materializer.pending_deletes()}
             todo = {d: v for d, v in erasures.pending.items() if d not in waiting}
             if not todo:
@@ -302,22 +301,20 @@ class Durability:
                      report.offline_files, report.seconds)
             return report
 
-    def _erase_state(self, state: dict[str, Any], erasures: Erasures) -> dict[str, Any]:
-        """A checkpoint's state without the users of ``erasures`` (worker thread; a scratch pipeline)."""
+    def _erase_state(self, body: dict[str, Any], erasures: Erasures, offset: int | None = None) -> dict[str, Any]:
+        """A checkpoint's body without the users of ``erasures`` (worker thread; a scratch worker). Written
+        back in the current format."""
         from prometheus_client import CollectorRegistry
 
         from server.metrics import Metrics
 
-        scratch = Pipeline(self.pipeline.config, Metrics(CollectorRegistry()))
-        scratch.load_state(state["pipeline"])
-        for d, (offset, at, _) in erasures.pending.items():
-            scratch.erase_digest(d, offset, at)
-        keep = [u for u in state["dirty"] if erasures.digest(u) not in erasures.pending]
-        rows = [r for r in state["offline_rows"] if erasures.digest(r["user_id"]) not in erasures.pending]
-        deletes = [u for u in state.get("deletes", ()) if erasures.digest(u) not in erasures.pending]
-        return {"pipeline": scratch.state(), "dirty": keep, "offline_rows": rows, "deletes": deletes}
-
-    def state_summary(self) -> dict[str, Any]:
-        """Numbers for logs/metrics."""
-        return {"next_offset": self.log.next_offset, "durable_offset": self.log.durable_offset,
-                "pending_bytes": self.log.pending_bytes}
+        snap = snapshot.from_dict(body, offset)
+        scratch = PartitionWorker(self.worker.config, Metrics(CollectorRegistry()))
+        snapshot.restore(scratch, snap)
+        for d, (at_offset, at, _) in erasures.pending.items():
+            scratch.erase_digest(d, at_offset, at)
+        gone = erasures.pending
+        keep = [u for u in snap.dirty if erasures.digest(u) not in gone]
+        rows = [r for r in snap.offline_rows if erasures.digest(r["user_id"]) not in gone]
+        deletes = [u for u in snap.deletes if erasures.digest(u) not in gone]
+        return snapshot.to_dict(snapshot.take(scratch, snap.offset, keep, rows, deletes))

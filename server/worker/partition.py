@@ -1,18 +1,24 @@
-"""The single writer: validate -> dedupe -> profile -> labels -> ranking -> risk -> models -> enqueue.
+"""The partition worker: applies events to the per-user state of the users it owns.
 
-Transport-agnostic and synchronous: the server calls it from its event loop
-only, so profiles and River models have exactly one writer and need no locks.
+validate -> dedupe -> profile -> pending decisions -> item decisions -> risk inputs -> segment -> rows.
+
+It owns, per user, the profile (windows, sessions, affinities), the recent items, the dedupe ids,
+the pending decisions of both models and the risk inputs; the shared models are the trainer's
+(``server.models.trainer``): the worker scores with the version it publishes and sends it what to
+learn (resolved decisions with their frozen inputs, user and event vectors, item statistics).
+Transport-agnostic and synchronous: the server calls it from its event loop only, so state has
+exactly one writer and needs no locks.
 
 >>> from prometheus_client import CollectorRegistry
 >>> from server.domain.events import Event, EventType
->>> p = Pipeline(PipelineConfig(), Metrics(CollectorRegistry()))
->>> out = p.track(Event("e1", "u1", EventType.VIEW, 1_700_000_000.0, item_id="i1", category="c1"), now=1_700_000_000.0)
+>>> w = PartitionWorker(WorkerConfig(), Metrics(CollectorRegistry()))
+>>> out = w.track(Event("e1", "u1", EventType.VIEW, 1_700_000_000.0, item_id="i1", category="c1"), now=1_700_000_000.0)
 >>> out.duplicate, out.version
 (False, 1)
->>> p.track(Event("e1", "u1", EventType.VIEW, 1_700_000_000.0, item_id="i1"), now=1_700_000_000.0).duplicate
+>>> w.track(Event("e1", "u1", EventType.VIEW, 1_700_000_000.0, item_id="i1"), now=1_700_000_000.0).duplicate
 True
->>> p.row("u1")["views_1h"], p.row("u1")["top_categories"]
-(1.0, ['c1'])
+>>> w.row("u1")["views_1h"], w.row("u1")["top_categories"], w.trainer.version > 0
+(1.0, ['c1'], True)
 """
 
 from __future__ import annotations
@@ -26,32 +32,32 @@ from typing import Any
 from server.domain.dedupe import Dedupe
 from server.domain.erasure import Erasures
 from server.domain.errors import FailedPrecondition, InvalidArgument
-from server.domain.events import MAX_PRICE, Event, EventType, FieldError, validate
+from server.domain.events import MAX_GENDER_LEN, MAX_ID_LEN, MAX_PRICE, Event, EventType, FieldError, validate
 from server.domain.labels import DelayedLabels
 from server.domain.profile import TagRules, UserProfile
 from server.metrics import Metrics
-from server.models.quality import RollingQuality
-from server.models.ranking import Ranker
-from server.models.risk import Risk
+from server.models.risk import UserRisk
+from server.models.trainer import ITEM, PROPENSITY, EventVector, Labelled, Trainer, TrainerConfig, UserVector
 from server.models.user import Propensity, Segmenter
+from server.worker.items import ItemDecisions
 
-PROPENSITY = "propensity"
-ITEM = "item"
+__all__ = ["ITEM", "PROPENSITY", "Outcome", "PartitionWorker", "WorkerConfig"]
+
 MAX_CANDIDATES = 500
 _COLD_START = UserProfile().features()  # an unknown user's features (all zero)
+STATE_FORMAT = 1
+"""Version of ``PartitionWorker.state()``'s layout (``server.log.checkpoint`` records it)."""
 
 
 @dataclass(frozen=True)
-class PipelineConfig:
-    """The pipeline's knobs (taken from ``Settings``)."""
+class WorkerConfig:
+    """The partition worker's knobs (taken from ``Settings``), with its in-process trainer's."""
 
     propensity_horizon_s: float = 3600.0
     decision_interval_s: float = 300.0
     allowed_lateness_s: float = 60.0
     max_pending_labels: int = 1_000_000
-    segments: int = 8
     dedupe_capacity: int = 1_000_000
-    quality_window: int = 10_000
     tag_rules: TagRules = field(default_factory=TagRules)
     item_horizon_s: float = 86_400.0
     """Item model horizon H_item: 'will the user buy this item within H_item after touching it?'."""
@@ -63,8 +69,6 @@ class PipelineConfig:
     """Share of (user, item) pairs whose decisions are recorded (deterministic); lower it at high traffic."""
     item_history: int = 20
     """Recently touched items remembered per user (history features of the item model)."""
-    max_items: int = 200_000
-    """Items with popularity/conversion statistics in memory (least recently seen dropped first)."""
     labels_per_event: int = 16
     """Overdue decisions resolved (and learnt) per event and model, at most: after a jump of event time
     (a replay, a paused producer) the backlog is spread over the next events instead of one long stall."""
@@ -72,6 +76,8 @@ class PipelineConfig:
     """A user whose decayed risk score is at least this gets the ``suspicious`` tag."""
     erasure_salt: bytes = b""
     """Key of the digests erased users are held by (``server.domain.erasure``; the server uses its data dir's)."""
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    """The shared models' knobs (segments, quality window, items held)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,32 +91,28 @@ class Outcome:
     suppressed: bool = False
 
 
-class Pipeline:
-    """Owns every profile and model; one call per event, one thread."""
+class PartitionWorker:
+    """Owns its users' state; one call per event, one thread. ``trainer`` holds the shared models (a new
+    one unless given: in one process every worker shares it)."""
 
-    #: Attributes that are wiring, not state: never checkpointed (see ``state``).
-    TRANSIENT = ("config", "metrics", "on_change", "on_label", "_stage", "_counted")
-
-    def __init__(self, config: PipelineConfig, metrics: Metrics,
+    def __init__(self, config: WorkerConfig, metrics: Metrics, trainer: Trainer | None = None,
                  on_change: Callable[[str], Any] | None = None,
                  on_label: Callable[[str, Any, bool, float], Any] | None = None) -> None:
         self.config = config
         self.metrics = metrics
+        self.trainer = trainer if trainer is not None else Trainer(config.trainer)
         self.on_change = on_change
         self.on_label = on_label  # (model, decision, label, event time at resolution): for replays/evaluation
         self.profiles: dict[str, UserProfile] = {}
         self.dedupe = Dedupe(config.dedupe_capacity)
         self.labels = DelayedLabels(config.propensity_horizon_s, config.decision_interval_s,
                                     config.allowed_lateness_s, config.max_pending_labels)
-        self.propensity = Propensity()
-        self.segmenter = Segmenter(k=config.segments)
-        self.quality = RollingQuality(config.quality_window)
-        self.segment_sizes = [0] * config.segments
-        self.ranker = Ranker(config.item_horizon_s, config.item_decision_interval_s, config.allowed_lateness_s,
-                             config.max_pending_item_labels, config.item_history, config.max_items,
-                             quality_window=config.quality_window, sample=config.item_decision_sample)
-        self.risk = Risk(threshold=config.risk_threshold)
-        self._row_ts: dict[str, int] = {}
+        self.items = ItemDecisions(config.item_horizon_s, config.item_decision_interval_s, config.allowed_lateness_s,
+                                   config.max_pending_item_labels, config.item_history,
+                                   sample=config.item_decision_sample)
+        self.risk = UserRisk(threshold=config.risk_threshold)
+        self.segment_sizes = [0] * config.trainer.segments
+        self.row_ts: dict[str, int] = {}
         self.erasures = Erasures(config.erasure_salt)
         # the per-event counters, resolved once (a labels() lookup per event was measurable)
         self._counted = {(t, o): metrics.events.labels(event_type=t.name.lower(), outcome=o)
@@ -169,9 +171,10 @@ class Pipeline:
         features = profile.features()
         t2 = time.perf_counter()
         stage["profile"].observe(t2 - t1)
+        models = self.trainer  # the published version (in one process: the live models)
         if score or self.labels.wants(e.user_id, t):
             x = Propensity.vector(features, int(etype), t)
-            profile.propensity = self.propensity.predict(x)
+            profile.propensity = models.propensity.predict(x)
             self.labels.decide(e.user_id, t, x, profile.propensity)
         else:
             profile.propensity = math.nan
@@ -179,14 +182,23 @@ class Pipeline:
         t3 = time.perf_counter()
         stage["labels"].observe(t3 - t2)
         if e.item_id:
-            self._learn_items(self.ranker.observe(e, features, profile, t), t)
-        self._learn_items(self.ranker.advance(t, self.config.labels_per_event), t)
+            resolved, delta = self.items.observe(e, features, profile, t, models)
+            if delta is not None:
+                models.feed(delta)
+            self._learn_items(resolved, t)
+        self._learn_items(self.items.advance(t, self.config.labels_per_event), t)
         t4 = time.perf_counter()
         stage["ranking"].observe(t4 - t3)
-        self.metrics.risk_score.observe(self.risk.observe(e, features, previous_t))
+        x_risk = self.risk.vector(e, features, previous_t)
+        risk = models.risk.score(x_risk)
+        models.feed(EventVector(x_risk))
+        self.risk.record(e, risk)
+        self.metrics.risk_score.observe(risk)
         t5 = time.perf_counter()
         stage["risk"].observe(t5 - t4)
-        segment = self.segmenter.learn_predict(Segmenter.vector(features, profile.category_count(), t))
+        x_segment = Segmenter.vector(features, profile.category_count(), t)
+        models.feed(UserVector(x_segment))
+        segment = models.segmenter.predict(x_segment)
         if segment != profile.segment:
             if profile.segment >= 0:
                 self.segment_sizes[profile.segment] -= 1
@@ -211,33 +223,36 @@ class Pipeline:
             p.propensity = 0.0
             return
         f = p.features() if features is None else features
-        p.propensity = self.propensity.predict(Propensity.vector(f, p.last_type, p.updated_at))
+        p.propensity = self.trainer.propensity.predict(Propensity.vector(f, p.last_type, p.updated_at))
 
     def _learn(self, resolved: list[Any], t: float) -> None:
+        feed = self.trainer.feed
         for decision, label in resolved:
-            self.quality.add(decision.p, label)
-            self.propensity.learn(decision.x, label)
+            feed(Labelled(PROPENSITY, decision.x, decision.p, label))
             self.metrics.labels.labels(model=PROPENSITY, label="positive" if label else "negative").inc()
             if self.on_label:
                 self.on_label(PROPENSITY, decision, label, t)
 
     def _learn_items(self, resolved: list[Any], t: float) -> None:
+        feed = self.trainer.feed
         for decision, label in resolved:
-            self.ranker.learn(decision, label)
+            feed(Labelled(ITEM, decision.x, decision.p, label))
             self.metrics.labels.labels(model=ITEM, label="positive" if label else "negative").inc()
             if self.on_label:
                 self.on_label(ITEM, decision, label, t)
 
     def update_attributes(self, user_id: str, age: int, gender: str, region: str) -> int:
         """Replace a user's basic attributes (creating the user); return the new version."""
-        if not user_id or len(user_id) > 128:
-            raise InvalidArgument("user_id must be 1..128 characters", field="user_id")
+        if not user_id or len(user_id) > MAX_ID_LEN:
+            raise InvalidArgument(f"user_id must be 1..{MAX_ID_LEN} characters", field="user_id")
         if not 0 <= age <= 150:
             raise InvalidArgument("attributes.age must be within 0..150", field="attributes.age")
-        if len(gender) > 32:
-            raise InvalidArgument("attributes.gender is longer than 32 characters", field="attributes.gender")
-        if len(region) > 128:
-            raise InvalidArgument("attributes.region is longer than 128 characters", field="attributes.region")
+        if len(gender) > MAX_GENDER_LEN:
+            raise InvalidArgument(f"attributes.gender is longer than {MAX_GENDER_LEN} characters",
+                                  field="attributes.gender")
+        if len(region) > MAX_ID_LEN:
+            raise InvalidArgument(f"attributes.region is longer than {MAX_ID_LEN} characters",
+                                  field="attributes.region")
         if self.erasures.is_suppressed(user_id):
             raise FailedPrecondition("the user was erased and is suppressed (an admin can lift it)", field="user_id")
         profile = self.profiles.get(user_id)
@@ -279,21 +294,38 @@ class Pipeline:
                 self.segment_sizes[profile.segment] -= 1
             self.dedupe.forget(profile)
         held = self.labels.drop_user(user_id) or held
-        held = self.ranker.drop_user(user_id) or held
+        held = self.items.drop_user(user_id) or held
         held = self.risk.drop_user(user_id) or held
-        self._row_ts.pop(user_id, None)
+        self.row_ts.pop(user_id, None)
         return held
 
     # -- checkpoints --------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        """Everything the pipeline holds (profiles, models, pending labels, dedupe ids), picklable."""
-        return {k: v for k, v in vars(self).items() if k not in self.TRANSIENT}
+        """The per-user state by name (``server.log.checkpoint`` writes it apart from the trainer's). Dedupe
+        ids are listed with the user owning them (in memory they point at the profile object)."""
+        owner = {id(p): u for u, p in self.profiles.items()}
+        return {
+            "format": STATE_FORMAT, "profiles": self.profiles,
+            "dedupe": [(k, owner.get(id(v))) for k, v in self.dedupe.owners()],
+            "labels": self.labels, "item_history": self.items.history, "item_labels": self.items.labels,
+            "risk": self.risk, "segment_sizes": self.segment_sizes, "row_ts": self.row_ts,
+            "erasures": self.erasures,
+        }
 
     def load_state(self, state: dict[str, Any]) -> None:
-        """Replace the held state with a ``state()`` taken earlier (the wiring stays)."""
-        for k, v in state.items():
-            if k not in self.TRANSIENT:
-                setattr(self, k, v)
+        """Replace the per-user state with a ``state()`` taken earlier (the wiring and the trainer stay)."""
+        if state.get("format") != STATE_FORMAT:
+            raise ValueError(f"worker state format {state.get('format')!r}, expected {STATE_FORMAT}")
+        self.profiles = state["profiles"]
+        self.dedupe = Dedupe(self.config.dedupe_capacity)
+        for event_id, user in state["dedupe"]:
+            self.dedupe.add(event_id, self.profiles.get(user) if user is not None else None)
+        self.labels = state["labels"]
+        self.items.history, self.items.labels = state["item_history"], state["item_labels"]
+        self.risk = state["risk"]
+        self.segment_sizes = state["segment_sizes"]
+        self.row_ts = state["row_ts"]
+        self.erasures = state["erasures"]
 
     # -- reads --------------------------------------------------------------------------------
     def row(self, user_id: str) -> dict[str, Any]:
@@ -306,8 +338,8 @@ class Pipeline:
         p = self.profiles[user_id]
         features = p.features()
         self._ensure_score(p, features)
-        ts = max(int(p.updated_at * 1_000_000), self._row_ts.get(user_id, 0) + 1)
-        self._row_ts[user_id] = ts
+        ts = max(int(p.updated_at * 1_000_000), self.row_ts.get(user_id, 0) + 1)
+        self.row_ts[user_id] = ts
         row: dict[str, Any] = dict(features)
         row.update(
             user_id=user_id, event_timestamp_us=ts, updated_at_ts=p.updated_at,
@@ -325,25 +357,26 @@ class Pipeline:
 
         "Now" is the latest event time seen (event time, like every feature). Ties keep the request order.
         """
-        if not user_id or len(user_id) > 128:
-            raise InvalidArgument("user_id must be 1..128 characters", field="user_id")
+        if not user_id or len(user_id) > MAX_ID_LEN:
+            raise InvalidArgument(f"user_id must be 1..{MAX_ID_LEN} characters", field="user_id")
         if len(candidates) > MAX_CANDIDATES:
             raise InvalidArgument(f"at most {MAX_CANDIDATES} candidates, got {len(candidates)}", field="candidates")
         for i, (item, category, price) in enumerate(candidates):
-            if not item or len(item) > 128:
-                raise InvalidArgument("item_id must be 1..128 characters", field=f"candidates[{i}].item_id")
-            if len(category) > 128:
-                raise InvalidArgument("category is longer than 128 characters", field=f"candidates[{i}].category")
+            if not item or len(item) > MAX_ID_LEN:
+                raise InvalidArgument(f"item_id must be 1..{MAX_ID_LEN} characters", field=f"candidates[{i}].item_id")
+            if len(category) > MAX_ID_LEN:
+                raise InvalidArgument(f"category is longer than {MAX_ID_LEN} characters",
+                                      field=f"candidates[{i}].category")
             if not math.isfinite(price) or not 0 <= price <= MAX_PRICE:
                 raise InvalidArgument(f"price must be a finite number in 0..{MAX_PRICE:g}",
                                       field=f"candidates[{i}].price")
         p = self.profiles.get(user_id)
-        t = max(self.ranker.labels.max_time, 0.0)
+        t = max(self.items.labels.max_time, 0.0)
         if p is None or p.last_event is None:
             features, top = _COLD_START, []
         else:
             features, top, t = p.features(), p.top_categories(), max(t, p.updated_at)
-        scores = self.ranker.score(user_id, features, top, candidates, t)
+        scores = self.items.score(user_id, features, top, candidates, t, self.trainer)
         order = sorted(range(len(candidates)), key=lambda i: -scores[i])
         return [(candidates[i][0], scores[i]) for i in order]
 
@@ -355,16 +388,16 @@ class Pipeline:
         m.suppressed_users.set(len(self.erasures.suppressed))
         m.erasures_pending_compaction.set(len(self.erasures.pending))
         m.pending_labels.labels(model=PROPENSITY).set(len(self.labels))
+        m.pending_labels.labels(model=ITEM).set(len(self.items.labels))
         for i, n in enumerate(self.segment_sizes):
             m.segment_users.labels(segment=str(i)).set(n)
         if not quality:
-            m.pending_labels.labels(model=ITEM).set(len(self.ranker.labels))
             return
-        m.model_roc_auc.labels(model=PROPENSITY).set(self.quality.roc_auc())
-        m.model_log_loss.labels(model=PROPENSITY).set(self.quality.log_loss())
-        m.pending_labels.labels(model=ITEM).set(len(self.ranker.labels))
-        m.model_roc_auc.labels(model=ITEM).set(self.ranker.quality.roc_auc())
-        m.model_log_loss.labels(model=ITEM).set(self.ranker.quality.log_loss())
+        trainer = self.trainer
+        m.model_roc_auc.labels(model=PROPENSITY).set(trainer.propensity_quality.roc_auc())
+        m.model_log_loss.labels(model=PROPENSITY).set(trainer.propensity_quality.log_loss())
+        m.model_roc_auc.labels(model=ITEM).set(trainer.item_quality.roc_auc())
+        m.model_log_loss.labels(model=ITEM).set(trainer.item_quality.log_loss())
 
 
 def _type_label(t: int) -> str:

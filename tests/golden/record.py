@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 from server.domain.events import Event
 from server.metrics import Metrics
 from server.tools.simulate import simulate
-from server.worker.pipeline import Pipeline, PipelineConfig
+from server.worker.partition import PartitionWorker, WorkerConfig
 
 PATH = Path(__file__).with_name("shop.json.gz")
 USERS, DAYS, DRIFT_DAY, SEED = 250, 6, 3, 11
@@ -41,7 +41,7 @@ def outputs(events: list[Event] | None = None) -> dict[str, Any]:
     """Per-event outcomes (version, propensity, segment, duplicate), every user's final row, Score for a
     fixed candidate list, and the totals the pipeline keeps."""
     evs = events if events is not None else list(simulate(users=USERS, days=DAYS, drift_day=DRIFT_DAY, seed=SEED))
-    p = Pipeline(PipelineConfig(), Metrics(CollectorRegistry()))
+    p = PartitionWorker(WorkerConfig(), Metrics(CollectorRegistry()))
     per_event = []
     for i, e in enumerate(evs):
         if i % 97 == 0:  # a resent event: must stay a duplicate

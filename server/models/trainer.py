@@ -1,0 +1,144 @@
+"""The trainer: the single writer of the shared models.
+
+Partition workers own per-user state; every model that learns from all users lives here —
+the propensity model, the item model, the KMeans segments, the risk detector, item and category
+popularity, and the rolling quality of both supervised models. Workers never write them: they
+send the trainer what it learns from (``feed``) and score with the version it publishes.
+
+What a worker sends (nothing names a user):
+
+- ``Labelled``: a decision whose label is now known, with the inputs frozen when it was made;
+- ``UserVector``: a user's segment input after an event (the segments learn it);
+- ``EventVector``: an event's risk input (the detector learns it);
+- ``ItemStats``: one touch of an item (and its category) for the popularity statistics.
+
+In one process the trainer publishes after every message: the version a worker reads is the live
+object (``version`` counts the messages learnt), so outputs equal those of a single pipeline. Across
+processes (the scale-out issue) the same messages travel over a log and versions are copies.
+
+>>> from server.domain.profile import UserProfile
+>>> t = Trainer(TrainerConfig(segments=2))
+>>> f = UserProfile().features()
+>>> x = t.propensity.vector(f, event_type=1, t=0.0)
+>>> t.feed(Labelled(PROPENSITY, x, t.propensity.predict(x), True))
+>>> t.feed(UserVector(t.segmenter.vector(f, 0, 0.0)))
+>>> t.version, len(t.propensity_quality)
+(2, 1)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from server.domain.units import DAY
+from server.models.itemstats import Popularity
+from server.models.quality import RollingQuality
+from server.models.ranking import ItemModel
+from server.models.risk import RiskDetector
+from server.models.user import Propensity, Segmenter
+
+PROPENSITY = "propensity"
+ITEM = "item"
+MODELS = (PROPENSITY, ITEM)
+
+
+@dataclass(frozen=True, slots=True)
+class Labelled:
+    """A resolved decision of ``model``: inputs ``x`` frozen at the decision, the prediction ``p`` made then."""
+
+    model: str
+    x: Sequence[float]
+    p: float
+    label: bool
+
+
+@dataclass(frozen=True, slots=True)
+class UserVector:
+    """A user's segment input (``Segmenter.vector``) after one of its events."""
+
+    x: Sequence[float]
+
+
+@dataclass(frozen=True, slots=True)
+class EventVector:
+    """An event's risk input (``server.models.risk.inputs``)."""
+
+    x: dict[str, float]
+
+
+@dataclass(frozen=True, slots=True)
+class ItemStats:
+    """One touch (``slot``: view, cart, ... of ``server.models.itemstats``) of an item at event time ``t``."""
+
+    item: str
+    category: str
+    t: float
+    slot: int
+    price: float
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    """The shared models' knobs (taken from ``Settings``)."""
+
+    segments: int = 8
+    quality_window: int = 10_000
+    max_items: int = 200_000
+    """Items with popularity/conversion statistics in memory (least recently seen dropped first)."""
+    max_categories: int = 10_000
+    popularity_half_life_s: float = 3 * DAY
+
+
+class Trainer:
+    """Holds and learns the shared models; one call per message, one writer."""
+
+    def __init__(self, config: TrainerConfig) -> None:
+        self.config = config
+        self.propensity = Propensity()
+        self.propensity_quality = RollingQuality(config.quality_window)
+        self.item_model = ItemModel()
+        self.item_quality = RollingQuality(config.quality_window)
+        self.segmenter = Segmenter(k=config.segments)
+        self.risk = RiskDetector()
+        self.items = Popularity(config.popularity_half_life_s, config.max_items)
+        self.categories = Popularity(config.popularity_half_life_s, config.max_categories)
+        self.version = 0
+
+    def feed(self, message: Labelled | UserVector | EventVector | ItemStats) -> None:
+        """Learn one message, then publish (in one process: ``version`` moves on)."""
+        if type(message) is ItemStats:
+            self.items.add(message.item, message.t, message.slot, message.price)
+            if message.category:
+                self.categories.add(message.category, message.t, message.slot)
+        elif type(message) is EventVector:
+            self.risk.learn(message.x)
+        elif type(message) is UserVector:
+            self.segmenter.learn(message.x)
+        elif type(message) is Labelled:
+            if message.model == PROPENSITY:
+                self.propensity_quality.add(message.p, message.label)
+                self.propensity.learn(message.x, message.label)
+            else:
+                self.item_quality.add(message.p, message.label)
+                self.item_model.learn(message.x, message.label)
+        else:
+            raise TypeError(f"the trainer learns no {type(message).__name__}")
+        self.version += 1
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    FIELDS = ("propensity", "propensity_quality", "item_model", "item_quality", "segmenter", "risk", "items",
+              "categories", "version")
+
+    def state(self) -> dict[str, Any]:
+        """The trainer's state by name (``server.log.checkpoint`` writes it apart from the workers')."""
+        return {k: getattr(self, k) for k in self.FIELDS}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Replace the models with a ``state()`` taken earlier."""
+        missing = set(self.FIELDS) - set(state)
+        if missing:
+            raise ValueError(f"trainer state lacks {sorted(missing)}")
+        for k in self.FIELDS:
+            setattr(self, k, state[k])
