@@ -4,7 +4,7 @@ Both are River's math — ``StandardScaler | LogisticRegression`` (AdaGrad) and
 ``StandardScaler | KMeans`` — over compact float lists instead of dicts: the inputs are
 dense vectors of fixed names (``PROPENSITY_INPUTS``, ``SEGMENT_INPUTS``), so every
 per-feature dict River keeps (counts, means, variances, weights, AdaGrad sums, centres)
-is a list indexed like the vector. ``tests/test_models.py`` checks them against River's
+is a list indexed like the vector. ``tests/unit/models/test_user.py`` checks them against River's
 own estimators on the same streams. State is plain lists and floats: small, picklable,
 and summed in a fixed order (exact replays; see ``DenseKMeans``).
 

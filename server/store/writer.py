@@ -3,7 +3,7 @@
 ``FeastRowWriter`` turns rows into Feast's own protos (an ``EntityKey`` and one ``Value`` per
 feature) and calls the provider's ``online_write_batch`` — the call Feast's
 ``write_to_online_store`` ends in, without the pandas and Arrow conversions before it (the same
-bytes land in Redis; tests/test_writer.py compares them).
+bytes land in Redis; tests/integration/test_writer.py compares them).
 
 ``WriterProcess`` runs one in a child process (``python -m server.store.writer``), so the server's
 event loop and GIL are left to ingest while the child uses another core. ``await write(rows)``

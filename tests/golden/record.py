@@ -1,5 +1,5 @@
 """Outputs of the pipeline on a seeded simulated shop, recorded so that a re-house of the code can be
-checked to change none of them (``tests/test_golden.py``).
+checked to change none of them (``tests/unit/worker/test_golden.py``).
 
 ``python -m tests.golden.record`` rewrites ``tests/golden/shop.json.gz`` — only when a change is MEANT to
 change outputs (say which, and why, in the commit). Floats are kept as ``repr`` strings: equal means equal

@@ -13,13 +13,13 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from tests.test_servicer import ev
 
 from server._gen.portrait.v1 import portrait_pb2 as pb
 from server.store.feast import offline_dir
 from server.tools import training
 from server.tools.training import TrainingSetError, clean_entities
 from tests.conftest import ROOT, uid
-from tests.test_servicer import ev
 
 
 def _args(*argv: str) -> argparse.Namespace:

@@ -13,6 +13,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from tests.test_servicer import ev
 
 from server.domain.events import Event, EventType
 from server.domain.profile import FEATURE_NAMES
@@ -20,7 +21,6 @@ from server.metrics import Metrics
 from server.store.feast import FEATURE_SERVICE, OfflineLog, OnlineStore, offline_dir, open_store
 from server.worker.partition import PartitionWorker, WorkerConfig
 from tests.conftest import ROOT, uid
-from tests.test_servicer import ev
 
 pytestmark = pytest.mark.usefixtures("server")
 
