@@ -24,12 +24,12 @@ from server._gen.portrait.v1 import portrait_pb2, portrait_pb2_grpc
 from server.api.interceptors import ServerInterceptor
 from server.api.security import AuthInterceptor, SecurityConfigError, access_policy
 from server.api.servicer import ProfileServicer
-from server.config import Settings, redis_url_to_feast
+from server.config import Settings
 from server.domain.pseudonym import Pseudonymizer, PseudonymKeyError
 from server.log.compaction import load_salt
 from server.metrics import Metrics, serve_metrics
 from server.models.trainer import TrainerConfig
-from server.store.embedded_redis import EmbeddedRedis
+from server.store.embedded_redis import EmbeddedRedis, online_redis
 from server.store.feast import OfflineLog, OnlineStore, apply_definitions, offline_dir, open_store, set_feast_env
 from server.store.writer import WriterProcess
 from server.worker.core import ProfileCore
@@ -128,14 +128,8 @@ class PortraitServer:
             log.info("user ids are stored as pseudonyms (key version %s of %d)", ids.keys[-1][0], len(ids.keys))
         data_dir = Path(s.data_dir).resolve()
         data_dir.mkdir(parents=True, exist_ok=True)
-        if s.redis_url:
-            self.feast_redis = s.feast_redis_connection()
-        elif s.feast_redis:
-            self.feast_redis = s.feast_redis
-        else:
-            self.embedded = EmbeddedRedis(data_dir, s.embedded_redis_port)
-            self.embedded.start()
-            self.feast_redis = redis_url_to_feast(self.embedded.url)
+        self.feast_redis, self.embedded = online_redis(s.configured_feast_redis(), data_dir, s.embedded_redis_port)
+        if self.embedded is not None:
             log.info("PORTRAIT_REDIS_URL is unset: using the embedded Redis at %s "
                      "(other processes: PORTRAIT_FEAST_REDIS=%s PORTRAIT_DATA_DIR=%s)",
                      self.embedded.url, self.feast_redis, data_dir)

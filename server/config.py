@@ -173,6 +173,10 @@ class Settings(BaseSettings):
     log_json: bool = False
     """Log one JSON object per line (ts, level, logger, message, exc_info, extra fields) instead of plain text."""
 
+    def configured_feast_redis(self) -> str | None:
+        """``feast_redis_connection()``, or None when no Redis is configured (the embedded one is used)."""
+        return self.feast_redis_connection() if self.feast_redis or self.redis_url else None
+
     def feast_redis_connection(self) -> str:
         """The Redis connection in Feast's form, from ``feast_redis`` or else ``redis_url``."""
         if self.feast_redis:

@@ -17,14 +17,14 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from server.config import Settings, redis_url_to_feast
+from server.config import Settings
 from server.log import checkpoint
 from server.log.eventlog import EventLog
 from server.metrics import Metrics
-from server.store.embedded_redis import EmbeddedRedis
+from server.store.embedded_redis import online_redis
 from server.store.feast import OfflineLog, OnlineStore, apply_definitions, set_feast_env
 from server.worker import snapshot
-from server.worker.durability import apply_record
+from server.worker.durability import restore
 from server.worker.partition import PartitionWorker
 
 log = logging.getLogger(__name__)
@@ -35,34 +35,16 @@ def rebuild(settings: Settings, from_start: bool = False) -> int:
     from server.app import worker_config
 
     data_dir = Path(settings.data_dir).resolve()
-    embedded = None
-    if settings.redis_url or settings.feast_redis:
-        feast_redis = settings.feast_redis_connection()
-    else:
-        embedded = EmbeddedRedis(data_dir, settings.embedded_redis_port)
-        embedded.start()
-        feast_redis = redis_url_to_feast(embedded.url)
+    feast_redis, embedded = online_redis(settings.configured_feast_redis(), data_dir, settings.embedded_redis_port)
     try:
         set_feast_env(data_dir, feast_redis)
         store = apply_definitions(settings.feature_repo, data_dir)
         worker = PartitionWorker(worker_config(settings), Metrics(CollectorRegistry()))
         events = EventLog(data_dir / "log")
         events.open()
-        start = 0
-        found = None if from_start else checkpoint.load_latest(data_dir / "checkpoints")
-        if found:
-            start, body, path = found
-            snapshot.restore(worker, snapshot.loads(body, start))
-            log.info("starting from checkpoint %s (log offset %d)", path.name, start)
-        if events.first_offset() > start:
-            log.warning("the retained log starts at offset %d, after %d: profiles will miss records %d..%d "
-                        "(set PORTRAIT_LOG_RETENTION_S=-1 to keep the whole log)",
-                        events.first_offset(), start, start, events.first_offset() - 1)
         t0 = time.perf_counter()
-        replayed = 0
-        for _, payload in events.read_from(start):
-            apply_record(worker, payload)
-            replayed += 1
+        done = restore(worker, events, data_dir / "checkpoints", from_start=from_start)
+        start, replayed = done.start, done.replayed
         log.info("replayed %d records in %.1f s", replayed, time.perf_counter() - t0)
         now_us = int(time.time() * 1_000_000)
         users = list(worker.profiles)

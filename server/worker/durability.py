@@ -84,6 +84,47 @@ def record_user(payload: bytes) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class Restored:
+    """What ``restore`` loaded: the checkpoint's snapshot (None without one), where the log replay started,
+    and how many records it applied."""
+
+    snapshot: snapshot.Snapshot | None
+    path: Path | None
+    start: int
+    replayed: int
+
+
+def restore(worker: PartitionWorker, log_: EventLog, checkpoint_dir: Path, from_start: bool = False,
+            on_user: Callable[[str], Any] | None = None, on_erase: Callable[[str], Any] | None = None,
+            on_snapshot: Callable[[snapshot.Snapshot], Any] | None = None) -> Restored:
+    """The one recovery path: load the newest valid checkpoint into ``worker`` (unless ``from_start``), then
+    replay the log after it. ``on_snapshot`` gets the loaded snapshot before the replay, ``on_user`` each user a
+    replayed record changed, ``on_erase`` each user an erasure record dropped. Used by the server's start-up
+    and by ``portrait replay-log``."""
+    found = None if from_start else checkpoint.load_latest(checkpoint_dir)
+    snap, path, start = None, None, 0
+    if found:
+        start, body, path = found
+        snap = snapshot.loads(body, start)
+        snapshot.restore(worker, snap)
+        if on_snapshot is not None:
+            on_snapshot(snap)
+        log.info("loaded checkpoint %s (log offset %d, %d users%s)", path.name, start, len(worker.profiles),
+                 f"; converted from format {snap.converted_from}" if snap.converted_from is not None else "")
+    first = log_.first_offset()
+    if start < first:
+        log.warning("the log starts at offset %d but the replay starts at %d: records %d..%d are gone; profiles "
+                    "miss them (PORTRAIT_LOG_RETENTION_S=-1 keeps the whole log)", first, start, start, first - 1)
+    replayed = 0
+    for offset, payload in log_.read_from(start):
+        user = apply_record(worker, payload, offset, on_erase)
+        if user is not None and on_user is not None:
+            on_user(user)
+        replayed += 1
+    return Restored(snap, path, start, replayed)
+
+
 class Durability:
     """Owns the event log and the checkpoints of one data directory."""
 
@@ -108,29 +149,18 @@ class Durability:
         """Load the newest valid checkpoint, replay the log after it, queue changed users for writing."""
         t0 = time.perf_counter()
         opened = self.log.open()
-        found = checkpoint.load_latest(self.checkpoint_dir)
-        start = 0
-        if found:
-            start, body, path = found
-            snap = snapshot.loads(body, start)
-            snapshot.restore(self.worker, snap)
-            self.materializer.restore(snap.dirty, snap.offline_rows, snap.deletes)
-            log.info("loaded checkpoint %s (log offset %d, %d users%s)", path.name, start, len(self.worker.profiles),
-                     f"; converted from format {snap.converted_from}" if snap.converted_from is not None else "")
-        first = self.log.first_offset()
-        if start < first:
-            log.warning("the log starts at offset %d but the checkpoint is at %d: records %d..%d are gone; "
-                        "profiles miss them", first, start, start, first - 1)
-        replayed = 0
-        for offset, payload in self.log.read_from(start):
-            user = apply_record(self.worker, payload, offset, self.materializer.forget)
-            if user is not None:
-                self.materializer.mark_quiet(user)
-            replayed += 1
+        materializer = self.materializer
+
+        def restored(snap: snapshot.Snapshot) -> None:  # before the replay: rows the checkpoint had not written
+            materializer.restore(snap.dirty, snap.offline_rows, snap.deletes)
+
+        done = restore(self.worker, self.log, self.checkpoint_dir, on_user=materializer.mark_quiet,
+                       on_erase=materializer.forget, on_snapshot=restored)
+        replayed, start = done.replayed, done.start
         self._checkpointed_at = start
-        report = RecoveryReport(start if found else None, replayed, opened.next_offset, opened.truncated_bytes,
-                                time.perf_counter() - t0)
-        if found or replayed:
+        report = RecoveryReport(start if done.snapshot else None, replayed, opened.next_offset,
+                                opened.truncated_bytes, time.perf_counter() - t0)
+        if done.snapshot or replayed:
             log.info("recovered: checkpoint offset %s, replayed %d log records in %.2f s%s",
                      report.checkpoint_offset, replayed, report.seconds,
                      f", cut a torn log tail of {opened.truncated_bytes} bytes" if opened.truncated_bytes else "")
