@@ -16,7 +16,7 @@ Against a server with TLS and API keys (docs/security.md):
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import grpc
@@ -24,7 +24,7 @@ import grpc
 from server._gen.portrait.v1 import portrait_pb2 as pb
 from server._gen.portrait.v1 import portrait_pb2_grpc as pb_grpc
 from server.api import convert
-from server.domain.events import MAX_BATCH, Event
+from server.domain.events import Event
 
 _SERVICE_CONFIG = json.dumps({
     "methodConfig": [{
@@ -124,19 +124,11 @@ class PortraitClient:
             pb.TrackBatchRequest(events=[convert.event_to_proto(e) for e in events], wait_visible=wait_visible),
             timeout=self.timeout_s)
 
-    def track_all(self, events: Iterable[Event], batch_size: int = 500,
-                  wait_visible: bool = False) -> Iterator[pb.TrackBatchResponse]:
-        """Send any number of events in batches of ``batch_size``; yields each batch's response
-        (rejected indices are relative to that batch)."""
-        batch_size = min(batch_size, MAX_BATCH)
-        batch: list[Event] = []
-        for e in events:
-            batch.append(e)
-            if len(batch) == batch_size:
-                yield self.track_batch(batch, wait_visible)
-                batch = []
-        if batch:
-            yield self.track_batch(batch, wait_visible)
+    def track_encoded(self, events: Sequence[pb.Event], wait_visible: bool = False,
+                      timeout_s: float | None = None) -> pb.TrackBatchResponse:
+        """``track_batch`` for events already in their wire form (``portrait replay`` reads them so)."""
+        return self.stub.TrackBatch(pb.TrackBatchRequest(events=events, wait_visible=wait_visible),
+                                    timeout=self.timeout_s if timeout_s is None else timeout_s)
 
     def track_stream(self, events: Iterable[Event], timeout_s: float | None = None) -> pb.TrackBatchResponse:
         """Stream events (bulk); one summary at the end."""

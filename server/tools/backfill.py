@@ -316,7 +316,6 @@ def replay(
     after the client's retries (the state file then holds everything acknowledged before).
     ``on_batch`` is called after each acknowledged batch (and its state save) with the running result.
     """
-    from server._gen.portrait.v1 import portrait_pb2 as pb
     from server.api.client import PortraitClient
     from server.tools.eventfile import EventFileError
 
@@ -359,10 +358,8 @@ def replay(
                 if current.events:
                     if bucket is not None:
                         bucket.acquire(len(current.events))
-                    resp = client.stub.TrackBatch(
-                        pb.TrackBatchRequest(events=[p for _, p in current.events],
-                                             wait_visible=wait_visible or following is None),
-                        timeout=timeout_s)
+                    resp = client.track_encoded([p for _, p in current.events],
+                                                wait_visible=wait_visible or following is None, timeout_s=timeout_s)
                     accepted, duplicates = resp.accepted, resp.duplicates
                     batch_rejects += [Rejected(current.events[r.index][0], r.event_id, r.field, r.message)
                                       for r in resp.rejected]
