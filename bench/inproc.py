@@ -11,6 +11,11 @@
 ``python -m bench.inproc scaling --events F --population N --rounds R``
     Events/s and RSS with N users in memory: N users get one event each (untimed), then the
     same base events, mapped onto the population, are timed.
+``python -m bench.inproc timers --users N --hours H``
+    Timer load: N users each send 3 events within one hour of event time (untimed), then the watermark
+    walks H hours in one-minute steps and every due timer fires, each building the row it re-materializes
+    (what the server then writes online and offline). Reports firings per user, firings per second of
+    event time (the extra online writes at N users), and the loop's cost per firing.
 
 Each prints one JSON object on its last stdout line.
 """
@@ -204,6 +209,47 @@ def cmd_scaling(a: argparse.Namespace) -> dict[str, Any]:
             "gc_share_rounds": gc_share, "gc_collections_last_round": timer.count}
 
 
+def cmd_timers(a: argparse.Namespace) -> dict[str, Any]:
+    import random
+
+    rng = random.Random(a.seed)
+    t0_event = 1_700_006_400.0
+    p = new_pipeline()
+    rows = 0
+
+    def rebuild(user: str) -> None:
+        nonlocal rows
+        p.row(user)
+        rows += 1
+
+    p.on_timer = rebuild
+    populate = time.perf_counter()
+    kinds = (EventType.VIEW, EventType.VIEW, EventType.ADD_TO_CART, EventType.PURCHASE)
+    events = sorted((t0_event + rng.random() * 3600.0, f"u{u}", k) for u in range(a.users) for k in range(3))
+    for n, (t, user, k) in enumerate(events):
+        p.apply(Event(f"e{n}", user, kinds[rng.randrange(4)] if k else EventType.VIEW, t, item_id=f"i{n % 5000}",
+                      category=f"c{n % 40}", price=10.0), score=False)
+    populate_s = time.perf_counter() - populate
+    fired_during_ingest = rows
+    pending = len(p.timers)
+    rows = 0
+    busy = 0.0
+    steps = int(a.hours * 60)
+    worst = 0.0
+    for step in range(1, steps + 1):
+        c = time.perf_counter()
+        while p.advance(t0_event + 3600.0 + step * 60.0, 1000) == 1000:
+            pass
+        dt = time.perf_counter() - c
+        busy += dt
+        worst = max(worst, dt)
+    return {"users": a.users, "events": len(events), "hours": a.hours, "populate_eps": len(events) / populate_s,
+            "pending_after_ingest": pending, "fired_during_ingest": fired_during_ingest, "fired": rows,
+            "fired_per_user": rows / a.users, "fired_per_event_second": rows / (a.hours * 3600.0),
+            "us_per_firing": busy / max(rows, 1) * 1e6, "worst_minute_s": worst,
+            "pending_after": len(p.timers)}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.inproc")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -220,8 +266,12 @@ def main(argv: list[str] | None = None) -> int:
     sc.add_argument("--population", type=int, required=True)
     sc.add_argument("--rounds", type=int, default=1)
     sc.add_argument("--gc-freeze", action="store_true", help="gc.freeze() after populating (diagnostic)")
+    tm = sub.add_parser("timers")
+    tm.add_argument("--users", type=int, default=100_000)
+    tm.add_argument("--hours", type=float, default=48.0)
+    tm.add_argument("--seed", type=int, default=1)
     a = ap.parse_args(argv)
-    fn = {"limit": cmd_limit, "memory": cmd_memory, "scaling": cmd_scaling}[a.cmd]
+    fn = {"limit": cmd_limit, "memory": cmd_memory, "scaling": cmd_scaling, "timers": cmd_timers}[a.cmd]
     print(json.dumps(fn(a)), flush=True)
     return 0
 

@@ -142,6 +142,12 @@ def rows(doc: dict[str, Any]) -> list[list[str]]:
                     f"{e / base:.2f}× of {doc['scaling'][0]['population']:,}" if _ok(e) and base else "—",
                     f"RSS {nbytes(r.get('rss_per_user'))}/user, {r.get('rss_bytes', 0) / 2**20:,.0f} MB"
                     + (f", GC {100 * max(r['gc_share_rounds']):.0f}% of time" if r.get("gc_share_rounds") else "")])
+    tm = doc.get("timers")
+    if tm:
+        out.append([f"timer firings, {tm['users']:,} users silent after 1 h ({tm['hours']:g} h of event time)",
+                    f"{tm['fired_per_event_second']:,.1f}/s", "—", "—", f"{tm['fired_per_user']:.1f}/user",
+                    f"extra online+offline writes; {tm['us_per_firing']:,.0f} µs loop time each (row built), "
+                    f"worst minute {tm['worst_minute_s'] * 1000:,.0f} ms"])
     ab = doc.get("abuse")
     if ab:
         out += abuse_rows(ab)

@@ -63,10 +63,13 @@ class Sizes:
     memory_days: int = 2
     scaling: tuple[int, ...] = (10_000, 100_000)
     scaling_rounds: int = 2
+    timer_users: int = 100_000
+    timer_hours: float = 48.0
 
 
 QUICK = Sizes("quick", users=500, days=3, rounds=1, unary_s=2.0, fresh_s=2.0, naive_events=200,
-              memory_users=1_500, memory_days=2, scaling=(10_000,), scaling_rounds=1)
+              memory_users=1_500, memory_days=2, scaling=(10_000,), scaling_rounds=1, timer_users=10_000,
+              timer_hours=26.0)
 DEFAULT = Sizes("default", users=1500, days=3, rounds=3)
 FULL = replace(DEFAULT, mode="full", scaling=(10_000, 100_000, 1_000_000), unary_s=10.0, fresh_s=10.0)
 
@@ -380,6 +383,14 @@ class Bench:
             self.log(f"scaling {n:,} users: {r['eps']['median']:,.0f} events/s, "
                      f"{r['rss_per_user']:,.0f} B/user")
 
+    def timers(self) -> None:
+        """Timer load (bench/inproc.py timers): firings when time alone changes N users' profiles."""
+        r = self.child("timers", "bench.inproc", "timers", "--users", str(self.s.timer_users),
+                       "--hours", str(self.s.timer_hours), "--seed", str(self.a.seed), timeout_s=1800)
+        self.results["timers"] = r
+        self.log(f"timers {r['users']:,} users: {r['fired_per_user']:.1f} firings/user over {r['hours']:g} h, "
+                 f"{r['fired_per_event_second']:,.1f}/s of event time, {r['us_per_firing']:,.0f} µs each")
+
     def abuse(self) -> None:
         """Track p99 at rest vs while 20k idle TCP connections and 256 idle TrackStreams are held (bench/abuse.py)."""
         from bench.abuse import run_phase
@@ -525,7 +536,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="redis://host:port/db for the online store (default $PORTRAIT_REDIS_URL; unset: the "
                          "server's embedded Redis on a free port)")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--only", default="", help="comma-separated phases: limit,portrait,naive,memory,scaling,abuse")
+    ap.add_argument("--only", default="",
+                    help="comma-separated phases: limit,portrait,naive,memory,scaling,timers,abuse")
     ap.add_argument("--profile", action="store_true", help="py-spy (via uvx) the limit loop and the server during "
                     "the first TrackBatch round (cProfile for the limit loop if py-spy is missing)")
     ap.add_argument("--repo", default=str(ROOT), help=argparse.SUPPRESS)
@@ -535,7 +547,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return a
 
 
-PHASES = ("limit", "portrait", "naive", "memory", "scaling", "abuse")
+PHASES = ("limit", "portrait", "naive", "memory", "scaling", "timers", "abuse")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -55,7 +55,7 @@ def worker_config(s: Settings) -> WorkerConfig:
         item_horizon_s=s.item_horizon_s, item_decision_interval_s=s.item_decision_interval_s,
         max_pending_item_labels=s.max_pending_item_labels, item_decision_sample=s.item_decision_sample,
         item_history=s.item_history, risk_threshold=s.risk_threshold,
-        labels_per_event=s.labels_per_event,
+        labels_per_event=s.labels_per_event, timers_per_event=s.timers_per_event,
         erasure_salt=load_salt(s.data_dir),
         trainer=TrainerConfig(segments=s.segments, quality_window=s.quality_window, max_items=s.max_items),
     )
@@ -160,6 +160,7 @@ class PortraitServer:
             offline_roll_s=s.offline_roll_s, offline_roll_rows=s.offline_roll_rows,
             max_backoff_s=s.retry_max_backoff_s,
         )
+        worker.on_timer = materializer.mark_quiet  # time alone changed a profile: write it again
         durability = Durability(data_dir, worker, materializer, fsync=s.fsync,
                                 segment_bytes=s.log_segment_bytes, checkpoint_interval_s=s.checkpoint_interval_s,
                                 log_retention_s=s.log_retention_s, fork_checkpoints=s.checkpoint_fork)
@@ -213,6 +214,7 @@ class PortraitServer:
         frozen_at = time.monotonic()
         every = self.settings.gc_freeze_interval_s
         while True:
+            await self.core.advance_time(self.settings.watermark_idle_s)
             self.core.worker.refresh_gauges(quality=tick % QUALITY_EVERY == 0)
             tick += 1
             if every and time.monotonic() - frozen_at >= every:  # see Settings.gc_freeze_interval_s

@@ -64,6 +64,12 @@ class Settings(BaseSettings):
     labels_per_event: int = Field(default=16, ge=1)
     """Overdue decisions resolved and learnt per event and model, at most (a jump of event time is spread
     over the next events instead of stalling one)."""
+    timers_per_event: int = Field(default=16, ge=1)
+    """Profiles recomputed per event, at most, because time alone changed them (a window tile left, a tag
+    started or stopped holding): a burst of expiries is spread over the next events and idle ticks."""
+    watermark_idle_s: float = Field(default=5.0, gt=0)
+    """With no event for this long, the wall clock moves the watermark (now minus the allowed lateness), so
+    that windows and tags stay true on an idle stream; while events arrive only event time moves it."""
     max_pending_labels: int = Field(default=1_000_000, ge=1)
     """Hard cap on pending decisions in memory; beyond it new decisions are not recorded."""
     item_horizon_s: float = Field(default=86_400.0, gt=0)

@@ -113,6 +113,15 @@ class Metrics:
             buckets=RISK_BUCKETS, registry=r,
         )
         self.users = Gauge("portrait_users", "Users with a profile in memory.", registry=r)
+        self.timers_pending = Gauge(
+            "portrait_timers_pending", "Users whose served values will change by time alone (one timer each).",
+            registry=r)
+        self.timers_fired = Counter(
+            "portrait_timers_fired_total", "Profiles recomputed and re-materialized because time alone changed "
+            "them (a window tile left, a tag started or stopped holding).", registry=r)
+        self.watermark = Gauge(
+            "portrait_watermark_seconds", "The watermark (unix seconds): max event time minus the allowed "
+            "lateness, advanced by the wall clock while the stream is idle. Timers fire up to it.", registry=r)
         self.gc_frozen_objects = Gauge(
             "portrait_gc_frozen_objects", "Objects moved out of the cyclic collector's reach (gc.freeze).", registry=r,
         )

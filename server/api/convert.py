@@ -36,6 +36,7 @@ def profile_to_proto(row: dict[str, Any]) -> pb.Profile:
         user_id=row["user_id"],
         version=int(row["profile_version"]),
         updated_at=timestamp(updated),
+        as_of=timestamp(row.get("as_of_ts") or updated),
         features=features,
         top_categories=list(row.get("top_categories") or []),
         purchase_propensity=float(row.get("purchase_propensity") or 0.0),

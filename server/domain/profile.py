@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import math
 from array import array
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,13 +62,30 @@ SCALAR_FEATURES = (
     "first_seen_ts", "last_event_ts", "last_purchase_ts", "sessions_7d", "conversion_rate_30d",
     "preferred_hour", "avg_viewed_price_30d", "avg_purchased_price_30d",
 )
+#: The behaviour sequence: P(next event type | this one), per user, for these (from, to) pairs (seed 004's
+#: Markov transitions view -> cart -> purchase); smoothed and decayed (``TRANSITION_HALF_LIFE_S``).
+SEQUENCE_PAIRS = (
+    (EventType.VIEW, EventType.ADD_TO_CART), (EventType.VIEW, EventType.FAVORITE),
+    (EventType.VIEW, EventType.PURCHASE), (EventType.ADD_TO_CART, EventType.PURCHASE),
+    (EventType.FAVORITE, EventType.ADD_TO_CART), (EventType.FAVORITE, EventType.PURCHASE),
+    (EventType.VIEW, EventType.VIEW),
+)
+SEQUENCE_FEATURES = tuple(f"p_{a.name.lower().replace('add_to_', '')}_to_{b.name.lower().replace('add_to_', '')}"
+                          for a, b in SEQUENCE_PAIRS)
+#: The purchase cycle: intervals between purchase occasions (purchases more than ``SESSION_GAP_S`` apart).
+CYCLE_FEATURES = ("purchase_interval_mean_days", "purchase_interval_last_days", "next_purchase_expected_ts",
+                  "active_days_30d")
 #: Every numeric feature of ``UserProfile.features()``, in a stable order.
-FEATURE_NAMES = COUNT_FEATURES + SCALAR_FEATURES
+FEATURE_NAMES = COUNT_FEATURES + SCALAR_FEATURES + CYCLE_FEATURES + SEQUENCE_FEATURES
+TRANSITION_HALF_LIFE_S = 30 * DAY
+TRANSITION_PRIOR = 1.0
+"""Smoothing: P(a -> b) = (decayed count(a -> b) + prior / types) / (decayed count(a -> any) + prior)."""
 
 
 @dataclass(frozen=True)
 class TagRules:
-    """Thresholds of the rule-based tags (all evaluated as of ``updated_at``)."""
+    """Thresholds of the rule-based tags, evaluated as of the profile's as-of time (``as_of``: its latest event,
+    or later once time alone changed it — the worker's timers move it)."""
 
     new_days: float = 7.0
     """``new``: first seen less than this many days before the latest event."""
@@ -81,6 +99,21 @@ class TagRules:
     """... with at least this many purchases in 30 days."""
     abandoner_carts_7d: int = 2
     """``cart_abandoner``: at least this many add-to-carts and no purchase in the last 7 days."""
+    churn_active_days_30d: int = 3
+    """``churn_risk``: the user was active — events on at least this many days of the 30 before the last event,
+    or a purchase in them — ..."""
+    churn_gap_multiple: float = 2.0
+    """... and has been silent for this many times its usual gap between active days (in those 30 days; a week
+    when fewer than two days were active) ..."""
+    churn_min_silent_days: float = 2.0
+    """... and at least this many days (and fewer than ``dormant_days``): a daily shopper is at risk after two
+    silent days, a weekly one after two weeks."""
+    dormant_days: float = 30.0
+    """``dormant``: silent for at least this many days."""
+    loyal_weeks: int = 3
+    """``loyal``: purchased in at least this many of the last ``loyal_of_weeks`` weeks (7-day blocks back from
+    the as-of day)."""
+    loyal_of_weeks: int = 4
 
 
 def _decay(half_life_s: float, dt: float) -> float:
@@ -116,7 +149,10 @@ class UserProfile:
         "_recent_sessions",
         "_session_id",
         "_session_last",
+        "_transitions",
+        "_transitions_t",
         "age",
+        "as_of",
         "first_seen",
         "gender",
         "last_event",
@@ -126,6 +162,9 @@ class UserProfile:
         "lifetime_purchases",
         "lifetime_spend",
         "propensity",
+        "purchase_interval_last",
+        "purchase_interval_n",
+        "purchase_interval_sum",
         "region",
         "segment",
         "version",
@@ -156,6 +195,12 @@ class UserProfile:
         self.propensity = math.nan  # NaN: not scored since the last event (scored lazily)
         self.segment = -1
         self.last_type = 0
+        self.as_of = 0.0  # the latest time the worker's timers brought the profile to (0: its latest event)
+        self.purchase_interval_n = 0  # intervals between purchase occasions seen
+        self.purchase_interval_sum = 0.0
+        self.purchase_interval_last = 0.0
+        self._transitions = array("d", bytes(8 * N_TYPES * N_TYPES))  # decayed (from, to) counts, rel. _transitions_t
+        self._transitions_t = 0.0
 
     # -- updates -------------------------------------------------------------------------------
     def update(self, e: Event) -> None:
@@ -167,6 +212,8 @@ class UserProfile:
         if first or t < self.first_seen:  # type: ignore[operator]
             self.first_seen = t
         if first or t >= self.last_event:  # type: ignore[operator]
+            if not first:  # in event-time order: one step of the behaviour sequence (late events are not)
+                self._add_transition(_TYPE_INDEX[self.last_type], i, t)
             self.last_event = t
             self.last_type = etype
         self.lifetime_events += 1
@@ -177,6 +224,10 @@ class UserProfile:
             amount = e.price * e.units
             self.lifetime_purchases += 1
             self.lifetime_spend += amount
+            if self.last_purchase is not None and t - self.last_purchase > SESSION_GAP_S:  # a new occasion
+                self.purchase_interval_n += 1
+                self.purchase_interval_sum += t - self.last_purchase
+                self.purchase_interval_last = t - self.last_purchase
             self.last_purchase = t if self.last_purchase is None else max(self.last_purchase, t)
             self._hour.add(t, _SPEND, amount)
             self._day.add(t, _SPEND, amount)
@@ -211,6 +262,13 @@ class UserProfile:
             self._session_last = t
         else:
             self._session_last = t if self._session_last is None else max(self._session_last, t)
+
+    def _add_transition(self, a: int, b: int, t: float) -> None:
+        scores = self._transitions
+        if not any(scores):
+            self._transitions_t = t
+        ref = self._transitions_t = _rebase(scores, self._transitions_t, t, TRANSITION_HALF_LIFE_S)
+        scores[a * N_TYPES + b] += _decay(TRANSITION_HALF_LIFE_S, ref - t)
 
     def _add_affinity(self, category: str, weight: float, t: float) -> None:
         cats, scores = self._affinity, self._affinity_w
@@ -251,9 +309,16 @@ class UserProfile:
         # zip stops at the shortest (the 1 h window has only the per-type counts); order: COUNT_FEATURES
         return dict(zip(COUNT_FEATURES, [v for vs in zip(w1h, w24h, w7d, w30d) for v in vs]))
 
-    def features(self) -> dict[str, float]:
-        """Every numeric feature (see ``FEATURE_NAMES``)."""
-        asof = self.updated_at
+    @property
+    def current(self) -> float:
+        """The time the profile's values are true for: the latest event, or the later time the worker's timers
+        brought it to (``as_of``)."""
+        return max(self.updated_at, self.as_of)
+
+    def features(self, asof: float | None = None) -> dict[str, float]:
+        """Every numeric feature (see ``FEATURE_NAMES``) as of ``asof`` (default: the latest event, what the
+        models learn from; rows use ``current``). Times before the latest event are not supported."""
+        asof = self.updated_at if asof is None else max(asof, self.updated_at)
         h7 = self._hour.sums(asof)
         d30 = self._day.sums(asof)
         f = self._counts(self._minute.sums(asof), self._hour.sums(asof, 24), h7, d30)
@@ -272,7 +337,24 @@ class UserProfile:
         f["preferred_hour"] = float(max(range(24), key=self._hours.__getitem__)) if any(self._hours) else -1.0
         f["avg_viewed_price_30d"] = d30[_VIEW_PRICE_SUM] / d30[_VIEW_PRICE_N] if d30[_VIEW_PRICE_N] else 0.0
         f["avg_purchased_price_30d"] = d30[_BUY_PRICE_SUM] / d30[_BUY_PRICE_N] if d30[_BUY_PRICE_N] else 0.0
+        n = self.purchase_interval_n
+        mean = self.purchase_interval_sum / n if n else 0.0
+        f["purchase_interval_mean_days"] = mean / DAY
+        f["purchase_interval_last_days"] = self.purchase_interval_last / DAY
+        f["next_purchase_expected_ts"] = (self.last_purchase or 0.0) + mean if n else 0.0
+        f["active_days_30d"] = float(self._day.active_tiles(asof))
+        f.update(self.sequence())
         return f
+
+    def sequence(self) -> dict[str, float]:
+        """P(next event type | this one) for ``SEQUENCE_PAIRS`` (``SEQUENCE_FEATURES``): decayed transition counts,
+        smoothed towards 1 / types (scale-free: the common decay factor cancels)."""
+        s, prior = self._transitions, TRANSITION_PRIOR
+        out = {}
+        for name, (a, b) in zip(SEQUENCE_FEATURES, _SEQUENCE_INDEX):
+            row = sum(s[a * N_TYPES:(a + 1) * N_TYPES])
+            out[name] = (s[a * N_TYPES + b] + prior / N_TYPES) / (row + prior) if row else 1.0 / N_TYPES
+        return out
 
     def top_categories(self, n: int = 3) -> list[str]:
         """The ``n`` categories with the highest decayed affinity (half-life 7 days)."""
@@ -283,12 +365,23 @@ class UserProfile:
         """How many categories the user has touched (bounded by ``MAX_CATEGORIES``)."""
         return len(self._affinity)
 
-    def tags(self, features: dict[str, float] | None = None, rules: TagRules = TagRules()) -> list[str]:
-        """Rule-based tags, sorted (see ``TagRules``)."""
-        f = features if features is not None else self.features()
+    def tags(self, features: dict[str, float] | None = None, rules: TagRules = TagRules(),
+             asof: float | None = None) -> list[str]:
+        """Rule-based tags as of ``asof`` (default: the latest event; ``features`` as of the same time), sorted
+        (see ``TagRules``)."""
+        asof = self.updated_at if asof is None else max(asof, self.updated_at)
+        f = features if features is not None else self.features(asof)
         out = []
-        if self.first_seen is not None and self.updated_at - self.first_seen < rules.new_days * DAY:
+        if self.first_seen is not None and asof - self.first_seen < rules.new_days * DAY:
             out.append("new")
+        if self.last_event is not None:
+            silent = asof - self.last_event
+            if silent >= rules.dormant_days * DAY:
+                out.append("dormant")
+            elif self._was_active(rules) and silent >= self._churn_after(rules):
+                out.append("churn_risk")
+        if self._purchase_weeks(asof, rules.loyal_of_weeks) >= rules.loyal_weeks:
+            out.append("loyal")
         if f["sessions_7d"] >= rules.active_sessions_7d:
             out.append("active")
         if f["spend_30d"] >= rules.high_value_spend_30d:
@@ -303,6 +396,44 @@ class UserProfile:
             out.append("cart_abandoner")
         return sorted(out)
 
+    def _was_active(self, rules: TagRules) -> bool:
+        """Active before going silent: events on ``churn_active_days_30d`` days of the 30 before the last
+        event, or a purchase in them."""
+        last = self.updated_at
+        return (self._day.active_tiles(last) >= rules.churn_active_days_30d
+                or self._day.sums(last)[_PURCHASE] > 0)
+
+    def _churn_after(self, rules: TagRules) -> float:
+        """Seconds of silence after which an active user is at risk: ``churn_gap_multiple`` x the mean gap between
+        its active days in the 30 before the last event, at least ``churn_min_silent_days``."""
+        days = self._day.active_tile_ids(self.updated_at)
+        gap = (days[-1] - days[0]) / (len(days) - 1) * DAY if len(days) >= 2 else 7 * DAY
+        return max(rules.churn_min_silent_days * DAY, rules.churn_gap_multiple * gap)
+
+    def _purchase_weeks(self, asof: float, weeks: int) -> int:
+        """In how many of the last ``weeks`` 7-day blocks (back from ``asof``'s day) the user purchased."""
+        if self.last_purchase is None or asof - self.last_purchase >= weeks * 7 * DAY:
+            return 0
+        totals = [self._day.sums(asof, 7 * k)[_PURCHASE] for k in range(1, weeks + 1)]
+        return sum(1 for k in range(weeks) if totals[k] - (totals[k - 1] if k else 0.0) > 0)
+
+    def next_change(self, rules: TagRules = TagRules()) -> float | None:
+        """The next time after ``current`` at which time alone changes a served value — a tile leaves the
+        1h / 24h / 7d / 30d window, or a tag's condition starts or stops holding — or None if none will."""
+        t = self.current
+        if self.last_event is None:
+            return None
+        candidates = [self._minute.next_change(t), self._hour.next_change(t, 24), self._hour.next_change(t),
+                      self._day.next_change(t)]
+        last, first = self.last_event, self.first_seen or self.last_event
+        candidates += [first + rules.new_days * DAY, last + rules.dormant_days * DAY]
+        if self._was_active(rules):
+            candidates.append(last + self._churn_after(rules))
+        if self.last_purchase is not None and t - self.last_purchase < rules.loyal_of_weeks * 7 * DAY:
+            candidates.append((t // DAY + 1) * DAY)  # the weekly blocks of ``loyal`` move every day
+        later = [c for c in candidates if c is not None and c > t]
+        return min(later) if later else None
+
     # -- checkpoints -----------------------------------------------------------------------------
     def __getstate__(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__slots__}
@@ -310,6 +441,18 @@ class UserProfile:
     def __setstate__(self, state: dict[str, Any]) -> None:
         for k, v in state.items():
             setattr(self, k, v)
+        for k, default in _ADDED.items():  # slots added since the worker state's format 1
+            if k not in state:
+                setattr(self, k, default())
+
+
+#: Slots added after worker state format 1 and their defaults (a profile from such a checkpoint gets them).
+_ADDED: dict[str, Callable[[], Any]] = {
+    "as_of": float, "purchase_interval_n": int, "purchase_interval_sum": float,
+    "purchase_interval_last": float, "_transitions": lambda: array("d", bytes(8 * N_TYPES * N_TYPES)),
+    "_transitions_t": float,
+}
+_SEQUENCE_INDEX = tuple((_TYPE_INDEX[int(a)], _TYPE_INDEX[int(b)]) for a, b in SEQUENCE_PAIRS)
 
 
 def _rebase(scores: array, ref: float, t: float, half_life: float) -> float:  # type: ignore[type-arg]

@@ -102,6 +102,43 @@ class TiledWindow:
             j -= 2
         return out
 
+    def next_change(self, asof: float, n_tiles: int | None = None) -> float | None:
+        """The first time after ``asof`` at which ``sums(t, n_tiles)`` changes by time alone (the oldest non-empty
+        tile in range leaves it), None if the range holds nothing.
+
+        >>> w = TiledWindow(tile_s=60, n_tiles=60, width=1)
+        >>> _ = w.add(30.0, 0); _ = w.add(130.0, 0)
+        >>> w.next_change(130.0), w.next_change(3600.0), w.next_change(3720.0)
+        (3600.0, 3720.0, None)
+        """
+        end = int(asof // self.tile_s)
+        n = self.n_tiles if n_tiles is None else min(n_tiles, self.n_tiles)
+        a, w = self._a, self.width
+        lo = (end - n + 1) * w
+        for j in range(w + 1, len(a), 2):  # oldest key first
+            if lo <= a[j] and a[j + 1] != 0.0:
+                tile = int(a[j]) // w
+                return float((tile + n) * self.tile_s) if tile <= end else None
+        return None
+
+    def active_tiles(self, asof: float, n_tiles: int | None = None) -> int:
+        """How many of the last ``n_tiles`` tiles ending at ``asof`` hold anything (e.g. active days)."""
+        return len(self.active_tile_ids(asof, n_tiles))
+
+    def active_tile_ids(self, asof: float, n_tiles: int | None = None) -> list[int]:
+        """The ids (time // tile_s) of the last ``n_tiles`` tiles ending at ``asof`` that hold anything, oldest first.
+
+        >>> w = TiledWindow(tile_s=10, n_tiles=5, width=2)
+        >>> _ = w.add(1.0, 0); _ = w.add(2.0, 1); _ = w.add(35.0, 1)
+        >>> w.active_tile_ids(35.0), w.active_tiles(45.0, 1)
+        ([0, 3], 0)
+        """
+        end = int(asof // self.tile_s)
+        n = self.n_tiles if n_tiles is None else min(n_tiles, self.n_tiles)
+        a, w = self._a, self.width
+        lo, hi = (end - n + 1) * w, (end + 1) * w
+        return sorted({int(a[j]) // w for j in range(w + 1, len(a), 2) if lo <= a[j] < hi and a[j + 1] != 0.0})
+
     def __len__(self) -> int:
         """Number of tiles held (the memory bound is ``n_tiles``)."""
         a, w = self._a, self.width

@@ -16,7 +16,7 @@ written keep theirs).
 ['user_id', 'event_timestamp', 'created_timestamp', 'views_1h']
 >>> COLUMN["top_categories"].kind.arrow, COLUMN["segment"].kind.value_field, COLUMN["event_timestamp"].row_key
 (ListType(list<item: string>), 'int64_val', 'event_timestamp_us')
->>> ENTITY.name, EVENT_TIMESTAMP.name, CREATED_TIMESTAMP.name, len(FEATURES) == len(FEATURE_NAMES) + 10
+>>> ENTITY.name, EVENT_TIMESTAMP.name, CREATED_TIMESTAMP.name, len(FEATURES) == len(FEATURE_NAMES) + 11
 ('user_id', 'event_timestamp', 'created_timestamp', True)
 >>> row_errors({"user_id": "u1"})[:1]
 ['missing column event_timestamp_us']
@@ -32,7 +32,13 @@ from typing import Any
 
 import pyarrow as pa
 
-from server.domain.profile import COUNT_FEATURES, FEATURE_NAMES
+from server.domain.profile import (
+    COUNT_FEATURES,
+    CYCLE_FEATURES,
+    FEATURE_NAMES,
+    SCALAR_FEATURES,
+    SEQUENCE_FEATURES,
+)
 
 
 @dataclass(frozen=True)
@@ -112,6 +118,14 @@ _PROFILE_DOCS: dict[str, str] = {
     "preferred_hour": "argmax of an hour-of-day (UTC) histogram decayed with a 14-day half-life (−1 = none)",
     **dict.fromkeys(("avg_viewed_price_30d", "avg_purchased_price_30d"),
                     "mean unit price of priced views / purchases (price level and sensitivity)"),
+    **dict.fromkeys(("purchase_interval_mean_days", "purchase_interval_last_days"),
+                    "purchase cycle: mean / latest interval between purchase occasions (purchases > 30 min apart), "
+                    "days (0 = fewer than two occasions)"),
+    "next_purchase_expected_ts": "last_purchase_ts + the mean interval, unix seconds (0 = unknown)",
+    "active_days_30d": "days with any event among the last 30",
+    **dict.fromkeys(SEQUENCE_FEATURES,
+                    "behaviour sequence: P(next event is *b*, given this one is *a*) over consecutive events, counts "
+                    "decayed with a 30-day half-life, smoothed towards 1/7"),
 }
 if set(_PROFILE_DOCS) != set(FEATURE_NAMES):  # the domain added or renamed a feature: give it a meaning here
     raise RuntimeError(f"profile features without a meaning: {sorted(set(FEATURE_NAMES) - set(_PROFILE_DOCS))}, "
@@ -123,8 +137,8 @@ COLUMNS: tuple[Column, ...] = (
            "row time: the as-of time, bumped to increase strictly per user (Feast's Redis writer skips a row "
            "not newer than the stored one); rows carry it as `event_timestamp_us`"),
     Column("created_timestamp", TIMESTAMP, Role.CREATED, "when the row was written (offline files only)"),
-    *(Column(n, FLOAT, Role.FEATURE, _PROFILE_DOCS[n]) for n in FEATURE_NAMES),
-    Column("updated_at_ts", FLOAT, Role.FEATURE, "the as-of time (latest event time), unix seconds"),
+    *(Column(n, FLOAT, Role.FEATURE, _PROFILE_DOCS[n]) for n in COUNT_FEATURES + SCALAR_FEATURES),
+    Column("updated_at_ts", FLOAT, Role.FEATURE, "the latest event time, unix seconds (= last_event_ts)"),
     Column("purchase_propensity", FLOAT, Role.FEATURE,
            "P(purchase within `PORTRAIT_PROPENSITY_HORIZON_S`) predicted at the latest event (models, below)"),
     Column("risk_score", FLOAT, Role.FEATURE,
@@ -138,6 +152,11 @@ COLUMNS: tuple[Column, ...] = (
     Column("top_categories", STRING_LIST, Role.FEATURE,
            "top 3 by affinity decayed with a 7-day half-life (view 1, click 1, cart 3, remove −1, favorite 2, "
            "purchase 5, search 0.5; ≤ 32 categories kept)"),
+    # added after the first offline files: appended, so that parts written before keep their column order
+    Column("as_of_ts", FLOAT, Role.FEATURE,
+           "the time the values are true for, unix seconds: the latest event, or later when time alone changed "
+           "them (a window tile left, a tag started or stopped holding; timers below)"),
+    *(Column(n, FLOAT, Role.FEATURE, _PROFILE_DOCS[n]) for n in CYCLE_FEATURES + SEQUENCE_FEATURES),
 )
 """Every column of a profile row, in the offline files' order."""
 

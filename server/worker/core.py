@@ -41,6 +41,8 @@ class ProfileCore:
         self.rewrite_online = rewrite_online
         self.erase_timeout_s = erase_timeout_s
         self._latency = worker.metrics.update_latency
+        self._last_event = time.monotonic()  # of the latest applied event (the start counts as one: a replay
+        # sent right after a start moves the watermark by event time only)
         self._rejected = worker.metrics.rejected
 
     def _admit(self) -> None:
@@ -69,7 +71,21 @@ class ProfileCore:
                 self.durability.log_event(e)  # same step as the apply: log order = apply order
             fut = self.materializer.mark(e.user_id, received)
         self._latency.observe(time.monotonic() - received)
+        self._last_event = received
         return out, fut
+
+    async def advance_time(self, idle_s: float, chunk: int = 1000) -> int:
+        """With no event for ``idle_s`` (monotonic), let the wall clock move the watermark and fire every timer
+        it passed, ``chunk`` at a time with the loop free between chunks; returns how many fired."""
+        if time.monotonic() - self._last_event < idle_s:
+            return 0
+        fired = 0
+        while True:
+            n = self.worker.advance(time.time(), chunk)
+            fired += n
+            if n < chunk:
+                return fired
+            await asyncio.sleep(0)
 
     async def track(self, e: Event, wait_visible: bool = False) -> Outcome:
         """One event; ``InvalidArgument`` names the bad field."""

@@ -40,13 +40,15 @@ from server.models.risk import UserRisk
 from server.models.trainer import ITEM, PROPENSITY, EventVector, Labelled, Trainer, TrainerConfig, UserVector
 from server.models.user import Propensity, Segmenter
 from server.worker.items import ItemDecisions
+from server.worker.timers import Timers
 
 __all__ = ["ITEM", "PROPENSITY", "Outcome", "PartitionWorker", "WorkerConfig"]
 
 MAX_CANDIDATES = 500
 _COLD_START = UserProfile().features()  # an unknown user's features (all zero)
-STATE_FORMAT = 1
-"""Version of ``PartitionWorker.state()``'s layout (``server.log.checkpoint`` records it)."""
+STATE_FORMAT = 2
+"""Version of ``PartitionWorker.state()``'s layout (``server.worker.snapshot`` records it). 2 added the
+watermark (format 1 loads with none: it catches up with the next event)."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,9 @@ class WorkerConfig:
     labels_per_event: int = 16
     """Overdue decisions resolved (and learnt) per event and model, at most: after a jump of event time
     (a replay, a paused producer) the backlog is spread over the next events instead of one long stall."""
+    timers_per_event: int = 16
+    """Timers fired (profiles recomputed because time alone changed them) per event, at most: a burst of
+    expiries is spread over the next events (and the idle ticks) so that no event waits behind it."""
     risk_threshold: float = 0.94
     """A user whose decayed risk score is at least this gets the ``suspicious`` tag."""
     erasure_salt: bytes = b""
@@ -97,12 +102,14 @@ class PartitionWorker:
 
     def __init__(self, config: WorkerConfig, metrics: Metrics, trainer: Trainer | None = None,
                  on_change: Callable[[str], Any] | None = None,
-                 on_label: Callable[[str, Any, bool, float], Any] | None = None) -> None:
+                 on_label: Callable[[str, Any, bool, float], Any] | None = None,
+                 on_timer: Callable[[str], Any] | None = None) -> None:
         self.config = config
         self.metrics = metrics
         self.trainer = trainer if trainer is not None else Trainer(config.trainer)
         self.on_change = on_change
         self.on_label = on_label  # (model, decision, label, event time at resolution): for replays/evaluation
+        self.on_timer = on_timer  # a user time alone changed (default: on_change)
         self.profiles: dict[str, UserProfile] = {}
         self.dedupe = Dedupe(config.dedupe_capacity)
         self.labels = DelayedLabels(config.propensity_horizon_s, config.decision_interval_s,
@@ -114,6 +121,9 @@ class PartitionWorker:
         self.segment_sizes = [0] * config.trainer.segments
         self.row_ts: dict[str, int] = {}
         self.erasures = Erasures(config.erasure_salt)
+        self.timers = Timers()
+        self.max_event_time = -math.inf
+        self.wall_watermark = -math.inf  # moved by ``advance`` (the server's idle ticks)
         # the per-event counters, resolved once (a labels() lookup per event was measurable)
         self._counted = {(t, o): metrics.events.labels(event_type=t.name.lower(), outcome=o)
                          for t in EventType for o in ("accepted", "duplicate", "suppressed")}
@@ -206,9 +216,44 @@ class PartitionWorker:
             profile.segment = segment
         stage["models"].observe(time.perf_counter() - t5)
         self._counted[etype, "accepted"].inc()
+        self.timers.set(e.user_id, profile.next_change(self.config.tag_rules))
+        if t > self.max_event_time:
+            self.max_event_time = t
         if self.on_change:
             self.on_change(e.user_id)
+        self.fire(self.config.timers_per_event)
         return Outcome(False, profile.version, profile.propensity, segment)
+
+    # -- time ---------------------------------------------------------------------------------------
+    @property
+    def watermark(self) -> float:
+        """Max event time seen minus the allowed lateness, or the wall clock's (``advance``) if later."""
+        return max(self.max_event_time - self.config.allowed_lateness_s, self.wall_watermark)
+
+    def advance(self, now: float, limit: int) -> int:
+        """Let the wall clock ``now`` move the watermark (the server calls it while no event arrives: a replay
+        of an old file moves it by event time only), then fire up to ``limit`` timers; returns how many."""
+        self.wall_watermark = max(self.wall_watermark, now - self.config.allowed_lateness_s)
+        return self.fire(limit)
+
+    def fire(self, limit: int) -> int:
+        """Recompute, as of the watermark, up to ``limit`` profiles whose timer it has passed (time alone changed
+        a served value), hand each to ``on_timer`` (or ``on_change``: re-materialized online and offline) and set
+        its next timer; returns how many fired."""
+        w = self.watermark
+        due = self.timers.due(w, limit)
+        rules = self.config.tag_rules
+        changed = self.on_timer or self.on_change
+        for user in due:
+            p = self.profiles[user]
+            if w > p.as_of:
+                p.as_of = w
+            self.timers.set(user, p.next_change(rules))
+            if changed:
+                changed(user)
+        if due:
+            self.metrics.timers_fired.inc(len(due))
+        return len(due)
 
     def _score(self, user_id: str) -> float:
         p = self.profiles[user_id]
@@ -297,6 +342,7 @@ class PartitionWorker:
         held = self.items.drop_user(user_id) or held
         held = self.risk.drop_user(user_id) or held
         self.row_ts.pop(user_id, None)
+        self.timers.cancel(user_id)
         return held
 
     # -- checkpoints --------------------------------------------------------------------------
@@ -309,13 +355,13 @@ class PartitionWorker:
             "dedupe": [(k, owner.get(id(v))) for k, v in self.dedupe.owners()],
             "labels": self.labels, "item_history": self.items.history, "item_labels": self.items.labels,
             "risk": self.risk, "segment_sizes": self.segment_sizes, "row_ts": self.row_ts,
-            "erasures": self.erasures,
+            "erasures": self.erasures, "watermark": (self.max_event_time, self.wall_watermark),
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
         """Replace the per-user state with a ``state()`` taken earlier (the wiring and the trainer stay)."""
-        if state.get("format") != STATE_FORMAT:
-            raise ValueError(f"worker state format {state.get('format')!r}, expected {STATE_FORMAT}")
+        if state.get("format") not in (1, STATE_FORMAT):
+            raise ValueError(f"worker state format {state.get('format')!r}, expected 1..{STATE_FORMAT}")
         self.profiles = state["profiles"]
         self.dedupe = Dedupe(self.config.dedupe_capacity)
         for event_id, user in state["dedupe"]:
@@ -326,26 +372,34 @@ class PartitionWorker:
         self.segment_sizes = state["segment_sizes"]
         self.row_ts = state["row_ts"]
         self.erasures = state["erasures"]
+        self.max_event_time, self.wall_watermark = state.get("watermark", (-math.inf, -math.inf))
+        self.timers = Timers()  # derived from the profiles: recovered exactly
+        rules = self.config.tag_rules
+        for user, p in self.profiles.items():
+            self.timers.set(user, p.next_change(rules))
 
     # -- reads --------------------------------------------------------------------------------
     def row(self, user_id: str) -> dict[str, Any]:
         """The user's current profile as one feature row.
 
-        ``event_timestamp_us`` is the profile's as-of time, bumped so that it strictly
-        increases per user (Feast's Redis writer silently skips a row whose timestamp
-        is <= the stored one, e.g. after a late event that left ``updated_at`` unchanged).
+        Values are as of ``as_of_ts`` (``UserProfile.current``: the latest event, or the later watermark a timer
+        brought the profile to); ``event_timestamp_us`` is that time, bumped so that it strictly increases per
+        user (Feast's Redis writer silently skips a row whose timestamp is <= the stored one, e.g. after a late
+        event that left the as-of time unchanged).
         """
         p = self.profiles[user_id]
-        features = p.features()
-        self._ensure_score(p, features)
-        ts = max(int(p.updated_at * 1_000_000), self.row_ts.get(user_id, 0) + 1)
+        if math.isnan(p.propensity):
+            self._ensure_score(p)
+        asof = p.current
+        features = p.features(asof)
+        ts = max(int(asof * 1_000_000), self.row_ts.get(user_id, 0) + 1)
         self.row_ts[user_id] = ts
         row: dict[str, Any] = dict(features)
         row.update(
-            user_id=user_id, event_timestamp_us=ts, updated_at_ts=p.updated_at,
+            user_id=user_id, event_timestamp_us=ts, updated_at_ts=p.updated_at, as_of_ts=asof,
             purchase_propensity=p.propensity, segment=p.segment, profile_version=p.version,
-            tags=p.tags(features, self.config.tag_rules), top_categories=p.top_categories(),
-            age=p.age, gender=p.gender, region=p.region, risk_score=self.risk.user_risk(user_id, p.updated_at),
+            tags=p.tags(features, self.config.tag_rules, asof), top_categories=p.top_categories(),
+            age=p.age, gender=p.gender, region=p.region, risk_score=self.risk.user_risk(user_id, asof),
         )
         if row["risk_score"] >= self.risk.threshold:
             row["tags"] = sorted([*row["tags"], "suspicious"])
@@ -385,6 +439,9 @@ class PartitionWorker:
         also recomputes the exact rolling AUC / log loss (O(window log window): not every second)."""
         m = self.metrics
         m.users.set(len(self.profiles))
+        m.timers_pending.set(len(self.timers))
+        if self.watermark > -math.inf:
+            m.watermark.set(self.watermark)
         m.suppressed_users.set(len(self.erasures.suppressed))
         m.erasures_pending_compaction.set(len(self.erasures.pending))
         m.pending_labels.labels(model=PROPENSITY).set(len(self.labels))

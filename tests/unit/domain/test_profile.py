@@ -12,7 +12,16 @@ from array import array
 import pytest
 
 from server.domain.events import Event, EventType
-from server.domain.profile import COUNT_FEATURES, FEATURE_NAMES, MAX_CATEGORIES, SCALAR_FEATURES, TagRules, UserProfile
+from server.domain.profile import (
+    COUNT_FEATURES,
+    CYCLE_FEATURES,
+    FEATURE_NAMES,
+    MAX_CATEGORIES,
+    SCALAR_FEATURES,
+    SEQUENCE_FEATURES,
+    TagRules,
+    UserProfile,
+)
 from server.domain.units import DAY, HOUR, MINUTE
 
 T0 = 19676 * DAY  # 2023-11-15T00:00:00Z: aligned to a day, an hour and a minute
@@ -37,7 +46,8 @@ V, C, CART, RM, FAV, BUY, S = (EventType.VIEW, EventType.CLICK, EventType.ADD_TO
 
 
 def test_every_feature_name_is_present_and_unique() -> None:
-    assert len(set(FEATURE_NAMES)) == len(FEATURE_NAMES) == len(COUNT_FEATURES) + len(SCALAR_FEATURES)
+    assert len(set(FEATURE_NAMES)) == len(FEATURE_NAMES) == (len(COUNT_FEATURES) + len(SCALAR_FEATURES)
+                                                             + len(CYCLE_FEATURES) + len(SEQUENCE_FEATURES))
     for p in (UserProfile(), profile(ev(V, T0, price=3.0), ev(BUY, T0 + 5, price=2.0))):
         f = p.features()
         assert set(f) == set(FEATURE_NAMES)
@@ -238,7 +248,8 @@ def test_out_of_order_events_give_the_same_window_features() -> None:
     ordered = profile(*sorted(events, key=lambda e: e.event_time or 0.0)).features()
     rng.shuffle(events)
     shuffled = profile(*events).features()
-    order_dependent = {"sessions_7d", "preferred_hour"}
+    # sessions and the behaviour sequence follow arrival order; the purchase cycle counts in-order purchases
+    order_dependent = {"sessions_7d", "preferred_hour", *SEQUENCE_FEATURES, *CYCLE_FEATURES[:3]}
     for name in FEATURE_NAMES:
         if name not in order_dependent:
             assert shuffled[name] == pytest.approx(ordered[name]), name
