@@ -4,7 +4,8 @@ propensity, segment, risk, Score, tags and counts, to the last bit.
 History: recorded on the code before the re-house by layer (0b9245b); the worker/trainer split kept every
 output equal. Re-recorded when profiles started to stay true as time passes (timers, as-of rows, the new
 features): per-event outputs and Score were equal to the old recording then too (learning did not change);
-rows changed where time alone changes them (windows and risk as of the watermark) and gained columns."""
+rows changed where time alone changes them (windows and risk as of the watermark) and gained columns. Then
+again when the item model took the behaviour sequence as inputs (Score changed; per-event outputs did not)."""
 
 from __future__ import annotations
 
