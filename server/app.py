@@ -30,7 +30,15 @@ from server.log.compaction import load_salt
 from server.metrics import Metrics, serve_metrics
 from server.models.trainer import TrainerConfig
 from server.store.embedded_redis import EmbeddedRedis, online_redis
-from server.store.feast import OfflineLog, OnlineStore, apply_definitions, offline_dir, open_store, set_feast_env
+from server.store.feast import (
+    OfflineLog,
+    OnlineStore,
+    apply_definitions,
+    offline_dir,
+    open_store,
+    set_feast_env,
+    upgrade_offline,
+)
 from server.store.writer import WriterProcess
 from server.worker.core import ProfileCore
 from server.worker.durability import Durability, RecoveryReport
@@ -139,6 +147,9 @@ class PortraitServer:
                                                               "PORTRAIT_FEAST_REDIS": self.feast_redis},
                                          timeout_s=s.online_write_timeout_s)
             await self._writer.spawn()
+        upgraded = await asyncio.to_thread(upgrade_offline, data_dir)
+        if upgraded:
+            log.info("rewrote %d offline parts written before the schema gained columns (new columns null)", upgraded)
         writer_store = await asyncio.to_thread(apply_definitions, s.feature_repo, data_dir)
         reader_store = await asyncio.to_thread(open_store, s.feature_repo)
         log.info("applied Feast definitions from %s", Path(s.feature_repo).resolve())

@@ -89,6 +89,9 @@ def _parser() -> argparse.ArgumentParser:
                          "e.g. the day behaviour changed")
     ev.add_argument("--json", default=None, help="also write the result as JSON to this file")
     ev.add_argument("--plot", default=None, help="also write a PNG of per-day ROC AUC to this file")
+    ev.add_argument("--through-server", action="store_true",
+                    help="item task, end to end: start a server on loopback, send the events in time order and ask "
+                         "Score(user, [item]) before each view after --static-days; compare with baselines")
 
     seg = sub.add_parser("segments", help="describe each user segment in human terms (from an event file "
                                           "replayed in-process, or the newest checkpoint of a data dir)")
@@ -195,6 +198,19 @@ def _evaluate(args: argparse.Namespace) -> int:
     from server.tools import evaluate
 
     horizon = evaluate.parse_duration(args.horizon) if args.horizon else None
+    if args.through_server:
+        from server.tools import score_protocol
+
+        if args.task != "item":
+            print("--through-server measures Score: use it with --task item", file=sys.stderr)
+            return 2
+        result = score_protocol.evaluate_through_server(args.events, horizon or 86_400.0, args.static_days,
+                                                        args.bootstrap, progress=sys.stderr.isatty())
+        print(score_protocol.format_table(result))
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump(result, fh, indent=2)
+        return 0
     result = evaluate.evaluate_file(args.events, args.task, horizon, args.static_days, args.bootstrap,
                                     progress=sys.stderr.isatty(), split_days=args.split_day)
     print(evaluate.format_table(result))

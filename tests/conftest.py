@@ -35,10 +35,17 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     r.stop()
 
 
+#: Test servers move the watermark by event time only unless a test says otherwise: most tests compare served
+#: rows with an in-process replay of the same events (as of each user's last event, days in the past), and
+#: the wall clock would (rightly) expire their windows. tests/integration/test_timers_server.py tests it.
+IDLE_WATERMARK_S = 1e9
+
+
 def make_settings(data_dir: Path, redis_url: str, **kw: object) -> Settings:
     """Settings for a test server: free ports, its own data dir, the shared Redis."""
     base: dict[str, object] = dict(grpc_port=0, metrics_port=0, data_dir=data_dir, redis_url=redis_url,
-                                   feature_repo=ROOT / "feature_repo", offline_roll_s=0.2)
+                                   feature_repo=ROOT / "feature_repo", offline_roll_s=0.2,
+                                   watermark_idle_s=IDLE_WATERMARK_S)
     base.update(kw)
     return Settings(_env_file=None, **base)  # type: ignore[arg-type]
 
@@ -124,7 +131,7 @@ class ServerProcess:
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("PORTRAIT_")}
         self.env.update(PORTRAIT_GRPC_PORT=str(self.port), PORTRAIT_METRICS_PORT=str(self.metrics_port),
                         PORTRAIT_DATA_DIR=str(data_dir), PORTRAIT_OFFLINE_ROLL_S="0.5",
-                        PORTRAIT_EMBEDDED_REDIS_PORT="0")
+                        PORTRAIT_EMBEDDED_REDIS_PORT="0", PORTRAIT_WATERMARK_IDLE_S=str(IDLE_WATERMARK_S))
         if redis_url:
             self.env["PORTRAIT_REDIS_URL"] = redis_url
         self.env.update(env)

@@ -134,6 +134,12 @@ class PortraitClient:
         """Stream events (bulk); one summary at the end."""
         return self.stub.TrackStream((convert.event_to_proto(e) for e in events), timeout=timeout_s)
 
+    def score(self, user_id: str, candidates: Iterable[tuple[str, str, float]]) -> list[tuple[str, float]]:
+        """Rank ``(item_id, category, price)`` candidates for a user: (item_id, probability), best first."""
+        r = self.stub.Score(pb.ScoreRequest(user_id=user_id, candidates=[
+            pb.Candidate(item_id=i, category=c, price=p) for i, c, p in candidates]), timeout=self.timeout_s)
+        return [(s.item_id, s.probability) for s in r.items]
+
     def get_profile(self, user_id: str) -> pb.Profile:
         """The user's profile as served by the online store (NOT_FOUND if unknown)."""
         return self.stub.GetProfile(pb.GetProfileRequest(user_id=user_id), timeout=self.timeout_s)

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from server.log.atomic import atomic_file
-from server.store.schema import ARROW_SCHEMA, COLUMNS
+from server.store.schema import APPENDED_FROM, ARROW_SCHEMA, COLUMNS
 
 FEATURE_VIEW = "user_profile"
 FEATURE_SERVICE = "user_profile_v1"
@@ -137,12 +137,33 @@ class OfflineLog:
         """Write ``rows`` as one new file (temp name, fsync, rename); return its path."""
         created = int(time.time() * 1e6)
         # one array per column of the schema, in its order; rows carry the event timestamp as int µs, and
-        # no created timestamp (the only column without a row key): it is now
-        arrays = [pa.array([created] * len(rows) if (key := c.row_key) is None else [r[key] for r in rows],
-                           type=c.kind.arrow) for c in COLUMNS]
+        # no created timestamp (the only column without a row key): it is now. Rows built before columns were
+        # appended (pending in a checkpoint of an older version) lack those: null
+        arrays = [pa.array([created] * len(rows) if (key := c.row_key) is None else
+                           [r[key] for r in rows] if i < APPENDED_FROM else [r.get(key) for r in rows],
+                           type=c.kind.arrow) for i, c in enumerate(COLUMNS)]
         table = pa.Table.from_arrays(arrays, schema=ARROW_SCHEMA)
         name = f"part-{created // 1000:013d}-{os.getpid()}-{next(self._seq):06d}"
         final = self.dir / f"{name}.parquet"
         with atomic_file(final) as fh:
             pq.write_table(table, fh)
         return final
+
+
+def upgrade_offline(data_dir: Path) -> int:
+    """Rewrite, in place and atomically, every offline part written before columns were appended to the schema
+    (``server.store.schema``), with those columns null: Feast's offline store reads one schema for all parts
+    and refuses a column a part lacks. Runs at start (a no-op once done); returns how many parts it rewrote."""
+    directory = offline_dir(data_dir)
+    upgraded = 0
+    for path in sorted(directory.glob("*.parquet")):
+        if pq.read_schema(path).names == ARROW_SCHEMA.names:
+            continue
+        table = pq.read_table(path)
+        n = table.num_rows
+        arrays = [table.column(f.name) if f.name in table.column_names else pa.nulls(n, type=f.type)
+                  for f in ARROW_SCHEMA]
+        with atomic_file(path) as fh:
+            pq.write_table(pa.Table.from_arrays(arrays, schema=ARROW_SCHEMA), fh)
+        upgraded += 1
+    return upgraded

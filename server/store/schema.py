@@ -161,6 +161,8 @@ COLUMNS: tuple[Column, ...] = (
 """Every column of a profile row, in the offline files' order."""
 
 COLUMN: dict[str, Column] = {c.name: c for c in COLUMNS}
+APPENDED_FROM = [c.name for c in COLUMNS].index("as_of_ts")
+"""Columns from this index on were appended after the first offline files (rows and parts may lack them)."""
 _BY_ROLE = {r: tuple(c for c in COLUMNS if c.role is r) for r in Role}
 (ENTITY,), (EVENT_TIMESTAMP,), (CREATED_TIMESTAMP,) = (_BY_ROLE[r] for r in (Role.ENTITY, Role.TIMESTAMP,
                                                                                Role.CREATED))

@@ -347,6 +347,10 @@ def evaluate(rep: Replay, task: str = "item", static_days: float = 3.0, bootstra
     y_ev, y_train = y[ev], y[train]
     thresholds = {name: _best_threshold(y_train, first[name]) for name in MODELS}
     models = {name: _scores(y_ev, preds[name], thresholds[name]) for name in MODELS}
+    views: dict[str, Any] = {}
+    if task == "item":  # the decisions made at views: what Score answers (it ranks as if the user viewed now)
+        at_view = x_ev[:, ITEM_INPUTS.index("is_view")] == 1.0
+        views = {name: _scores(y_ev[at_view], preds[name][at_view], thresholds[name]) for name in MODELS}
     periods = {}
     if split_days is not None:
         after = t_ev >= day0 + split_days * DAY
@@ -370,6 +374,7 @@ def evaluate(rep: Replay, task: str = "item", static_days: float = 3.0, bootstra
         "train_decisions": int(train.sum()),
         "unresolved_decisions": rep.unresolved[model],
         "models": models,
+        **({"views": views} if views else {}),
         "per_day": per_day,
         "bootstrap": _bootstrap(groups[ev], y_ev, preds, bootstrap, seed),
         **({"split_days": split_days, "split_day": _day(day0 + split_days * DAY), "periods": periods}
@@ -409,6 +414,11 @@ def format_table(result: dict[str, Any]) -> str:
         ci = f"{b['auc_diff']:+.3f} [{b['ci95'][0]:+.3f}, {b['ci95'][1]:+.3f}]" if b else "-"
         lines.append(f"| {name} | {_fmt(m['roc_auc'])} | {_fmt(m['pr_auc'])} | {_fmt(m['log_loss'], 4)} | "
                      f"{_fmt(m['f1'])} | {_fmt(m['positive_rate'], 4)} | {m['decisions']} | {ci} |")
+    if result.get("views"):
+        v = result["views"]
+        n = v["online"]["decisions"]
+        lines += ["", f"decisions at views only (what Score answers): {n} — ROC AUC "
+                  + ", ".join(f"{name} {_fmt(v[name]['roc_auc'])}" for name in MODELS)]
     if result.get("periods"):
         lines += ["", "| ROC AUC | decisions | positives | online | static | periodic | heuristic |",
                   "|---|---|---|---|---|---|---|"]

@@ -13,7 +13,6 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from tests.test_servicer import ev
 
 from server.domain.events import Event, EventType
 from server.domain.profile import FEATURE_NAMES
@@ -21,6 +20,7 @@ from server.metrics import Metrics
 from server.store.feast import FEATURE_SERVICE, OfflineLog, OnlineStore, offline_dir, open_store
 from server.worker.partition import PartitionWorker, WorkerConfig
 from tests.conftest import ROOT, uid
+from tests.integration.test_servicer import ev
 
 pytestmark = pytest.mark.usefixtures("server")
 
@@ -126,3 +126,38 @@ async def test_server_rows_reach_a_separate_feature_store_online_and_offline(stu
     hist = fresh.get_historical_features(entity_df=entity, features=["user_profile:carts_1h",
                                                                      "user_profile:profile_version"]).to_df()
     assert hist["carts_1h"].tolist() == [1.0] and hist["profile_version"].tolist() == [1]
+
+
+def test_offline_parts_written_before_columns_were_appended_still_answer(server: Any) -> None:
+    """Parts written before ``as_of_ts`` and the sequence / cycle columns existed sit beside new ones: once the
+    start has upgraded them (Feast's offline store refuses a part lacking a column: IbisTypeError "Column
+    'as_of_ts' is not found in table"), a training job gets their rows (the new columns null) and the new."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from server.store.feast import upgrade_offline
+    from server.store.schema import ARROW_SCHEMA
+
+    store = open_store(ROOT / "feature_repo")
+    log = OfflineLog(server.settings.data_dir)
+    p = _pipeline()
+    old, new = uid(), uid()
+    t0 = 1_600_100_000.0
+    p.apply(Event(uid("e"), old, EventType.VIEW, t0, item_id="a"))
+    p.apply(Event(uid("e"), new, EventType.VIEW, t0, item_id="a"))
+    log.append([p.row(new)])
+    row = p.row(old)
+    first = ARROW_SCHEMA.get_field_index("as_of_ts")  # the columns of the first layout end before it
+    fields = [ARROW_SCHEMA.field(i) for i in range(first)]
+    arrays = [pa.array([1_700_000_000_000_000 if f.name == "created_timestamp" else row[
+        "event_timestamp_us" if f.name == "event_timestamp" else f.name]], type=f.type) for f in fields]
+    pq.write_table(pa.Table.from_arrays(arrays, schema=pa.schema(fields)),
+                   offline_dir(server.settings.data_dir) / "part-0000000000001-1-000001.parquet")
+    assert upgrade_offline(server.settings.data_dir) == 1  # what a start does; the new parts stay as they are
+    assert upgrade_offline(server.settings.data_dir) == 0
+    entity = pd.DataFrame({"user_id": [old, new],
+                           "event_timestamp": pd.to_datetime([t0 + 10, t0 + 10], unit="s", utc=True)})
+    df = store.get_historical_features(entity_df=entity, features=store.get_feature_service(FEATURE_SERVICE)).to_df()
+    df = df.set_index("user_id")
+    assert df.loc[old, "views_1h"] == 1.0 and df.loc[new, "views_1h"] == 1.0
+    assert df.loc[new, "as_of_ts"] == t0 and pd.isna(df.loc[old, "as_of_ts"])

@@ -24,10 +24,10 @@ from typing import Any
 
 import pytest
 import yaml
-from tests.test_servicer import ev
 
 from server._gen.portrait.v1 import portrait_pb2 as pb
 from tests.conftest import ROOT, uid
+from tests.integration.test_servicer import ev
 
 PROM_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 DEADLINE_S = 25.0

@@ -14,7 +14,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from server.domain.events import Event, EventType
-from server.domain.profile import FEATURE_NAMES
+from server.domain.profile import CYCLE_FEATURES, FEATURE_NAMES, SEQUENCE_FEATURES
 from server.metrics import Metrics
 from server.store import schema
 from server.store.feast import OfflineLog
@@ -81,7 +81,11 @@ def test_the_generator_prints_the_table(capsys: pytest.CaptureFixture[str]) -> N
 def test_every_column_is_listed_once_and_in_the_readme() -> None:
     names = [c.name for c in COLUMNS]
     assert len(names) == len(set(names))
-    assert [c.name for c in FEATURES][: len(FEATURE_NAMES)] == list(FEATURE_NAMES)
+    features = [c.name for c in FEATURES]
+    assert sorted(n for n in features if n in FEATURE_NAMES) == sorted(FEATURE_NAMES)  # every profile feature
+    first = features.index("updated_at_ts")  # the first layout's profile features, in their order; later ones
+    assert features[:first] == [n for n in FEATURE_NAMES if features.index(n) < first]  # appended at the end
+    assert features[-len(CYCLE_FEATURES + SEQUENCE_FEATURES):] == list(CYCLE_FEATURES + SEQUENCE_FEATURES)
     table = markdown_table()
     for c in COLUMNS:  # by name, or inside the {..}_{..} pattern of the counts
         head, _, tail = c.name.rpartition("_")

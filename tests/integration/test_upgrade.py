@@ -5,12 +5,16 @@ with its log offset), and a restart from that one serves the same rows again."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import tarfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from server.log import checkpoint
+from server.store.feast import offline_dir
 from server.worker import snapshot
 from tests.conftest import ROOT, make_settings
 
@@ -34,10 +38,18 @@ async def test_a_data_dir_of_the_previous_format_recovers_every_profile(tmp_path
         for user, want in expected["profiles"].items():
             row = worker.row(user)
             assert row["profile_version"] == want["version"], user
-            assert sorted(row["tags"]) == sorted(want["tags"]), user
             assert row["segment"] == want["segment"], user
+            assert row["as_of_ts"] >= row["updated_at_ts"], user  # served as of the watermark (timers)
+            profile = worker.profiles[user]  # the old server served values as of the user's latest event
+            features = {**profile.features(), "risk_score": worker.risk.user_risk(user, profile.updated_at),
+                        "updated_at_ts": profile.updated_at}
+            assert sorted(profile.tags(features)) == sorted(want["tags"]), user
             for name, value in want["features"].items():
-                assert math.isclose(float(row[name]), value, rel_tol=1e-9, abs_tol=1e-12), (user, name)
+                assert math.isclose(float(features[name]), value, rel_tol=1e-9, abs_tol=1e-12), (user, name)
+        # rows the old checkpoint held for the offline store (without the columns added since) were written
+        offline = offline_dir(data)
+        await wait_until_true(lambda: srv.core.materializer.snapshot()[1] == [], "the restored offline rows")  # type: ignore[union-attr]
+        assert list(offline.glob("*.parquet"))
         before = {u: _served(worker.row(u)) for u in worker.profiles}
         trainer_version = worker.trainer.version
     finally:
@@ -56,6 +68,13 @@ async def test_a_data_dir_of_the_previous_format_recovers_every_profile(tmp_path
         assert {u: _served(worker.row(u)) for u in worker.profiles} == before
     finally:
         await again.stop()
+
+
+async def wait_until_true(cond: Callable[[], object], what: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
 
 
 def _served(row: dict[str, object]) -> dict[str, object]:

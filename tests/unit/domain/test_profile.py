@@ -314,3 +314,41 @@ def test_profile_state_is_compact() -> None:
     under 4 KB of objects (the dict-of-float-lists layout held 8.2 KB; category names are shared)."""
     p = profile(*_mixed_events(40, seed=5))
     assert _deep_size(p, set()) < 4000
+
+
+def test_purchase_cycle_counts_occasions_not_order_lines() -> None:
+    p = profile(ev(BUY, T0, price=5.0), ev(BUY, T0 + 60, price=5.0),  # one occasion, two order lines
+                ev(BUY, T0 + 4 * DAY, price=5.0), ev(BUY, T0 + 10 * DAY, price=5.0))
+    f = p.features()
+    assert f["purchase_interval_mean_days"] == pytest.approx((4 * DAY - 60 + 6 * DAY) / 2 / DAY)
+    assert f["purchase_interval_last_days"] == 6.0
+    assert f["next_purchase_expected_ts"] == pytest.approx(T0 + 10 * DAY + (10 * DAY - 60) / 2)
+    one = profile(ev(BUY, T0, price=5.0)).features()
+    assert one["purchase_interval_mean_days"] == one["next_purchase_expected_ts"] == 0.0  # unknown yet
+
+
+def test_behaviour_sequence_is_smoothed_and_follows_consecutive_events() -> None:
+    fresh = UserProfile().sequence()
+    assert set(fresh) == set(SEQUENCE_FEATURES) and all(v == pytest.approx(1 / 7) for v in fresh.values())
+    p = profile(*(e for k in range(10) for e in (ev(V, T0 + 600 * k), ev(CART, T0 + 600 * k + 10),
+                                                  ev(BUY, T0 + 600 * k + 20))))
+    s = p.sequence()
+    assert s["p_view_to_cart"] > 0.8 and s["p_cart_to_purchase"] > 0.8  # every view was followed by a cart
+    assert s["p_view_to_purchase"] < 0.05 and s["p_view_to_view"] < 0.05
+    late = profile(ev(V, T0), ev(BUY, T0 + 20), ev(CART, T0 + 10))  # a late cart: not a step of the sequence
+    assert late.sequence()["p_view_to_cart"] < late.sequence()["p_view_to_purchase"]
+
+
+def test_next_change_is_the_earliest_time_a_served_value_moves() -> None:
+    p = profile(ev(V, T0 + 30))
+    assert p.next_change() == T0 + HOUR  # the minute tile leaves the 1h window
+    p.as_of = T0 + HOUR
+    assert p.next_change() == T0 + DAY  # then the hour tile leaves the 24h window
+    p.as_of = T0 + 7 * DAY  # the 7d window changed now
+    assert p.next_change() == T0 + 30 + 7 * DAY  # `new` ends 7 days after the first event
+    p.as_of = T0 + 30 + 7 * DAY
+    assert p.next_change() == T0 + 30 * DAY  # the 30d window
+    p.as_of = T0 + 30 * DAY
+    assert p.next_change() == T0 + 30 + 30 * DAY  # dormant 30 days after the last event
+    p.as_of = T0 + 31 * DAY
+    assert p.next_change() is None and UserProfile().next_change() is None
