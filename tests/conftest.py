@@ -50,6 +50,16 @@ def make_settings(data_dir: Path, redis_url: str, **kw: object) -> Settings:
     return Settings(_env_file=None, **base)  # type: ignore[arg-type]
 
 
+@pytest.fixture
+def own_server_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """For a test that starts its own in-process server: a server exports PORTRAIT_DATA_DIR and
+    PORTRAIT_FEAST_REDIS for Feast (process-wide); put back the session server's values afterwards, so that
+    later tests' Feast stores do not read a deleted data dir."""
+    for var in ("PORTRAIT_FEAST_REDIS", "PORTRAIT_DATA_DIR"):
+        monkeypatch.setenv(var, "")  # recorded even when unset (a bare delenv of an unset variable is not undone)
+        monkeypatch.delenv(var)
+
+
 @pytest.fixture(scope="session")
 async def server(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[object]:
     """One real Portrait server for the session."""

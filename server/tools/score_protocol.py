@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import math
+import os
 import tempfile
 import time
 from collections import defaultdict
@@ -196,7 +197,13 @@ def evaluate_through_server(path: str, horizon_s: float = DAY, static_days: floa
             finally:
                 await srv.stop()
 
-        decisions = asyncio.run(main())
+        saved = {k: v for k, v in os.environ.items() if k in ("PORTRAIT_DATA_DIR", "PORTRAIT_FEAST_REDIS")}
+        try:
+            decisions = asyncio.run(main())
+        finally:  # the server exported its (temporary) data dir for Feast: put the caller's back
+            for k in ("PORTRAIT_DATA_DIR", "PORTRAIT_FEAST_REDIS"):
+                os.environ.pop(k, None)
+            os.environ.update(saved)
     result = summarize(decisions, bootstrap)
     result.update(protocol="through-server", horizon_s=horizon_s, static_days=static_days, file=str(path))
     return result

@@ -270,21 +270,17 @@ class PartitionWorker:
         f = p.features() if features is None else features
         p.propensity = self.trainer.propensity.predict(Propensity.vector(f, p.last_type, p.updated_at))
 
-    def _learn(self, resolved: list[Any], t: float) -> None:
-        feed = self.trainer.feed
+    def _learn(self, resolved: list[Any], t: float, model: str = PROPENSITY) -> None:
+        """Send ``model``'s resolved decisions to the trainer (their inputs as frozen at the decision)."""
+        feed, counted = self.trainer.feed, self.metrics.labels
         for decision, label in resolved:
-            feed(Labelled(PROPENSITY, decision.x, decision.p, label))
-            self.metrics.labels.labels(model=PROPENSITY, label="positive" if label else "negative").inc()
+            feed(Labelled(model, decision.x, decision.p, label))
+            counted.labels(model=model, label="positive" if label else "negative").inc()
             if self.on_label:
-                self.on_label(PROPENSITY, decision, label, t)
+                self.on_label(model, decision, label, t)
 
     def _learn_items(self, resolved: list[Any], t: float) -> None:
-        feed = self.trainer.feed
-        for decision, label in resolved:
-            feed(Labelled(ITEM, decision.x, decision.p, label))
-            self.metrics.labels.labels(model=ITEM, label="positive" if label else "negative").inc()
-            if self.on_label:
-                self.on_label(ITEM, decision, label, t)
+        self._learn(resolved, t, ITEM)
 
     def update_attributes(self, user_id: str, age: int, gender: str, region: str) -> int:
         """Replace a user's basic attributes (creating the user); return the new version."""

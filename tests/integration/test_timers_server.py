@@ -47,8 +47,8 @@ async def wait_until(cond: Callable[[], Any], what: str) -> Any:
     return got
 
 
-async def test_silent_for_two_days_reads_zero_windows_and_churn_risk_through_feast(tmp_path: Path,
-                                                                                   redis_url: str) -> None:
+async def test_silent_for_two_days_reads_zero_windows_and_churn_risk_through_feast(
+        tmp_path: Path, redis_url: str, own_server_env: None) -> None:
     from server.app import PortraitServer
     from server.store.feast import FEATURE_SERVICE, open_store
 
@@ -85,7 +85,8 @@ async def test_silent_for_two_days_reads_zero_windows_and_churn_risk_through_fea
         await srv.stop()
 
 
-async def test_with_no_traffic_an_hour_old_view_leaves_the_1h_window(tmp_path: Path, redis_url: str) -> None:
+async def test_with_no_traffic_an_hour_old_view_leaves_the_1h_window(tmp_path: Path, redis_url: str,
+                                                                     own_server_env: None) -> None:
     from server.app import PortraitServer
 
     srv = PortraitServer(make_settings(tmp_path / "data", redis_url, watermark_idle_s=0.5))

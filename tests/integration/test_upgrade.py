@@ -21,7 +21,8 @@ from tests.conftest import ROOT, make_settings
 GOLDEN = ROOT / "tests" / "golden"
 
 
-async def test_a_data_dir_of_the_previous_format_recovers_every_profile(tmp_path: Path, redis_url: str) -> None:
+async def test_a_data_dir_of_the_previous_format_recovers_every_profile(tmp_path: Path, redis_url: str,
+                                                                       own_server_env: None) -> None:
     from server.app import PortraitServer
 
     data = tmp_path / "data"
