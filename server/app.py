@@ -192,6 +192,9 @@ class PortraitServer:
             interceptors.append(AuthInterceptor(policy.keys, self.metrics))
         server = grpc.aio.server(interceptors=interceptors, options=grpc_server_options(s, self.max_connections))
         portrait_pb2_grpc.add_ProfileServiceServicer_to_server(ProfileServicer(self.core), server)
+        service = portrait_pb2.DESCRIPTOR.services_by_name["ProfileService"]
+        self.metrics.export_rpcs([("client_stream" if m.client_streaming else "unary", service.full_name, m.name)
+                                  for m in service.methods])
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         if policy.reflection:
             reflection.enable_server_reflection((SERVICE_NAME, reflection.SERVICE_NAME, health.SERVICE_NAME), server)

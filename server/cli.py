@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 import time
 import uuid
-from typing import Any
+from typing import Any, NoReturn
 
 from server import __version__
 
@@ -134,6 +135,17 @@ def _target(arg: str | None) -> str:
     return f"127.0.0.1:{Settings().grpc_port}"
 
 
+def _exit_quietly(code: int) -> NoReturn:
+    """Leave without the interpreter's teardown once the server has stopped (log durable, checkpoint written,
+    stores flushed, owned processes stopped). DuckDB (loaded by Feast) is built with nanobind, which prints
+    ~100 lines of "nanobind: leaked instance / leaked type" when the interpreter finalizes modules with its
+    objects still referenced; nothing of the server's needs that teardown."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``portrait``."""
     args = _parser().parse_args(argv)
@@ -145,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings()
         configure_logging(settings.log_level, settings.log_json)
         asyncio.run(serve(settings))
-        return 0
+        _exit_quietly(0)
     if args.command == "profile":
         return _profile(args)
     if args.command == "send":

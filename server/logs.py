@@ -72,6 +72,10 @@ def configure_logging(level: str, json: bool, *, stream: IO[str] | None = None) 
     handler.setFormatter(JsonFormatter() if json else logging.Formatter(PLAIN_FORMAT))
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # Feast logs "Registry cache expired, so refreshing" at INFO each time a store's registry cache
+    # (cache_ttl_seconds) runs out — every minute per store, forever; it says nothing an operator acts on
+    if logging.getLevelName(level.upper()) != logging.DEBUG:
+        logging.getLogger("feast.infra.registry").setLevel(logging.WARNING)
 
 
 class OncePerCause:

@@ -29,6 +29,17 @@ FRESHNESS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 
 # Risk scores live in [0, 1]; the suspicious threshold is near the top.
 RISK_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.99, 1.0)
 
+# The label values known in advance: their series are exported from the start (at 0, or NaN for a quality
+# not measured yet), so that a fresh server's dashboards show 0 rather than "No data".
+OUTCOMES = ("accepted", "duplicate", "rejected", "suppressed")
+REJECT_REASONS = ("bad_credentials", "decode", "inflight", "log_backlog", "no_credentials", "permission_denied",
+                  "stream_idle", "time_limit")
+MODELS = ("propensity", "item")
+LABELS = ("positive", "negative")
+WORKER_STAGES = ("validate", "dedupe", "profile", "labels", "ranking", "risk", "models")
+STAGES = (*WORKER_STAGES, "online_write", "offline_write")
+QUEUES = ("online", "offline", "log")
+
 
 class Metrics:
     """The metric objects, registered on ``registry``."""
@@ -136,6 +147,39 @@ class Metrics:
             "grpc_server_handling_seconds", "RPC handling time on the server.",
             ["grpc_type", "grpc_service", "grpc_method"], buckets=FAST_BUCKETS, registry=r,
         )
+        self._export_known_labels()
+
+    def _export_known_labels(self) -> None:
+        """Create the series of every label value known in advance (a labelled metric has no series until its
+        first use otherwise)."""
+        from server.domain.events import EventType
+
+        for t in EventType:
+            for outcome in OUTCOMES:
+                self.events.labels(event_type=t.name.lower(), outcome=outcome)
+        for reason in REJECT_REASONS:
+            self.rejected.labels(reason=reason)
+        for model in MODELS:
+            self.pending_labels.labels(model=model).set(0)
+            self.model_roc_auc.labels(model=model).set(float("nan"))  # not measured yet
+            self.model_log_loss.labels(model=model).set(float("nan"))
+            for label in LABELS:
+                self.labels.labels(model=model, label=label)
+        for stage in STAGES:
+            self.stage_duration.labels(stage=stage)
+        for queue in QUEUES:
+            self.queue_depth.labels(queue=queue).set(0)
+
+    def export_segments(self, k: int) -> None:
+        """Create the series of segments 0..k-1 (at 0 users) before the first refresh."""
+        for i in range(k):
+            self.segment_users.labels(segment=str(i)).set(0)
+
+    def export_rpcs(self, rpcs: list[tuple[str, str, str]]) -> None:
+        """Create the gRPC series of ``(grpc_type, grpc_service, grpc_method)`` (code OK) before the first call."""
+        for kind, service, method in rpcs:
+            self.grpc_handled.labels(grpc_type=kind, grpc_service=service, grpc_method=method, grpc_code="OK")
+            self.grpc_handling.labels(grpc_type=kind, grpc_service=service, grpc_method=method)
 
 
 def markdown_table() -> str:

@@ -378,7 +378,7 @@ class UserProfile:
             silent = asof - self.last_event
             if silent >= rules.dormant_days * DAY:
                 out.append("dormant")
-            elif self._was_active(rules) and silent >= self._churn_after(rules):
+            elif silent >= rules.churn_min_silent_days * DAY and self._churn_after(rules) <= silent:
                 out.append("churn_risk")
         if self._purchase_weeks(asof, rules.loyal_of_weeks) >= rules.loyal_weeks:
             out.append("loyal")
@@ -396,17 +396,16 @@ class UserProfile:
             out.append("cart_abandoner")
         return sorted(out)
 
-    def _was_active(self, rules: TagRules) -> bool:
-        """Active before going silent: events on ``churn_active_days_30d`` days of the 30 before the last
-        event, or a purchase in them."""
-        last = self.updated_at
-        return (self._day.active_tiles(last) >= rules.churn_active_days_30d
-                or self._day.sums(last)[_PURCHASE] > 0)
-
     def _churn_after(self, rules: TagRules) -> float:
-        """Seconds of silence after which an active user is at risk: ``churn_gap_multiple`` x the mean gap between
-        its active days in the 30 before the last event, at least ``churn_min_silent_days``."""
-        days = self._day.active_tile_ids(self.updated_at)
+        """Seconds of silence after which the user is at risk of churning (``math.inf``: never, it was not
+        active: events on ``churn_active_days_30d`` of the 30 days before the last event, or a purchase in
+        them): ``churn_gap_multiple`` x the mean gap between those active days, at least
+        ``churn_min_silent_days``."""
+        last = self.updated_at
+        days = self._day.active_tile_ids(last)
+        if len(days) < rules.churn_active_days_30d and not (
+                self.last_purchase is not None and last - self.last_purchase < 30 * DAY):
+            return math.inf
         gap = (days[-1] - days[0]) / (len(days) - 1) * DAY if len(days) >= 2 else 7 * DAY
         return max(rules.churn_min_silent_days * DAY, rules.churn_gap_multiple * gap)
 
@@ -426,12 +425,10 @@ class UserProfile:
         candidates = [self._minute.next_change(t), self._hour.next_change(t, 24), self._hour.next_change(t),
                       self._day.next_change(t)]
         last, first = self.last_event, self.first_seen or self.last_event
-        candidates += [first + rules.new_days * DAY, last + rules.dormant_days * DAY]
-        if self._was_active(rules):
-            candidates.append(last + self._churn_after(rules))
+        candidates += [first + rules.new_days * DAY, last + rules.dormant_days * DAY, last + self._churn_after(rules)]
         if self.last_purchase is not None and t - self.last_purchase < rules.loyal_of_weeks * 7 * DAY:
             candidates.append((t // DAY + 1) * DAY)  # the weekly blocks of ``loyal`` move every day
-        later = [c for c in candidates if c is not None and c > t]
+        later = [c for c in candidates if c is not None and t < c < math.inf]
         return min(later) if later else None
 
     # -- checkpoints -----------------------------------------------------------------------------

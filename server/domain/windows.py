@@ -137,7 +137,16 @@ class TiledWindow:
         n = self.n_tiles if n_tiles is None else min(n_tiles, self.n_tiles)
         a, w = self._a, self.width
         lo, hi = (end - n + 1) * w, (end + 1) * w
-        return sorted({int(a[j]) // w for j in range(w + 1, len(a), 2) if lo <= a[j] < hi and a[j + 1] != 0.0})
+        out: list[int] = []
+        for j in range(w + 1, len(a), 2):  # keys ascend: a tile's pairs are adjacent
+            key = a[j]
+            if key >= hi:
+                break
+            if key >= lo and a[j + 1] != 0.0:
+                tile = int(key) // w
+                if not out or out[-1] != tile:
+                    out.append(tile)
+        return out
 
     def __len__(self) -> int:
         """Number of tiles held (the memory bound is ``n_tiles``)."""

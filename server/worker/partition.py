@@ -35,7 +35,7 @@ from server.domain.errors import FailedPrecondition, InvalidArgument
 from server.domain.events import MAX_GENDER_LEN, MAX_ID_LEN, MAX_PRICE, Event, EventType, FieldError, validate
 from server.domain.labels import DelayedLabels
 from server.domain.profile import TagRules, UserProfile
-from server.metrics import Metrics
+from server.metrics import WORKER_STAGES, Metrics
 from server.models.risk import UserRisk
 from server.models.trainer import ITEM, PROPENSITY, EventVector, Labelled, Trainer, TrainerConfig, UserVector
 from server.models.user import Propensity, Segmenter
@@ -119,6 +119,7 @@ class PartitionWorker:
                                    sample=config.item_decision_sample)
         self.risk = UserRisk(threshold=config.risk_threshold)
         self.segment_sizes = [0] * config.trainer.segments
+        metrics.export_segments(config.trainer.segments)
         self.row_ts: dict[str, int] = {}
         self.erasures = Erasures(config.erasure_salt)
         self.timers = Timers()
@@ -127,8 +128,7 @@ class PartitionWorker:
         # the per-event counters, resolved once (a labels() lookup per event was measurable)
         self._counted = {(t, o): metrics.events.labels(event_type=t.name.lower(), outcome=o)
                          for t in EventType for o in ("accepted", "duplicate", "suppressed")}
-        self._stage = {s: metrics.stage_duration.labels(stage=s) for s in
-                       ("validate", "dedupe", "profile", "labels", "ranking", "risk", "models")}
+        self._stage = {s: metrics.stage_duration.labels(stage=s) for s in WORKER_STAGES}
 
     # -- ingest -------------------------------------------------------------------------------
     def check(self, e: Event, now: float | None = None) -> FieldError | None:

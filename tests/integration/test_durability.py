@@ -287,6 +287,9 @@ def test_sigterm_drains_checkpoints_and_exits_0(tmp_path: Path, redis_url: str) 
         pb_grpc.ProfileServiceStub(ch).TrackBatch(batches(events, 1_000)[0], timeout=30)
     assert srv.terminate() == 0
     assert list((tmp_path / "data" / "checkpoints").glob("ckpt-*.bin"))  # the final checkpoint
+    quiet = srv.log()
+    assert "leaked" not in quiet and "nanobind" not in quiet  # no teardown dump from DuckDB's bindings
+    assert "so refreshing" not in quiet  # Feast's registry refreshes are not logged at INFO
     srv2 = ServerProcess(tmp_path / "data", redis_url)
     srv2.wait_serving()
     try:
