@@ -165,7 +165,8 @@ class ServerProcess:
         wait_serving(self.target, self.proc, timeout_s, self.log)
 
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def kill(self) -> None:

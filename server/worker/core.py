@@ -20,6 +20,7 @@ from server.worker.durability import Durability
 from server.worker.materialize import Materializer
 from server.worker.partition import Outcome, PartitionWorker
 
+BUSY_TIMERS_PER_TICK = 200  # timers fired per (1 s) tick while events arrive, beside PORTRAIT_TIMERS_PER_EVENT
 YIELD_EVERY = 256  # events processed between yields to the event loop in batches
 STREAM_COMMIT_EVERY = 2000  # events of a stream between log commits
 
@@ -77,8 +78,8 @@ class ProfileCore:
     async def advance_time(self, idle_s: float, chunk: int = 1000) -> int:
         """With no event for ``idle_s`` (monotonic), let the wall clock move the watermark and fire every timer
         it passed, ``chunk`` at a time with the loop free between chunks; returns how many fired."""
-        if time.monotonic() - self._last_event < idle_s:
-            return 0
+        if time.monotonic() - self._last_event < idle_s:  # busy: event time moves the watermark; catch up a
+            return self.worker.fire(BUSY_TIMERS_PER_TICK)  # bounded share per tick besides the per-event share
         fired = 0
         while True:
             n = self.worker.advance(time.time(), chunk)

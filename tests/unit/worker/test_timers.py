@@ -63,7 +63,7 @@ def test_a_user_silent_for_two_days_reads_zero_windows_and_churn_risk_later() ->
     assert row["views_7d"] > 0 and row["as_of_ts"] >= last + 2 * DAY and row["last_event_ts"] == last
     assert "churn_risk" in row["tags"] and "new" not in row["tags"]  # first seen over 7 days before
     w.apply(ev("o0", last + 15 * DAY))  # silent 15 days: still at risk, no longer new
-    for _ in range(20):
+    for _ in range(60):  # 2 timers per event: the 50 other users' are due too
         w.apply(ev("o1", last + 15 * DAY + 1))
     row = w.row("quiet")
     assert "churn_risk" in row["tags"] and "new" not in row["tags"] and "dormant" not in row["tags"]
