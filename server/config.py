@@ -64,7 +64,7 @@ class Settings(BaseSettings):
     labels_per_event: int = Field(default=16, ge=1)
     """Overdue decisions resolved and learnt per event and model, at most (a jump of event time is spread
     over the next events instead of stalling one)."""
-    timers_per_event: int = Field(default=2, ge=1)
+    timers_per_event: int = Field(default=16, ge=1)
     """Profiles recomputed per event, at most, because time alone changed them (a window tile left, a tag
     started or stopped holding): a burst of expiries is spread over the next events and idle ticks."""
     watermark_idle_s: float = Field(default=5.0, gt=0)

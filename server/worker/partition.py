@@ -74,7 +74,7 @@ class WorkerConfig:
     labels_per_event: int = 16
     """Overdue decisions resolved (and learnt) per event and model, at most: after a jump of event time
     (a replay, a paused producer) the backlog is spread over the next events instead of one long stall."""
-    timers_per_event: int = 2
+    timers_per_event: int = 16
     """Timers fired (profiles recomputed because time alone changed them) per event, at most: a burst of
     expiries is spread over the next events (and the idle ticks) so that no event waits behind it."""
     risk_threshold: float = 0.94

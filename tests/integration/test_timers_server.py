@@ -141,7 +141,7 @@ def test_kill_9_keeps_every_pending_timer(tmp_path: Path, redis_url: str) -> Non
             time.sleep(0.1)
         with grpc.insecure_channel(again.target) as ch:
             stub = pb_grpc.ProfileServiceStub(ch)
-            for k in range(3):  # event time moves on: the recovered timers fire (2 per event, 200 per tick)
+            for k in range(3):  # event time moves on: the recovered timers fire (16 per event, 200 per tick)
                 stub.Track(pb.TrackRequest(event=ev(uid("clock"), now + k), wait_visible=True), timeout=30)
             deadline = time.monotonic() + TIMEOUT
             while True:
