@@ -233,6 +233,7 @@ def main() -> int:
     inp = os.fdopen(0, "rb")
     logging.basicConfig(level=os.environ.get("PORTRAIT_LOG_LEVEL", "INFO"), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s portrait.writer %(message)s")
+    logging.getLogger("feast.infra.registry").setLevel(logging.WARNING)  # see server.logs.configure_logging
     import feast  # noqa: F401  (the slow import, done while the parent applies the definitions)
 
     body = _read_frame(inp)
@@ -259,4 +260,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    code = main()
+    logging.shutdown()
+    sys.stderr.flush()
+    os._exit(code)  # no interpreter teardown: DuckDB's nanobind leak dump (see server.cli._exit_quietly)
