@@ -9,7 +9,7 @@ import os
 import sys
 import time
 import uuid
-from typing import Any, NoReturn
+from typing import Any
 
 from server import __version__
 
@@ -114,7 +114,6 @@ def _connection_arguments(p: argparse.ArgumentParser) -> None:
 
 def _client(args: argparse.Namespace) -> Any:
     """A PortraitClient for ``--target`` and the connection options."""
-    import os
     from pathlib import Path
 
     from server.api.client import PortraitClient
@@ -135,29 +134,18 @@ def _target(arg: str | None) -> str:
     return f"127.0.0.1:{Settings().grpc_port}"
 
 
-def _exit_quietly(code: int) -> NoReturn:
-    """Leave without the interpreter's teardown once the server has stopped (log durable, checkpoint written,
-    stores flushed, owned processes stopped). DuckDB (loaded by Feast) is built with nanobind, which prints
-    ~100 lines of "nanobind: leaked instance / leaked type" when the interpreter finalizes modules with its
-    objects still referenced; nothing of the server's needs that teardown."""
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``portrait``."""
     args = _parser().parse_args(argv)
     if args.command == "serve":
         from server.app import serve
         from server.config import Settings
-        from server.logs import configure_logging
+        from server.logs import configure_logging, exit_quietly
 
         settings = Settings()
         configure_logging(settings.log_level, settings.log_json)
         asyncio.run(serve(settings))
-        _exit_quietly(0)
+        exit_quietly(0)
     if args.command == "profile":
         return _profile(args)
     if args.command == "send":

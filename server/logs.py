@@ -18,10 +18,11 @@ from __future__ import annotations
 import errno as _errno
 import json as _json
 import logging
+import os
 import sys
 import time
 from datetime import UTC, datetime
-from typing import IO, Any
+from typing import IO, Any, NoReturn
 
 PLAIN_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 """The plain-text format (what ``portrait serve`` has always printed)."""
@@ -76,6 +77,17 @@ def configure_logging(level: str, json: bool, *, stream: IO[str] | None = None) 
     # (cache_ttl_seconds) runs out — every minute per store, forever; it says nothing an operator acts on
     if logging.getLevelName(level.upper()) != logging.DEBUG:
         logging.getLogger("feast.infra.registry").setLevel(logging.WARNING)
+
+
+def exit_quietly(code: int) -> NoReturn:
+    """Leave without the interpreter's teardown once a process's work is done and durable (the server after a
+    clean stop, the online-writer child). DuckDB (loaded by Feast) is built with nanobind, which prints ~100
+    lines of "nanobind: leaked instance / leaked type" when the interpreter finalizes modules with its objects
+    still referenced; nothing of Portrait's needs that teardown."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 class OncePerCause:

@@ -34,6 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
+from server.logs import exit_quietly
 from server.store.feast import FEATURE_VIEW, open_store
 from server.store.schema import FEATURES
 
@@ -260,7 +261,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    code = main()
-    logging.shutdown()
-    sys.stderr.flush()
-    os._exit(code)  # no interpreter teardown: DuckDB's nanobind leak dump (see server.cli._exit_quietly)
+    exit_quietly(main())

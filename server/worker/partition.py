@@ -46,9 +46,8 @@ __all__ = ["ITEM", "PROPENSITY", "Outcome", "PartitionWorker", "WorkerConfig"]
 
 MAX_CANDIDATES = 500
 _COLD_START = UserProfile().features()  # an unknown user's features (all zero)
-STATE_FORMAT = 2
-"""Version of ``PartitionWorker.state()``'s layout (``server.worker.snapshot`` records it). 2 added the
-watermark (format 1 loads with none: it catches up with the next event)."""
+STATE_FORMAT = 1
+"""Version of ``PartitionWorker.state()``'s layout (``server.worker.snapshot`` records it)."""
 
 
 @dataclass(frozen=True)
@@ -129,6 +128,8 @@ class PartitionWorker:
         self._counted = {(t, o): metrics.events.labels(event_type=t.name.lower(), outcome=o)
                          for t in EventType for o in ("accepted", "duplicate", "suppressed")}
         self._stage = {s: metrics.stage_duration.labels(stage=s) for s in WORKER_STAGES}
+        self._labelled = {(m, y): metrics.labels.labels(model=m, label="positive" if y else "negative")
+                          for m in (PROPENSITY, ITEM) for y in (True, False)}
 
     # -- ingest -------------------------------------------------------------------------------
     def check(self, e: Event, now: float | None = None) -> FieldError | None:
@@ -195,8 +196,8 @@ class PartitionWorker:
             resolved, delta = self.items.observe(e, features, profile, t, models)
             if delta is not None:
                 models.feed(delta)
-            self._learn_items(resolved, t)
-        self._learn_items(self.items.advance(t, self.config.labels_per_event), t)
+            self._learn(resolved, t, ITEM)
+        self._learn(self.items.advance(t, self.config.labels_per_event), t, ITEM)
         t4 = time.perf_counter()
         stage["ranking"].observe(t4 - t3)
         x_risk = self.risk.vector(e, features, previous_t)
@@ -260,27 +261,23 @@ class PartitionWorker:
         self._ensure_score(p)
         return p.propensity
 
-    def _ensure_score(self, p: UserProfile, features: dict[str, float] | None = None) -> None:
+    def _ensure_score(self, p: UserProfile) -> None:
         """Score a profile left stale by bulk ingest, with the current model, as of its latest event."""
         if not math.isnan(p.propensity):
             return
         if p.last_event is None:
             p.propensity = 0.0
             return
-        f = p.features() if features is None else features
-        p.propensity = self.trainer.propensity.predict(Propensity.vector(f, p.last_type, p.updated_at))
+        p.propensity = self.trainer.propensity.predict(Propensity.vector(p.features(), p.last_type, p.updated_at))
 
     def _learn(self, resolved: list[Any], t: float, model: str = PROPENSITY) -> None:
         """Send ``model``'s resolved decisions to the trainer (their inputs as frozen at the decision)."""
-        feed, counted = self.trainer.feed, self.metrics.labels
+        feed, counted = self.trainer.feed, self._labelled
         for decision, label in resolved:
             feed(Labelled(model, decision.x, decision.p, label))
-            counted.labels(model=model, label="positive" if label else "negative").inc()
+            counted[model, label].inc()
             if self.on_label:
                 self.on_label(model, decision, label, t)
-
-    def _learn_items(self, resolved: list[Any], t: float) -> None:
-        self._learn(resolved, t, ITEM)
 
     def update_attributes(self, user_id: str, age: int, gender: str, region: str) -> int:
         """Replace a user's basic attributes (creating the user); return the new version."""
@@ -356,8 +353,8 @@ class PartitionWorker:
 
     def load_state(self, state: dict[str, Any]) -> None:
         """Replace the per-user state with a ``state()`` taken earlier (the wiring and the trainer stay)."""
-        if state.get("format") not in (1, STATE_FORMAT):
-            raise ValueError(f"worker state format {state.get('format')!r}, expected 1..{STATE_FORMAT}")
+        if state.get("format") != STATE_FORMAT:
+            raise ValueError(f"worker state format {state.get('format')!r}, expected {STATE_FORMAT}")
         self.profiles = state["profiles"]
         self.dedupe = Dedupe(self.config.dedupe_capacity)
         for event_id, user in state["dedupe"]:
@@ -368,7 +365,7 @@ class PartitionWorker:
         self.segment_sizes = state["segment_sizes"]
         self.row_ts = state["row_ts"]
         self.erasures = state["erasures"]
-        self.max_event_time, self.wall_watermark = state.get("watermark", (-math.inf, -math.inf))
+        self.max_event_time, self.wall_watermark = state["watermark"]
         self.timers = Timers()  # derived from the profiles: recovered exactly
         rules = self.config.tag_rules
         for user, p in self.profiles.items():
@@ -384,8 +381,7 @@ class PartitionWorker:
         event that left the as-of time unchanged).
         """
         p = self.profiles[user_id]
-        if math.isnan(p.propensity):
-            self._ensure_score(p)
+        self._ensure_score(p)
         asof = p.current
         features = p.features(asof)
         ts = max(int(asof * 1_000_000), self.row_ts.get(user_id, 0) + 1)

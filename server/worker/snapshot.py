@@ -29,6 +29,7 @@ existing data dir starts as it is; the next checkpoint is written in format 1.
 
 from __future__ import annotations
 
+import math
 import pickle
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -117,6 +118,7 @@ def _from_format_0(p: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         "dedupe": [(k, owner.get(id(v))) for k, v in p["dedupe"].owners()],
         "labels": p["labels"], "item_history": ranker["history"], "item_labels": ranker["labels"],
         "risk": users, "segment_sizes": p["segment_sizes"], "row_ts": p["_row_ts"], "erasures": p["erasures"],
+        "watermark": (-math.inf, -math.inf),  # none kept: the next event sets it (the wall clock, when idle)
     }
     trainer = {
         "propensity": p["propensity"], "propensity_quality": p["quality"], "item_model": ranker["model"],

@@ -58,9 +58,3 @@ class Timers:
     def pending(self) -> dict[str, float]:
         """Every pending timer: user -> time (a copy)."""
         return dict(self._at)
-
-    def next_at(self) -> float | None:
-        """The earliest pending timer's time."""
-        while self._heap and self._at.get(self._heap[0][1]) != self._heap[0][0]:
-            heapq.heappop(self._heap)
-        return self._heap[0][0] if self._heap else None
