@@ -36,6 +36,9 @@ HOUR_HALF_LIFE_S = 14 * DAY
 MAX_CATEGORIES = 32
 RECENT_SESSIONS = 8  # session ids remembered, so a late event of a recent session does not count it again
 REBASE_HALF_LIVES = 64.0  # decayed scores are kept relative to a reference time at most this many half-lives old
+RECENT_EVENTS = 20  # events kept per user for the explorer (``recent_events``): the latest by event time
+_WEEK_HOURS = 7 * 24
+_COUNT_MAX = 2**16 - 1  # the activity histogram's counts saturate here (array "H": 336 bytes per user)
 
 TYPES = tuple(EventType)
 N_TYPES = len(TYPES)
@@ -146,11 +149,14 @@ class UserProfile:
         "_hours",
         "_hours_t",
         "_minute",
+        "_recent",
+        "_recent_nums",
         "_recent_sessions",
         "_session_id",
         "_session_last",
         "_transitions",
         "_transitions_t",
+        "_week_hours",
         "age",
         "as_of",
         "first_seen",
@@ -201,6 +207,9 @@ class UserProfile:
         self.purchase_interval_last = 0.0
         self._transitions = array("d", bytes(8 * N_TYPES * N_TYPES))  # decayed (from, to) counts, rel. _transitions_t
         self._transitions_t = 0.0
+        self._week_hours = _week_hours()  # events per (day of week, hour of day), UTC, not decayed
+        self._recent: list[str] = []  # the latest RECENT_EVENTS events, oldest first: item id, category
+        self._recent_nums = array("d")  # ... and event time, type, price per event
 
     # -- updates -------------------------------------------------------------------------------
     def update(self, e: Event) -> None:
@@ -244,6 +253,25 @@ class UserProfile:
         self._hours[int(t // HOUR) % 24] += _decay(HOUR_HALF_LIFE_S, self._hours_t - t)
         if e.category:
             self._add_affinity(e.category, _AFFINITY_BY_INDEX[i], t)
+        self._add_activity(e, t)
+
+    def _add_activity(self, e: Event, t: float) -> None:
+        """The activity histogram and the recent events (what the explorer shows; no model reads them)."""
+        k = _week_hour(t)
+        if self._week_hours[k] < _COUNT_MAX:
+            self._week_hours[k] += 1
+        nums, names = self._recent_nums, self._recent
+        n = len(names) // 2
+        at = n  # the recent events stay in event-time order (a late one goes where it belongs)
+        while at > 0 and nums[3 * (at - 1)] > t:
+            at -= 1
+        if n >= RECENT_EVENTS:
+            if at == 0:
+                return  # older than every kept event
+            del nums[0:3], names[0:2]
+            at -= 1
+        nums[3 * at:3 * at] = array("d", (t, float(e.type), float(e.price)))
+        names[2 * at:2 * at] = [shared(e.item_id), shared(e.category)]
 
     def _update_session(self, e: Event, t: float) -> None:
         if e.session_id:
@@ -361,6 +389,38 @@ class UserProfile:
         ranked = sorted(zip(self._affinity, self._affinity_w), key=lambda kv: (-kv[1], kv[0]))
         return [c for c, s in ranked[:n] if s > 0]
 
+    def activity(self) -> list[list[int]]:
+        """Events per day of week (rows, Monday first) and hour of day (columns), UTC, over the user's whole
+        history (not decayed; ``update`` counts every accepted event once).
+
+        >>> from server.domain.events import Event, EventType
+        >>> p = UserProfile()
+        >>> p.update(Event("e1", "u1", EventType.VIEW, 4 * DAY + 9 * HOUR, item_id="i1"))  # Mon 5 Jan 1970, 09:00
+        >>> grid = p.activity()
+        >>> len(grid), len(grid[0]), grid[0][9], sum(map(sum, grid))
+        (7, 24, 1, 1)
+        """
+        h = self._week_hours
+        return [list(h[d * 24:(d + 1) * 24]) for d in range(7)]
+
+    def recent_events(self) -> list[tuple[float, EventType, str, str, float]]:
+        """The latest ``RECENT_EVENTS`` events, newest first: (event time, type, item id, category, price).
+
+        >>> from server.domain.events import Event, EventType
+        >>> p = UserProfile()
+        >>> for i in range(RECENT_EVENTS + 5):
+        ...     p.update(Event(f"e{i}", "u1", EventType.VIEW, 100.0 + i, item_id=f"i{i}", price=2.0))
+        >>> p.update(Event("late", "u1", EventType.CLICK, 50.0, item_id="old"))  # older than every kept one
+        >>> events = p.recent_events()
+        >>> len(events), events[0][2], events[-1][2], events[0][1].name
+        (20, 'i24', 'i5', 'VIEW')
+        """
+        nums, names = self._recent_nums, self._recent
+        out = [(nums[3 * i], EventType(int(nums[3 * i + 1])), names[2 * i], names[2 * i + 1], nums[3 * i + 2])
+               for i in range(len(names) // 2)]
+        out.reverse()
+        return out
+
     def category_count(self) -> int:
         """How many categories the user has touched (bounded by ``MAX_CATEGORIES``)."""
         return len(self._affinity)
@@ -447,8 +507,22 @@ class UserProfile:
 _ADDED: dict[str, Callable[[], Any]] = {
     "as_of": float, "purchase_interval_n": int, "purchase_interval_sum": float,
     "purchase_interval_last": float, "_transitions": lambda: array("d", bytes(8 * N_TYPES * N_TYPES)),
-    "_transitions_t": float,
+    "_transitions_t": float, "_week_hours": lambda: _week_hours(), "_recent": list, "_recent_nums": lambda: array("d"),
 }
+
+
+def _week_hours() -> array:  # type: ignore[type-arg]
+    return array("H", bytes(2 * _WEEK_HOURS))
+
+
+def _week_hour(t: float) -> int:
+    """The (day of week, hour of day) cell of unix time ``t``, UTC, Monday first (1 Jan 1970 was a Thursday).
+
+    >>> divmod(_week_hour(0.0), 24), divmod(_week_hour(4 * DAY + 23 * HOUR + 59), 24)
+    ((3, 0), (0, 23))
+    """
+    day = int(t // DAY)
+    return ((day + 3) % 7) * 24 + int(t % DAY // HOUR)
 _SEQUENCE_INDEX = tuple((_TYPE_INDEX[int(a)], _TYPE_INDEX[int(b)]) for a, b in SEQUENCE_PAIRS)
 
 

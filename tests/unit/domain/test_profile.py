@@ -17,6 +17,7 @@ from server.domain.profile import (
     CYCLE_FEATURES,
     FEATURE_NAMES,
     MAX_CATEGORIES,
+    RECENT_EVENTS,
     SCALAR_FEATURES,
     SEQUENCE_FEATURES,
     TagRules,
@@ -309,11 +310,19 @@ def _deep_size(o: object, seen: set[int]) -> int:
     return n
 
 
+EXPLORER_SLOTS = ("_week_hours", "_recent", "_recent_nums")
+
+
 def test_profile_state_is_compact() -> None:
     """A user with a few hours of activity (40 events in 40 minute tiles, 7 sessions, 3 categories) holds
-    under 4 KB of objects (the dict-of-float-lists layout held 8.2 KB; category names are shared)."""
+    under 4 KB of objects (the dict-of-float-lists layout held 8.2 KB; category names are shared), plus
+    under 1.5 KB for what only the explorer reads: the activity histogram (168 uint16) and the last 20
+    events (times, types, prices in one array; item ids and categories are shared names)."""
     p = profile(*_mixed_events(40, seed=5))
-    assert _deep_size(p, set()) < 4000
+    names = {id(s) for s in p._recent}  # shared between users: not this profile's cost
+    explorer = sum(_deep_size(getattr(p, s), set(names)) for s in EXPLORER_SLOTS)
+    assert explorer < 1500
+    assert _deep_size(p, names) - explorer < 4000
 
 
 def test_purchase_cycle_counts_occasions_not_order_lines() -> None:
@@ -352,3 +361,35 @@ def test_next_change_is_the_earliest_time_a_served_value_moves() -> None:
     assert p.next_change() == T0 + 30 + 30 * DAY  # dormant 30 days after the last event
     p.as_of = T0 + 31 * DAY
     assert p.next_change() is None and UserProfile().next_change() is None
+
+
+def test_activity_counts_every_event_by_weekday_and_hour_utc() -> None:
+    # T0 is Wednesday 2023-11-15 00:00 UTC
+    p = profile(ev(V, T0 + 9 * HOUR), ev(C, T0 + 9 * HOUR + 5), ev(BUY, T0 + DAY + 23 * HOUR, price=3.0),
+                ev(V, T0 - 28 * DAY + 9 * HOUR))  # late and four weeks old: still counted (not decayed)
+    grid = p.activity()
+    assert grid[2][9] == 3 and grid[3][23] == 1 and sum(map(sum, grid)) == 4
+
+
+def test_recent_events_keep_the_latest_by_event_time_newest_first() -> None:
+    p = profile(*(Event(f"r{i}", "u1", V, T0 + i, item_id=f"i{i}", category="shoes", price=float(i))
+                  for i in range(0, 40, 2)))
+    p.update(Event("late", "u1", BUY, T0 + 15, item_id="late", category="bags", price=9.5))  # inside the kept span
+    p.update(ev(S, T0 - 100))  # older than every kept event: dropped
+    events = p.recent_events()
+    assert len(events) == RECENT_EVENTS
+    assert [e[0] for e in events] == sorted((e[0] for e in events), reverse=True)
+    assert (T0 + 15, BUY, "late", "bags", 9.5) in events
+    assert events[-1][2] == "i2"  # i0 made room; the search was older than all
+
+
+def test_profiles_from_checkpoints_without_the_explorer_state_load_empty() -> None:
+    p = profile(ev(V, T0))
+    state = p.__getstate__()
+    for k in ("_week_hours", "_recent", "_recent_nums"):
+        del state[k]
+    q = UserProfile.__new__(UserProfile)
+    q.__setstate__(state)
+    assert q.recent_events() == [] and sum(map(sum, q.activity())) == 0
+    q.update(ev(C, T0 + 60))
+    assert len(q.recent_events()) == 1 and q.features() == pickle.loads(pickle.dumps(q)).features()
