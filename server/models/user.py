@@ -260,6 +260,11 @@ class Segmenter:
         """The nearest centre's id, without learning."""
         return self._kmeans.predict(self._scaler.transform(x))
 
+    def scale(self, x: Sequence[float]) -> list[float]:
+        """``x`` in the units of the centres: standard scores against every user vector learnt so far (0 is
+        the population's mean)."""
+        return self._scaler.transform(x)
+
     @property
     def centers(self) -> list[list[float]]:
         """The centres, in scaled units (order: ``SEGMENT_INPUTS``)."""

@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from server.domain.profile import UserProfile
 from server.domain.units import DAY
 from server.metrics import Metrics
 from server.worker.partition import PartitionWorker, WorkerConfig
@@ -94,22 +95,38 @@ def _mean(xs: list[float]) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
 
+def profile_summary(p: UserProfile) -> dict[str, Any] | None:
+    """What the report takes from one profile (None: not segmented yet); times are absolute (``summarize``
+    makes them relative to the latest event seen)."""
+    if p.segment < 0 or p.last_event is None:
+        return None
+    f = p.features()
+    cats = p.top_categories(1)
+    return {
+        "segment": p.segment, "last": p.updated_at, "last_purchase": p.last_purchase,
+        "events": sum(f[f"{kind}_30d"] for kind in
+                      ("views", "clicks", "carts", "remove_from_carts", "favorites", "purchases", "searches")),
+        "sessions": f["sessions_7d"], "purchases": f["purchases_30d"], "spend": f["spend_30d"],
+        "aov": f["avg_order_value"] if p.lifetime_purchases else None, "top": cats[0] if cats else None,
+    }
+
+
 def segment_report(worker: PartitionWorker, top: int = 3) -> list[Segment]:
     """Summaries of the segments that have users, by id."""
-    now = max((p.updated_at for p in worker.profiles.values()), default=0.0)
+    return summarize([s for p in worker.profiles.values() if (s := profile_summary(p)) is not None], top)
+
+
+def summarize(summaries: list[dict[str, Any]], top: int = 3) -> list[Segment]:
+    """The segments of ``profile_summary`` rows, as of the latest event among them (the explorer builds the
+    rows a slice at a time, the command in one go)."""
+    now = max((r["last"] for r in summaries), default=0.0)
     rows: dict[int, list[dict[str, Any]]] = {}
-    for p in worker.profiles.values():
-        if p.segment < 0 or p.last_event is None:
-            continue
-        f = p.features()
-        cats = p.top_categories(1)
-        rows.setdefault(p.segment, []).append({
-            "recency": (now - p.updated_at) / DAY,
-            "since_purchase": (now - p.last_purchase) / DAY if p.last_purchase is not None else None,
-            "events": sum(f[f"{kind}_30d"] for kind in
-                          ("views", "clicks", "carts", "remove_from_carts", "favorites", "purchases", "searches")),
-            "sessions": f["sessions_7d"], "purchases": f["purchases_30d"], "spend": f["spend_30d"],
-            "aov": f["avg_order_value"] if p.lifetime_purchases else None, "top": cats[0] if cats else None,
+    for r in summaries:
+        rows.setdefault(r["segment"], []).append({
+            "recency": (now - r["last"]) / DAY,
+            "since_purchase": (now - r["last_purchase"]) / DAY if r["last_purchase"] is not None else None,
+            "events": r["events"], "sessions": r["sessions"], "purchases": r["purchases"], "spend": r["spend"],
+            "aov": r["aov"], "top": r["top"],
         })
     everyone = [r for rs in rows.values() for r in rs]
     total = len(everyone)
