@@ -169,9 +169,12 @@ class PortraitServer:
             worker.row, online_write, offline.append, self.metrics, delete=writer.delete, before_write=log_durable,
             flush_interval_s=s.flush_interval_s, flush_max_rows=s.flush_max_rows,
             offline_roll_s=s.offline_roll_s, offline_roll_rows=s.offline_roll_rows,
-            max_backoff_s=s.retry_max_backoff_s,
+            max_backoff_s=s.retry_max_backoff_s, later_rows_per_flush=s.timer_rows_per_flush,
         )
-        worker.on_timer = materializer.mark_quiet  # time alone changed a profile: write it again
+        worker.on_timer = materializer.mark_later  # time alone changed a profile: write it again, after events
+        # while a flush's worth of such rows still waits, events fire no more timers (firing costs the loop
+        # and its rows could not be written sooner); idle ticks still fire every due timer
+        worker.timers_held = lambda: materializer.later_depth >= s.timer_rows_per_flush
         durability = Durability(data_dir, worker, materializer, fsync=s.fsync,
                                 segment_bytes=s.log_segment_bytes, checkpoint_interval_s=s.checkpoint_interval_s,
                                 log_retention_s=s.log_retention_s, fork_checkpoints=s.checkpoint_fork)

@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     """Online writes start this often (seconds); a write that takes longer is followed at once by the next."""
     flush_max_rows: int = Field(default=2000, ge=1)
     """Flush early when this many users have pending rows."""
+    timer_rows_per_flush: int = Field(default=64, ge=1)
+    """Rows that time alone changed (timers) written per flush beside the event-driven ones (all of a flush when
+    no event waits): a burst of expiries never delays an event's row; `portrait_queue_depth{queue="timers"}`."""
     offline_roll_s: float = Field(default=10.0, gt=0)
     """A new offline parquet file is started at least this often (seconds) while rows arrive."""
     offline_roll_rows: int = Field(default=50_000, ge=1)

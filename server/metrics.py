@@ -38,7 +38,7 @@ MODELS = ("propensity", "item")
 LABELS = ("positive", "negative")
 WORKER_STAGES = ("validate", "dedupe", "profile", "labels", "ranking", "risk", "models")
 STAGES = (*WORKER_STAGES, "online_write", "offline_write")
-QUEUES = ("online", "offline", "log")
+QUEUES = ("online", "timers", "offline", "log")
 
 
 class Metrics:
@@ -78,7 +78,8 @@ class Metrics:
             registry=r,
         )
         self.queue_depth = Gauge(
-            "portrait_queue_depth", "Work waiting, by queue: online (users), offline (rows), log (bytes).",
+            "portrait_queue_depth", "Work waiting, by queue: online (users an event changed), timers (users "
+            "time alone changed), offline (rows), log (bytes).",
             ["queue"], registry=r,
         )
         self.rejected = Counter(

@@ -79,7 +79,8 @@ class ProfileCore:
         """With no event for ``idle_s`` (monotonic), let the wall clock move the watermark and fire every timer
         it passed, ``chunk`` at a time with the loop free between chunks; returns how many fired."""
         if time.monotonic() - self._last_event < idle_s:  # busy: event time moves the watermark; catch up a
-            return self.worker.fire(BUSY_TIMERS_PER_TICK)  # bounded share per tick besides the per-event share
+            held = self.worker.timers_held  # bounded share per tick besides the per-event share
+            return 0 if held is not None and held() else self.worker.fire(BUSY_TIMERS_PER_TICK)
         fired = 0
         while True:
             n = self.worker.advance(time.time(), chunk)

@@ -8,6 +8,10 @@ the users go back into the dirty set and are retried with exponential backoff,
 so when the store returns the newest version of each is written. Callers that
 need read-your-writes await the future returned by ``mark``.
 
+Rows that time alone changed (event-time timers, ``mark_later``) wait in a second, lower-priority set:
+each flush writes every event-driven row and at most ``later_rows_per_flush`` of them (``flush_max_rows``
+when no event-driven row waits), so a burst of expiries never makes an event's row wait behind it.
+
 Erasures (``forget``) drop a user's pending rows and queue the deletion of its online row;
 the flush loop deletes before it writes, after any write already in flight (one loop, in order),
 so a row built before the erasure can never land after the delete.
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -53,8 +58,10 @@ class Materializer:
         offline_roll_s: float = 10.0,
         offline_roll_rows: int = 50_000,
         max_backoff_s: float = 5.0,
+        later_rows_per_flush: int = 64,
     ) -> None:
         self.flush_interval_s = flush_interval_s
+        self.later_rows_per_flush = later_rows_per_flush
         self.flush_max_rows = flush_max_rows
         self.offline_roll_s = offline_roll_s
         self.offline_roll_rows = offline_roll_rows
@@ -67,6 +74,7 @@ class Materializer:
         self._offline = offline
         self._metrics = metrics
         self._dirty: dict[str, None] = {}
+        self._later: dict[str, None] = {}  # time alone changed them: written after the event-driven rows
         self._received: list[float] = []
         self._waiters: list[asyncio.Future[None]] = []
         self._future: asyncio.Future[None] | None = None
@@ -83,7 +91,9 @@ class Materializer:
     def mark(self, user_id: str, received: float) -> asyncio.Future[None]:
         """Note that ``user_id`` changed (event received at monotonic ``received``); the future
         resolves once a row with this change is visible in the online store."""
-        self._dirty[user_id] = None
+        self._dirty[user_id] = None  # a user waits in one set at most: this one wins
+        if self._later:
+            self._later.pop(user_id, None)
         self._received.append(received)
         if self._future is None:
             self._future = asyncio.get_running_loop().create_future()
@@ -93,7 +103,7 @@ class Materializer:
 
     def snapshot(self) -> tuple[list[str], list[Row]]:
         """Users still to write online and rows still to append offline (for a checkpoint)."""
-        return list(self._dirty), list(self._offline_rows)
+        return [*self._dirty, *(u for u in self._later if u not in self._dirty)], list(self._offline_rows)
 
     def pending_deletes(self) -> list[str]:
         """Users whose online row is still to be deleted (for a checkpoint)."""
@@ -112,6 +122,7 @@ class Materializer:
         online row. The future (None outside an event loop or without a delete sink) resolves once
         the row is deleted; until the store is reachable the delete is retried with the writes."""
         self._dirty.pop(user_id, None)
+        self._later.pop(user_id, None)
         if self._offline_rows:
             self._offline_rows = [r for r in self._offline_rows if r["user_id"] != user_id]
         if self._delete is None:
@@ -128,11 +139,22 @@ class Materializer:
     def mark_quiet(self, user_id: str) -> None:
         """Mark a user dirty without a freshness sample or a waiter (replays)."""
         self._dirty[user_id] = None
+        self._later.pop(user_id, None)
+
+    def mark_later(self, user_id: str) -> None:
+        """Time alone changed a user (a timer fired): write its row after the event-driven ones."""
+        if user_id not in self._dirty:
+            self._later[user_id] = None
 
     @property
     def depth(self) -> int:
-        """Users waiting for an online write."""
+        """Users waiting for an online write because of an event."""
         return len(self._dirty)
+
+    @property
+    def later_depth(self) -> int:
+        """Users waiting for an online write because time alone changed them."""
+        return len(self._later)
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -173,7 +195,8 @@ class Materializer:
             else:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.max_backoff_s)
-            if self._stopping and not self._dirty and not self._offline_rows and not self._deletes:
+            if self._stopping and not self._dirty and not self._later and not self._offline_rows \
+                    and not self._deletes:
                 return
 
     async def _flush_deletes(self) -> bool:
@@ -197,7 +220,7 @@ class Materializer:
     async def _flush_online(self) -> bool:
         if self._deletes and not await self._flush_deletes():
             return False
-        if not self._dirty:
+        if not self._dirty and not self._later:
             self._metrics.queue_depth.labels(queue="online").set(0)
             if self._future is not None:  # its users were erased meanwhile: nothing left to show
                 waiters = [*self._waiters, self._future]
@@ -208,6 +231,8 @@ class Materializer:
             return True
         users, received, future = list(self._dirty), self._received, self._future
         self._dirty, self._received, self._future = {}, [], None
+        later = self._take_later(self.later_rows_per_flush if users else self.flush_max_rows)
+        users += later
         waiters, self._waiters = self._waiters, []
         if future is not None:
             waiters.append(future)
@@ -226,12 +251,15 @@ class Materializer:
                 log.warning("online store write failed (%d rows kept for retry): %s", len(rows),
                             exc if isinstance(exc, WriteError) else type(exc).__name__)
             self.online_healthy = False
-            for u in users:  # back into the dirty set (unless erased meanwhile); newer changes are already there
-                if u not in self._deletes:
+            for u in users[:len(users) - len(later)]:  # back into their set (unless erased meanwhile); newer
+                if u not in self._deletes:  # changes are already there
                     self._dirty.setdefault(u, None)
+            for u in later:
+                if u not in self._deletes and u not in self._dirty:
+                    self._later.setdefault(u, None)
             self._received = received + self._received
             self._waiters = waiters + self._waiters
-            self._metrics.queue_depth.labels(queue="online").set(len(self._dirty))
+            self._set_depths()
             return False
         if not self.online_healthy:
             log.info("online store writes recovered")
@@ -248,9 +276,25 @@ class Materializer:
             if not w.done():
                 w.set_result(None)
         self._offline_rows.extend(rows)
-        self._metrics.queue_depth.labels(queue="online").set(len(self._dirty))
-        self._metrics.queue_depth.labels(queue="offline").set(len(self._offline_rows))
+        self._set_depths()
         return True
+
+    def _take_later(self, n: int) -> list[str]:
+        """Up to ``n`` users of the lower-priority set, oldest first."""
+        later = self._later
+        if len(later) <= n:
+            self._later = {}
+            return list(later)
+        out = list(itertools.islice(later, n))
+        for u in out:
+            del later[u]
+        return out
+
+    def _set_depths(self) -> None:
+        depth = self._metrics.queue_depth
+        depth.labels(queue="online").set(len(self._dirty))
+        depth.labels(queue="timers").set(len(self._later))
+        depth.labels(queue="offline").set(len(self._offline_rows))
 
     async def _maybe_flush_offline(self, force: bool = False) -> None:
         if not self._offline_rows:

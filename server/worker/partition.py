@@ -109,6 +109,8 @@ class PartitionWorker:
         self.on_change = on_change
         self.on_label = on_label  # (model, decision, label, event time at resolution): for replays/evaluation
         self.on_timer = on_timer  # a user time alone changed (default: on_change)
+        self.timers_held: Callable[[], bool] | None = None  # True: the rows of fired timers wait to be written,
+        # so events fire none (the server: the materializer's timer queue holds a flush's worth)
         self.profiles: dict[str, UserProfile] = {}
         self.dedupe = Dedupe(config.dedupe_capacity)
         self.labels = DelayedLabels(config.propensity_horizon_s, config.decision_interval_s,
@@ -222,7 +224,8 @@ class PartitionWorker:
             self.max_event_time = t
         if self.on_change:
             self.on_change(e.user_id)
-        self.fire(self.config.timers_per_event)
+        if self.timers_held is None or not self.timers_held():
+            self.fire(self.config.timers_per_event)
         return Outcome(False, profile.version, profile.propensity, segment)
 
     # -- time ---------------------------------------------------------------------------------------

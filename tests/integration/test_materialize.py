@@ -334,3 +334,38 @@ async def test_a_write_longer_than_the_interval_is_followed_at_once(make: Factor
     assert (await online.next())[1] == [{"user_id": "u2", "v": 1}]
     i = timeline.index("write u1")
     assert timeline[i + 1] == "write u2"  # the next flush started without waiting another interval
+
+
+async def test_rows_time_alone_changed_wait_behind_event_rows(make: Factory) -> None:
+    gate = threading.Event()
+    m, online, _, state, metrics = make(online=Sink(gate=gate), later_rows_per_flush=3)
+    mark(m, state, "e0")
+    assert (await online.next())[1] == [{"user_id": "e0", "v": 1}]  # in flight, held by the gate
+    for i in range(10):
+        state.bump(f"t{i}")
+        m.mark_later(f"t{i}")
+    m.mark_later("e1")  # then an event for the same user: written once, with the event rows
+    f = mark(m, state, "e1")
+    mark(m, state, "e2")
+    assert m.snapshot()[0] == ["e1", "e2"] + [f"t{i}" for i in range(10)]  # a checkpoint keeps both sets
+    assert (m.depth, m.later_depth) == (2, 10)
+    gate.set()
+    rows = (await online.next())[1]
+    assert [r["user_id"] for r in rows] == ["e1", "e2", "t0", "t1", "t2"]  # every event row, 3 timer rows
+    await asyncio.wait_for(f, TIMEOUT)
+    rows = (await online.next())[1]
+    assert [r["user_id"] for r in rows] == [f"t{i}" for i in range(3, 10)]  # no event waits: the rest at once
+    assert value(metrics, "portrait_freshness_seconds_count") == 3.0  # timer rows are no freshness samples
+    assert metrics.registry.get_sample_value("portrait_queue_depth", {"queue": "timers"}) == 0.0
+
+
+async def test_forget_and_stop_cover_rows_time_alone_changed(make: Factory) -> None:
+    m, online, offline, state, _ = make(flush_interval_s=3600.0)
+    for u in ("t1", "t2"):
+        state.bump(u)
+        m.mark_later(u)
+    m.forget("t1")
+    assert m.later_depth == 1
+    await asyncio.wait_for(m.stop(), TIMEOUT)
+    assert [r["user_id"] for r in online.written] == ["t2"]
+    assert [r["user_id"] for r in offline.written] == ["t2"]

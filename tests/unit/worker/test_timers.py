@@ -130,6 +130,20 @@ def test_a_burst_of_expiries_is_spread_over_events() -> None:
     assert all(w.row(f"u{k}")["views_1h"] == 0.0 for k in range(40))
 
 
+
+def test_events_fire_no_timers_while_their_rows_wait_to_be_written() -> None:
+    w = Recorder(timers_per_event=4).w
+    for k in range(40):
+        w.apply(ev(f"u{k}", T + k))
+    backlog = [True]
+    w.timers_held = lambda: backlog[0]  # the server: a flush's worth of timer rows still waits
+    for _ in range(5):
+        w.apply(ev("late", T + 2 * HOUR))
+    assert len(w.timers) == 41 and all(w.row(f"u{k}")["views_1h"] == 1.0 for k in range(40))
+    backlog[0] = False
+    w.apply(ev("late", T + 2 * HOUR + 1))
+    assert sum(1 for k in range(40) if w.row(f"u{k}")["views_1h"] == 0.0) == 4  # firing resumes at its share
+
 def _fired(events: list[Event]) -> list[tuple[str, float]]:
     w = Recorder().w
     out: list[tuple[str, float]] = []
