@@ -1,4 +1,4 @@
-"""Builds and runs the Portrait server: gRPC (service, health, reflection), metrics, stores.
+"""Builds and runs the Portrait server: gRPC (service, health, reflection), metrics, the explorer, stores.
 
 ``PortraitServer(settings)``: ``await start()``, ``await stop()``; ``serve(settings)``
 runs until SIGTERM/SIGINT, then drains and exits 0.
@@ -40,6 +40,8 @@ from server.store.feast import (
     upgrade_offline,
 )
 from server.store.writer import WriterProcess
+from server.ui.data import Explorer
+from server.ui.http import ExplorerServer, check_ui_policy
 from server.worker.core import ProfileCore
 from server.worker.durability import Durability, RecoveryReport
 from server.worker.materialize import Materializer, RowSink
@@ -107,6 +109,9 @@ class PortraitServer:
         self.embedded: EmbeddedRedis | None = None
         self.grpc_port = 0
         self.metrics_port = 0
+        self.ui_port = 0
+        self.explorer: Explorer | None = None
+        self._ui: ExplorerServer | None = None
         self.feast_redis = ""
         self._server: grpc.aio.Server | None = None
         self._http: Any = None
@@ -121,6 +126,7 @@ class PortraitServer:
         """Bring everything up; when this returns the server answers on ``grpc_port``."""
         s = self.settings
         policy = access_policy(s)  # first: an unsafe or broken configuration refuses to start at once
+        check_ui_policy(s, policy)  # the explorer's pages: never open on a public address
         try:
             ids = Pseudonymizer.load(s.pseudonym_key_file)
         except PseudonymKeyError as exc:
@@ -209,6 +215,11 @@ class PortraitServer:
             self.grpc_port = server.add_secure_port(address, credentials)
         self._http = serve_metrics(s.metrics_port, s.bind, self.metrics.registry)
         self.metrics_port = self._http.server_port
+        if s.ui_port:
+            self.explorer = Explorer(self.core, s.ui_history_interval_s)
+            self._ui = ExplorerServer(s, policy, self.explorer, asyncio.get_running_loop())
+            self.ui_port = self._ui.port
+            self._tasks.append(asyncio.create_task(self.explorer.run_sampler(), name="explorer-history"))
         # Feast, grpc and the recovered state are long-lived: move them out of the collector's way
         # (a full collection walked them all, pausing the loop; measured in docs/decisions.md)
         gc.collect()
@@ -223,6 +234,9 @@ class PortraitServer:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("serving portrait.v1.ProfileService on %s:%d (at most %d connections), metrics on "
                  "http://%s:%d/metrics", s.bind, self.grpc_port, self.max_connections, s.bind, self.metrics_port)
+        if self._ui is not None:
+            log.info("explorer on %s://%s:%d/%s", self._ui.scheme, s.bind, self.ui_port,
+                     " (sign in with a read key)" if policy.keys is not None else "")
 
     async def _refresh_gauges(self) -> None:
         assert self.core is not None and self.durability is not None
@@ -263,6 +277,8 @@ class PortraitServer:
         final checkpoint, stop owned processes."""
         grace = self.settings.shutdown_grace_s if grace_s is None else grace_s
         await self._health.enter_graceful_shutdown()
+        if self._ui:
+            await asyncio.to_thread(self._ui.close)  # its pages read the state about to be flushed and closed
         if self._server:
             await self._server.stop(grace)
         for t in self._tasks:

@@ -27,8 +27,13 @@ class Settings(BaseSettings):
     """gRPC port (ProfileService, health, reflection). 0 picks a free port."""
     metrics_port: int = Field(default=9464, ge=0, le=65535)
     """Prometheus /metrics HTTP port. 0 picks a free port."""
+    ui_port: int = Field(default=8080, ge=0, le=65535)
+    """The explorer's web pages (profiles, segments, models). 0 = off. Same bind as gRPC; on a non-loopback
+    bind it needs API keys (the read role's key) or client certificates, never an open page."""
+    ui_history_interval_s: float = Field(default=60.0, gt=0)
+    """The explorer samples events/s and model quality this often for its charts (the last 1440 samples)."""
     bind: str = "127.0.0.1"
-    """Address the gRPC and metrics servers listen on (0.0.0.0 in containers)."""
+    """Address the gRPC, metrics and explorer servers listen on (0.0.0.0 in containers)."""
     redis_url: str | None = None
     """Redis for the online store, ``redis[s]://[user:pass@]host:port/db[?ssl_ca_certs=PEM]``. Unset: embedded."""
     feast_redis: str | None = None

@@ -42,8 +42,9 @@ IDLE_WATERMARK_S = 1e9
 
 
 def make_settings(data_dir: Path, redis_url: str, **kw: object) -> Settings:
-    """Settings for a test server: free ports, its own data dir, the shared Redis."""
-    base: dict[str, object] = dict(grpc_port=0, metrics_port=0, data_dir=data_dir, redis_url=redis_url,
+    """Settings for a test server: free ports, its own data dir, the shared Redis; the explorer off (its
+    default port may be taken; tests/integration/test_ui.py turns it on, on a free port)."""
+    base: dict[str, object] = dict(grpc_port=0, metrics_port=0, ui_port=0, data_dir=data_dir, redis_url=redis_url,
                                    feature_repo=ROOT / "feature_repo", offline_roll_s=0.2,
                                    watermark_idle_s=IDLE_WATERMARK_S)
     base.update(kw)
@@ -121,26 +122,29 @@ def wait_serving(target: str, proc: object, timeout_s: float = 120.0, log: objec
     raise AssertionError("server did not become SERVING")
 
 
+def free_port() -> int:
+    """A TCP port free on loopback now (the OS's pick)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 class ServerProcess:
     """`python -m server serve` as a real child process (for crash, outage and fuzz tests)."""
 
     def __init__(self, data_dir: Path, redis_url: str | None, *, nofile: int | None = None, **env: str) -> None:
         """``nofile``: the child's open-file limit (soft and hard), e.g. to exhaust descriptors in a test."""
         import resource
-        import socket
         import subprocess
         import sys
 
-        def free() -> int:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                return int(s.getsockname()[1])
-
         self.data_dir = data_dir
-        self.port, self.metrics_port = free(), free()
+        self.port, self.metrics_port = free_port(), free_port()
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("PORTRAIT_")}
         self.env.update(PORTRAIT_GRPC_PORT=str(self.port), PORTRAIT_METRICS_PORT=str(self.metrics_port),
-                        PORTRAIT_DATA_DIR=str(data_dir), PORTRAIT_OFFLINE_ROLL_S="0.5",
+                        PORTRAIT_UI_PORT="0", PORTRAIT_DATA_DIR=str(data_dir), PORTRAIT_OFFLINE_ROLL_S="0.5",
                         PORTRAIT_EMBEDDED_REDIS_PORT="0", PORTRAIT_WATERMARK_IDLE_S=str(IDLE_WATERMARK_S))
         if redis_url:
             self.env["PORTRAIT_REDIS_URL"] = redis_url

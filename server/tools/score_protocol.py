@@ -185,7 +185,7 @@ def evaluate_through_server(path: str, horizon_s: float = DAY, static_days: floa
 
     events = list(read_events(Path(path)))
     with tempfile.TemporaryDirectory(prefix="portrait-through-server-") as tmp:
-        settings = Settings(_env_file=None, data_dir=Path(tmp), grpc_port=0, metrics_port=0,  # type: ignore[call-arg]
+        settings = Settings(_env_file=None, data_dir=Path(tmp), grpc_port=0, metrics_port=0, ui_port=0,  # type: ignore[call-arg]
                             embedded_redis_port=0, redis_url=None, feast_redis=None, log_level="WARNING")
 
         async def main() -> list[Decision]:

@@ -30,7 +30,7 @@ def test_serve_embedded_cli_other_process_feast_and_sigterm(tmp_path: Path) -> N
     port, redis_port = _free_port(), _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PORTRAIT_")}
     env.update(PORTRAIT_GRPC_PORT=str(port), PORTRAIT_METRICS_PORT="0", PORTRAIT_DATA_DIR=str(tmp_path / "var"),
-               PORTRAIT_EMBEDDED_REDIS_PORT=str(redis_port))
+               PORTRAIT_EMBEDDED_REDIS_PORT=str(redis_port), PORTRAIT_UI_PORT="0")
     log = (tmp_path / "serve.log").open("wb")
     proc = subprocess.Popen([*PORTRAIT, "serve"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:

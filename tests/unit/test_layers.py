@@ -18,6 +18,10 @@ ALLOWED = {
     "store": ("server.domain", "server.log.atomic", "server.config", "server.logs"),
     "worker": ("server.domain", "server.models", "server.log", "server.store", "server.metrics", "server.logs",
                "server.fdlimit"),
+    # the explorer is an edge like api/: it reads the worker (through ProfileCore) and the models, and takes
+    # the API keys' checks and the segment report from where they live
+    "ui": ("server.domain", "server.models", "server.worker", "server.metrics", "server.config",
+           "server.api.security", "server.tools.segments"),
 }
 GENERATED_OK = {"server/log/codec.py", "server/app.py", "server/cli.py"}
 
