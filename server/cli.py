@@ -27,6 +27,11 @@ def _parser() -> argparse.ArgumentParser:
     prof.add_argument("user_id")
     prof.add_argument("--target", default=None, help="HOST:PORT of the server (default 127.0.0.1:$PORTRAIT_GRPC_PORT)")
     _connection_arguments(prof)
+    rec = sub.add_parser("recommend", help="print a user's top items (Recommend)")
+    rec.add_argument("user_id")
+    rec.add_argument("-k", type=int, default=10, help="how many items, 1..100 (default 10)")
+    rec.add_argument("--target", default=None, help="HOST:PORT of the server (default 127.0.0.1:$PORTRAIT_GRPC_PORT)")
+    _connection_arguments(rec)
 
     send = sub.add_parser("send", help="send a few events, for trying the service")
     send.add_argument("user_id")
@@ -78,8 +83,11 @@ def _parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="replay an event file through the pipeline in-process and compare "
                                          "online / static / periodic / heuristic learners")
     ev.add_argument("events", help="event file, .csv, .csv.gz or .parquet")
-    ev.add_argument("--task", choices=("item", "user"), default="item",
-                    help="item: P(buys this item within H), user: P(buys anything within H) (default item)")
+    ev.add_argument("--task", choices=("item", "user", "recommend"), default="item",
+                    help="item: P(buys this item within H), user: P(buys anything within H), recommend: is the item "
+                         "bought next in Recommend's top --k, against popular and recently touched items "
+                         "(default item)")
+    ev.add_argument("--k", type=int, default=10, help="recommend task: list length (default 10)")
     ev.add_argument("--horizon", default=None,
                     help="label horizon H, e.g. 24h, 30m, 3600 (default: 24h for item, 1h for user)")
     ev.add_argument("--static-days", type=float, default=3.0,
@@ -148,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         exit_quietly(0)
     if args.command == "profile":
         return _profile(args)
+    if args.command == "recommend":
+        return _recommend(args)
     if args.command == "send":
         return _send(args)
     if args.command in ("replay", "training-set"):
@@ -211,6 +221,17 @@ def _evaluate(args: argparse.Namespace) -> int:
             with open(args.json, "w") as fh:
                 json.dump(result, fh, indent=2)
         return 0
+    if args.task == "recommend":
+        from server.tools import recommend_eval
+        from server.tools.eventfile import read_events
+
+        result = recommend_eval.evaluate_recommend(read_events(args.events), args.static_days, args.k, args.bootstrap,
+                                                   progress=sys.stderr.isatty())
+        print(recommend_eval.format_table(result))
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump(result, fh, indent=2)
+        return 0
     result = evaluate.evaluate_file(args.events, args.task, horizon, args.static_days, args.bootstrap,
                                     progress=sys.stderr.isatty(), split_days=args.split_day)
     print(evaluate.format_table(result))
@@ -254,6 +275,20 @@ def _profile(args: argparse.Namespace) -> int:
             print(f"{err.code().name}: {err.details()}", file=sys.stderr)
             return 1
     print(json_format.MessageToJson(prof, preserving_proto_field_name=True, always_print_fields_with_no_presence=True))
+    return 0
+
+
+def _recommend(args: argparse.Namespace) -> int:
+    import grpc
+
+    with _client(args) as c:
+        try:
+            items = c.recommend(args.user_id, args.k)
+        except grpc.RpcError as err:
+            print(f"{err.code().name}: {err.details()}", file=sys.stderr)
+            return 1
+    for item, p in items:
+        print(f"{p:.4f}  {item}")
     return 0
 
 

@@ -140,6 +140,11 @@ class PortraitClient:
             pb.Candidate(item_id=i, category=c, price=p) for i, c, p in candidates]), timeout=self.timeout_s)
         return [(s.item_id, s.probability) for s in r.items]
 
+    def recommend(self, user_id: str, k: int = 10) -> list[tuple[str, float]]:
+        """The top ``k`` items for a user: (item_id, probability), best first."""
+        r = self.stub.Recommend(pb.RecommendRequest(user_id=user_id, k=k), timeout=self.timeout_s)
+        return [(s.item_id, s.probability) for s in r.items]
+
     def get_profile(self, user_id: str) -> pb.Profile:
         """The user's profile as served by the online store (NOT_FOUND if unknown)."""
         return self.stub.GetProfile(pb.GetProfileRequest(user_id=user_id), timeout=self.timeout_s)

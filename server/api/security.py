@@ -75,6 +75,7 @@ METHOD_ROLES: dict[str, frozenset[str]] = {
     "UpdateAttributes": frozenset({"ingest"}),
     "GetProfile": frozenset({"read"}),
     "Score": frozenset({"read"}),
+    "Recommend": frozenset({"read"}),
 }
 KEYS_RELOAD_CHECK_S = 1.0  # how often the key file's metadata is looked at (on requests)
 

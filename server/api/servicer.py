@@ -11,6 +11,7 @@ from server._gen.portrait.v1 import portrait_pb2_grpc as pb_grpc
 from server.api import convert
 from server.domain.events import Event
 from server.worker.core import ProfileCore
+from server.worker.partition import DEFAULT_RECOMMEND
 
 
 class ProfileServicer(pb_grpc.ProfileServiceServicer):
@@ -50,6 +51,11 @@ class ProfileServicer(pb_grpc.ProfileServiceServicer):
     async def Score(self, request: pb.ScoreRequest, context: grpc.aio.ServicerContext) -> pb.ScoreResponse:
         ranked = await self.core.score(request.user_id, convert.candidates_from_proto(request))
         return convert.score_response(ranked)
+
+    async def Recommend(self, request: pb.RecommendRequest,
+                        context: grpc.aio.ServicerContext) -> pb.RecommendResponse:
+        ranked = await self.core.recommend(request.user_id, request.k or DEFAULT_RECOMMEND)
+        return pb.RecommendResponse(items=[pb.ScoredItem(item_id=i, probability=p) for i, p in ranked])
 
     async def DeleteUser(self, request: pb.DeleteUserRequest,
                          context: grpc.aio.ServicerContext) -> pb.DeleteUserResponse:

@@ -181,6 +181,27 @@ class ItemHistory:
         if category:
             categories[-1] = category
 
+    def recent(self, user: str, n: int, since: float = -math.inf) -> list[tuple[str, str]]:
+        """The user's ``n`` most recently touched items (last touch at or after ``since``), most recent first,
+        as (item, category).
+
+        >>> h = ItemHistory()
+        >>> for i, t in (("a", 0.0), ("b", 10.0), ("a", 20.0), ("c", 30.0)):
+        ...     h.add("u", i, "k", t, VIEWS)
+        >>> h.recent("u", 2), h.recent("u", 5, since=15.0), h.recent("nobody", 3)
+        ([('c', 'k'), ('a', 'k')], [('c', 'k'), ('a', 'k')], [])
+        """
+        held = self._users.get(user)
+        if held is None:
+            return []
+        out: list[tuple[str, str]] = []
+        numbers = held.numbers
+        for i in range(len(held.items) - 1, -1, -1):
+            if len(out) >= n or numbers[i * _WIDTH + _LAST_T] < since:
+                break
+            out.append((held.items[i], held.categories[i]))
+        return out
+
     def category_touches(self, user: str, category: str) -> tuple[float, float]:
         """(events, carts + favorites) of the user on recent items of ``category``."""
         touches = strong = 0.0

@@ -10,7 +10,8 @@ What a worker sends (nothing names a user):
 - ``Labelled``: a decision whose label is now known, with the inputs frozen when it was made;
 - ``UserVector``: a user's segment input after an event (the segments learn it);
 - ``EventVector``: an event's risk input (the detector learns it);
-- ``ItemStats``: one touch of an item (and its category) for the popularity statistics.
+- ``ItemStats``: one touch of an item (and its category) for the popularity statistics, with the items
+  touched before it in the same session (co-visitation, for recommendations).
 
 In one process the trainer publishes after every message: the version a worker reads is the live
 object (``version`` counts the messages learnt), so outputs equal those of a single pipeline. Across
@@ -33,7 +34,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from server.domain.units import DAY
+from server.models.candidates import CoVisits, TopItems
 from server.models.itemstats import Popularity
+from server.models.next_item import NextItemRanker
 from server.models.quality import RollingQuality
 from server.models.ranking import ItemModel
 from server.models.risk import RiskDetector
@@ -42,6 +45,7 @@ from server.models.user import Propensity, Segmenter
 PROPENSITY = "propensity"
 ITEM = "item"
 MODELS = (PROPENSITY, ITEM)
+RECOMMEND = "recommend"  # the recommendation ranker (``NextItemRanker``): learnt at purchases, no rolling quality
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +81,13 @@ class ItemStats:
     t: float
     slot: int
     price: float
+    before: tuple[tuple[str, str], ...] = ()
+    """(item, category) touched earlier in the same session, most recent first (none of them is ``item``)."""
+
+
+#: How much a touch says about an item, by slot (views, clicks, carts, favorites, removes, purchases):
+#: the weights of co-visitation and of the top items (recommendation candidates).
+TOUCH_WEIGHT = (1.0, 1.0, 2.0, 2.0, 0.0, 4.0)
 
 
 @dataclass(frozen=True)
@@ -89,6 +100,10 @@ class TrainerConfig:
     """Items with popularity/conversion statistics in memory (least recently seen dropped first)."""
     max_categories: int = 10_000
     popularity_half_life_s: float = 3 * DAY
+    covisit_items: int = 100_000
+    """Items with co-visited neighbours in memory (recommendation candidates; least recently touched dropped)."""
+    covisit_neighbours: int = 20
+    top_items_per_category: int = 30
 
 
 class Trainer:
@@ -104,7 +119,14 @@ class Trainer:
         self.risk = RiskDetector()
         self.items = Popularity(config.popularity_half_life_s, config.max_items)
         self.categories = Popularity(config.popularity_half_life_s, config.max_categories)
+        self.covisits, self.top_items = self._candidates(config)
+        self.next_item = NextItemRanker()
         self.version = 0
+
+    @staticmethod
+    def _candidates(config: TrainerConfig) -> tuple[CoVisits, TopItems]:
+        return (CoVisits(config.covisit_neighbours, config.covisit_items, config.popularity_half_life_s),
+                TopItems(config.top_items_per_category, config.max_categories + 1, config.popularity_half_life_s))
 
     def feed(self, message: Labelled | UserVector | EventVector | ItemStats) -> None:
         """Learn one message, then publish (in one process: ``version`` moves on)."""
@@ -112,6 +134,12 @@ class Trainer:
             self.items.add(message.item, message.t, message.slot, message.price)
             if message.category:
                 self.categories.add(message.category, message.t, message.slot)
+            w = TOUCH_WEIGHT[message.slot]
+            if w:
+                self.covisits.add(message.item, message.category, message.before, message.t, w)
+                self.top_items.add("", message.item, message.t, w)
+                if message.category:
+                    self.top_items.add(message.category, message.item, message.t, w)
         elif type(message) is EventVector:
             self.risk.learn(message.x)
         elif type(message) is UserVector:
@@ -120,6 +148,8 @@ class Trainer:
             if message.model == PROPENSITY:
                 self.propensity_quality.add(message.p, message.label)
                 self.propensity.learn(message.x, message.label)
+            elif message.model == RECOMMEND:
+                self.next_item.learn(message.x, message.label)
             else:
                 self.item_quality.add(message.p, message.label)
                 self.item_model.learn(message.x, message.label)
@@ -129,7 +159,9 @@ class Trainer:
 
     # -- checkpoints ------------------------------------------------------------------------------
     FIELDS = ("propensity", "propensity_quality", "item_model", "item_quality", "segmenter", "risk", "items",
-              "categories", "version")
+              "categories", "covisits", "top_items", "next_item", "version")
+    #: Fields added after trainer state format 1: a state without them starts them empty.
+    ADDED = ("covisits", "top_items", "next_item")
 
     def state(self) -> dict[str, Any]:
         """The trainer's state by name (``server.log.checkpoint`` writes it apart from the workers')."""
@@ -137,8 +169,11 @@ class Trainer:
 
     def load_state(self, state: dict[str, Any]) -> None:
         """Replace the models with a ``state()`` taken earlier."""
-        missing = set(self.FIELDS) - set(state)
+        missing = set(self.FIELDS) - set(state) - set(self.ADDED)
         if missing:
             raise ValueError(f"trainer state lacks {sorted(missing)}")
+        self.covisits, self.top_items = self._candidates(self.config)
+        self.next_item = NextItemRanker()
         for k in self.FIELDS:
-            setattr(self, k, state[k])
+            if k in state:
+                setattr(self, k, state[k])

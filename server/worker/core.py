@@ -177,6 +177,10 @@ class ProfileCore:
         """Rank (item_id, category, price) candidates for a user, best first (unknown user: cold start)."""
         return self.worker.score(self._user(user_id), candidates)
 
+    async def recommend(self, user_id: str, k: int) -> list[tuple[str, float]]:
+        """The top ``k`` items for a user, best first (unknown user: cold start)."""
+        return self.worker.recommend(self._user(user_id), k)
+
     # -- erasure -----------------------------------------------------------------------------------
     async def delete_user(self, user_id: str) -> bool:
         """Erase a user (under every pseudonym key): the erasure record is appended and the in-memory

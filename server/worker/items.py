@@ -11,7 +11,7 @@ The item model and the popularity statistics are the trainer's (``server.models.
 never written.
 
 >>> from server.domain.events import Event, EventType
->>> from server.domain.profile import UserProfile
+>>> from server.domain.profile import SESSION_GAP_S, UserProfile
 >>> from server.models.trainer import Trainer, TrainerConfig
 >>> trainer, items = Trainer(TrainerConfig()), ItemDecisions(horizon_s=3600.0)
 >>> prof = UserProfile()
@@ -32,15 +32,19 @@ never written.
 
 from __future__ import annotations
 
+import math
+import random
 import zlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from server.domain.events import Event, EventType
 from server.domain.names import shared
-from server.domain.profile import UserProfile
+from server.domain.profile import SESSION_GAP_S, UserProfile
 from server.models.itemlabels import ItemDecision, ItemLabels
 from server.models.itemstats import SLOT, ItemHistory
+from server.models.next_item import RECENT_LIMIT
 from server.models.ranking import DECISION_TYPES
 from server.models.trainer import ItemStats
 
@@ -48,6 +52,30 @@ if TYPE_CHECKING:
     from server.models.trainer import Trainer
 
 _DECIDE = frozenset(DECISION_TYPES)
+SESSION_ITEMS = 5  # items touched earlier in the session that count as co-visited with the one touched now
+
+
+@dataclass(frozen=True)
+class CandidatePool:
+    """Where ``ItemDecisions.recommend`` draws candidates from (at most ~``size`` items, ranked by the item model)."""
+
+    recent: int = 20
+    """The user's most recently touched items (all the item history holds by default)."""
+    covisited_of: int = 5
+    """The user's most recent items whose co-visited neighbours are candidates ..."""
+    covisited: int = 10
+    """... this many neighbours each."""
+    categories: int = 3
+    """The user's top categories whose most touched items are candidates ..."""
+    per_category: int = 10
+    """... this many each."""
+    popular: int = 20
+    """The most touched items over all (what an unknown user gets)."""
+
+    @property
+    def size(self) -> int:
+        return (self.recent + self.covisited_of * self.covisited + self.categories * self.per_category
+                + self.popular)
 
 
 class ItemDecisions:
@@ -92,8 +120,9 @@ class ItemDecisions:
         elif etype in _DECIDE and self.sampled(user, item) and self.labels.wants(user, item, int(etype), t):
             x = self.vector(models, user, f, profile.top_categories(), item, cat, e.price, int(etype), t)
             self.labels.decide(user, item, int(etype), t, x, models.item_model.predict(x))
+        before = tuple(p for p in self.history.recent(user, SESSION_ITEMS + 1, t - SESSION_GAP_S) if p[0] != item)
         self.history.add(user, item, cat, t, slot)
-        return resolved, ItemStats(item, cat, t, slot, e.price)
+        return resolved, ItemStats(item, cat, t, slot, e.price, before[:SESSION_ITEMS])
 
     def sampled(self, user: str, item: str) -> bool:
         """Are (user, item) decisions recorded? A deterministic ``sample`` share of pairs (crc32 of the pair,
@@ -116,3 +145,66 @@ class ItemDecisions:
         kind, predict = int(EventType.VIEW), models.item_model.predict
         return [predict(self.vector(models, user, f, top, item, cat, price, kind, t))
                 for item, cat, price in candidates]
+
+    def candidates(self, user: str, top: Sequence[str], models: Trainer,
+                   pool: CandidatePool = CandidatePool()) -> dict[str, str]:
+        """Recommendation candidates for ``user``, generated online: item -> category. The user's recent items,
+        the items co-visited with the most recent of them (collaborative filtering from sessions), the most
+        touched items of the user's top categories, the most touched items over all (cold start)."""
+        out: dict[str, str] = {}
+        recent = self.history.recent(user, max(pool.recent, pool.covisited_of))
+        for item, cat in recent[:pool.recent]:
+            out[item] = cat
+        covisits, top_items = models.covisits, models.top_items
+        for item, _ in recent[:pool.covisited_of]:
+            for other, cat in covisits.neighbours(item, pool.covisited):
+                out.setdefault(other, cat)
+        for cat in top[:pool.categories]:
+            for item in top_items.top(cat, pool.per_category):
+                out.setdefault(item, cat)
+        for item in top_items.top("", pool.popular):
+            out.setdefault(item, covisits.category(item))
+        return out
+
+    def candidate_vectors(self, user: str, top: Sequence[str], t: float, models: Trainer,
+                          pool: CandidatePool = CandidatePool()) -> list[tuple[str, list[float]]]:
+        """The user's candidates (``candidates``) with their ``NextItemRanker`` inputs as of ``t``."""
+        cands = self.candidates(user, top, models, pool)
+        history = self.history
+        rank = {item: i for i, (item, _) in enumerate(history.recent(user, RECENT_LIMIT))}
+        covisited = {o for item, _ in history.recent(user, pool.covisited_of)
+                     for o, _ in models.covisits.neighbours(item, pool.covisited)}
+        items, vector = models.items, models.next_item.vector
+        average = items.average(t)
+        first = top[0] if top else None
+        out = []
+        for item, cat in cands.items():
+            views, carts, buys, _ = items.get(item, t)
+            popularity = (math.log((views + 1.0) / (average[0] + 1.0)), math.log((carts + 1.0) / (average[1] + 1.0)),
+                          math.log((buys + 1.0) / (average[2] + 1.0)))
+            out.append((item, vector(rank.get(item), history.get(user, item), t, item in covisited,
+                                     bool(cat) and cat == first, bool(cat) and cat in top, popularity,
+                                     history.category_touches(user, cat))))
+        return out
+
+    def recommend(self, user: str, top: Sequence[str], k: int, t: float, models: Trainer,
+                  pool: CandidatePool = CandidatePool()) -> list[tuple[str, float]]:
+        """The ``k`` best candidates by the recommendation ranker, best first: (item, P(the item bought next));
+        ties keep the candidates' order (recent items first)."""
+        predict = models.next_item.predict
+        scored = [(item, predict(x)) for item, x in self.candidate_vectors(user, top, t, models, pool)]
+        order = sorted(range(len(scored)), key=lambda i: -scored[i][1])[:k]
+        return [scored[i] for i in order]
+
+    def purchase_examples(self, e: Event, top: Sequence[str], t: float, models: Trainer,
+                          negatives: int | None = None) -> list[tuple[list[float], bool]]:
+        """What the recommendation ranker learns from a purchase, as of just before it (call before the event is
+        applied): the bought item if it was a candidate (positive) and up to ``negatives`` other candidates
+        (a sample seeded by the event id: the same in every replay)."""
+        user = self.history.user_key(e.user_id)
+        vectors = self.candidate_vectors(user, top, t, models)
+        n = models.next_item.negatives if negatives is None else negatives
+        others = [x for item, x in vectors if item != e.item_id]
+        if len(others) > n:
+            others = random.Random(zlib.crc32(e.event_id.encode())).sample(others, n)
+        return [(x, True) for item, x in vectors if item == e.item_id] + [(x, False) for x in others]

@@ -37,7 +37,7 @@ from server.domain.labels import DelayedLabels
 from server.domain.profile import TagRules, UserProfile
 from server.metrics import WORKER_STAGES, Metrics
 from server.models.risk import UserRisk
-from server.models.trainer import ITEM, PROPENSITY, EventVector, Labelled, Trainer, TrainerConfig, UserVector
+from server.models.trainer import ITEM, PROPENSITY, RECOMMEND, EventVector, Labelled, Trainer, TrainerConfig, UserVector
 from server.models.user import Propensity, Segmenter
 from server.worker.items import ItemDecisions
 from server.worker.timers import Timers
@@ -45,6 +45,7 @@ from server.worker.timers import Timers
 __all__ = ["ITEM", "PROPENSITY", "Outcome", "PartitionWorker", "WorkerConfig"]
 
 MAX_CANDIDATES = 500
+DEFAULT_RECOMMEND, MAX_RECOMMEND = 10, 100
 _COLD_START = UserProfile().features()  # an unknown user's features (all zero)
 STATE_FORMAT = 1
 """Version of ``PartitionWorker.state()``'s layout (``server.worker.snapshot`` records it)."""
@@ -178,6 +179,10 @@ class PartitionWorker:
         t = float(e.event_time)  # type: ignore[arg-type]
         if etype == EventType.PURCHASE:
             self._learn(self.labels.on_purchase(e.user_id, t), t)
+        if etype == EventType.PURCHASE and e.item_id:  # the recommendation ranker learns which item was chosen,
+            feed = self.trainer.feed  # among the candidates as they were just before
+            for example, bought in self.items.purchase_examples(e, profile.top_categories(), t, self.trainer):
+                feed(Labelled(RECOMMEND, example, math.nan, bought))
         previous_t = profile.last_event
         profile.update(e)
         profile.version += 1
@@ -428,6 +433,21 @@ class PartitionWorker:
         scores = self.items.score(user_id, features, top, candidates, t, self.trainer)
         order = sorted(range(len(candidates)), key=lambda i: -scores[i])
         return [(candidates[i][0], scores[i]) for i in order]
+
+    def recommend(self, user_id: str, k: int = DEFAULT_RECOMMEND) -> list[tuple[str, float]]:
+        """The top ``k`` (1..``MAX_RECOMMEND``) items for a user, best first, from candidates generated online
+        (``ItemDecisions.candidates``) ranked by the item model like ``score``; an unknown user gets the most
+        touched items, ranked as for a new user (cold start)."""
+        if not user_id or len(user_id) > MAX_ID_LEN:
+            raise InvalidArgument(f"user_id must be 1..{MAX_ID_LEN} characters", field="user_id")
+        if not 1 <= k <= MAX_RECOMMEND:
+            raise InvalidArgument(f"k must be 1..{MAX_RECOMMEND}, got {k}", field="k")
+        p = self.profiles.get(user_id)
+        t = max(self.items.labels.max_time, 0.0)
+        top = [] if p is None or p.last_event is None else p.top_categories()
+        if p is not None and p.last_event is not None:
+            t = max(t, p.updated_at)
+        return self.items.recommend(user_id, top, k, t, self.trainer)
 
     def refresh_gauges(self, quality: bool = True) -> None:
         """Update the gauges that summarise state (called periodically, not per event); ``quality``

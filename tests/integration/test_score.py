@@ -92,3 +92,51 @@ async def test_score_ranks_for_known_and_unknown_users_over_grpc(stub: Any, serv
     server.core.worker.refresh_gauges()  # the server does this every second; done here to not wait
     assert 0.5 < _metric(server, "portrait_model_roc_auc", {"model": "item"}) <= 1.0
     assert _metric(server, "portrait_model_log_loss", {"model": "item"}) > 0.0
+
+
+# -- Recommend over gRPC ------------------------------------------------------------------------
+async def test_recommend_learns_from_purchases_and_answers_unknown_users(stub: Any, server: Any) -> None:
+    """Shoppers view a few items of their category and buy the one they carted (the carted item is never the
+    latest one they viewed). Recommend ranks, for a new shopper who did the same minus the purchase, the carted
+    item first (learnt from the others' purchases, not recency); an unknown user gets the popular items."""
+    run = uid("r")
+    t = time.time() - 3600.0
+    view, cart, buy = pb.EVENT_TYPE_VIEW, pb.EVENT_TYPE_ADD_TO_CART, pb.EVENT_TYPE_PURCHASE
+
+    def session(user: str, u: int, purchase: bool) -> list[pb.Event]:
+        cat = f"{run}-c{u % 3}"
+        items = [f"{cat}-i{(u + j) % 12}" for j in range(4)]
+        steps = [(view, items[0]), (cart, items[0]), (view, items[1]), (view, items[2]), (view, items[3])]
+        if purchase:
+            steps.append((buy, items[0]))
+        return [_pb(user, t + 0.5 * j, kind, item, cat) for j, (kind, item) in enumerate(steps)]
+
+    events = []
+    for u in range(120):
+        events += session(f"{run}-u{u}", u, purchase=True)
+        t += 5.0
+    newcomer = f"{run}-new"
+    events += session(newcomer, 7, purchase=False)
+    r = await stub.TrackBatch(pb.TrackBatchRequest(events=events, wait_visible=True))
+    assert (r.accepted, len(r.rejected)) == (len(events), 0)
+
+    got = await stub.Recommend(pb.RecommendRequest(user_id=newcomer, k=3))
+    assert len(got.items) == 3
+    assert got.items[0].item_id == f"{run}-c1-i7"  # the carted item, viewed three items ago
+    assert [s.probability for s in got.items] == sorted((s.probability for s in got.items), reverse=True)
+    assert all(0.0 < s.probability < 1.0 for s in got.items)
+
+    default = await stub.Recommend(pb.RecommendRequest(user_id=newcomer))
+    assert len(default.items) == 10 and len({s.item_id for s in default.items}) == 10  # k = 0: the default, 10
+
+    stranger = await stub.Recommend(pb.RecommendRequest(user_id=uid("stranger"), k=5))  # cold start
+    popular = server.core.worker.trainer.top_items.top("", 20)  # the most touched items (of every test so far)
+    assert len(stranger.items) == 5 and {s.item_id for s in stranger.items} <= set(popular)
+
+    for bad in (-1, 101):
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.Recommend(pb.RecommendRequest(user_id=newcomer, k=bad))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "k" in info.value.details()
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.Recommend(pb.RecommendRequest(user_id="", k=3))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "user_id" in info.value.details()

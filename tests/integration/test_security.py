@@ -437,6 +437,9 @@ async def test_api_keys_and_roles(secured: Secured) -> None:
             score = ch.unary_unary("/portrait.v1.ProfileService/Score")  # a read method (raw bytes: any reply)
             assert await code(score, b"", metadata=bearer(keys.ingest)) == P
             assert await code(score, b"", metadata=bearer(keys.read)) not in (U, P)
+            recommend = ch.unary_unary("/portrait.v1.ProfileService/Recommend")  # read, too
+            assert await code(recommend, b"", metadata=bearer(keys.ingest)) == P
+            assert await code(recommend, b"", metadata=bearer(keys.read)) not in (U, P)
 
             # admin-only methods (DeleteUser, UnsuppressUser, Compact, and any future one); unknown services: nobody
             for method in ("DeleteUser", "UnsuppressUser", "Compact", "SomeFutureMethod"):
@@ -450,7 +453,7 @@ async def test_api_keys_and_roles(secured: Secured) -> None:
             assert await code(other, b"") == U
 
     after = {r: sample(srv, "portrait_rejected_total", reason=r) - before[r] for r in before}
-    assert after == {"no_credentials": 7, "bad_credentials": 4, "permission_denied": 15}
+    assert after == {"no_credentials": 7, "bad_credentials": 4, "permission_denied": 16}
     unauth = sample(srv, "grpc_server_handled_total", grpc_type="unary", grpc_service="portrait.v1.ProfileService",
                     grpc_method="Track", grpc_code="UNAUTHENTICATED") - unauth_before
     assert unauth == 5  # refusals are counted with their code by the outer metrics interceptor

@@ -93,3 +93,29 @@ def test_workers_send_the_trainer_no_user_ids() -> None:
     users = {e.user_id for e in events}
     blob = pickle.dumps(trainer.sent)
     assert not any(u.encode() in blob for u in users)
+
+
+def test_touches_feed_the_recommendation_candidates_and_purchases_the_ranker() -> None:
+    from server.models.next_item import NextItemRanker
+    from server.models.trainer import RECOMMEND
+
+    t = Trainer(TrainerConfig())
+    t.feed(ItemStats("a", "shoes", T, VIEWS, 0.0))
+    t.feed(ItemStats("b", "shoes", T + 60, VIEWS, 0.0, before=(("a", "shoes"),)))
+    assert [i for i, _ in t.covisits.neighbours("a")] == ["b"] and set(t.top_items.top("shoes", 5)) == {"a", "b"}
+    x = NextItemRanker.vector(0, None, T, True, True, True, (0.0, 0.0, 0.0), (1.0, 0.0))
+    before = t.next_item.predict(x)
+    t.feed(Labelled(RECOMMEND, x, float("nan"), True))
+    assert t.next_item.predict(x) > before
+    assert len(t.propensity_quality) == 0 and len(t.item_quality) == 0  # the ranker keeps no rolling quality
+
+
+def test_a_state_from_before_the_recommendation_models_loads_with_them_empty() -> None:
+    t = Trainer(TrainerConfig())
+    t.feed(ItemStats("a", "shoes", T, VIEWS, 0.0))
+    old = {k: v for k, v in t.state().items() if k not in Trainer.ADDED}
+    fresh = Trainer(TrainerConfig())
+    fresh.load_state(old)
+    assert len(fresh.items) == 1 and len(fresh.covisits) == 0 and fresh.top_items.top("", 5) == []
+    with pytest.raises(ValueError, match="propensity"):
+        fresh.load_state({k: v for k, v in old.items() if k != "propensity"})
