@@ -74,7 +74,7 @@ def run_phase(b: Bench) -> dict[str, Any]:
 
     data = b.work / "abuse-data"
     grpc_port, metrics_port = free_port(), free_port()
-    env = dict(b.env, PORTRAIT_GRPC_PORT=str(grpc_port), PORTRAIT_METRICS_PORT=str(metrics_port),
+    env = dict(b.env, PORTRAIT_GRPC_PORT=str(grpc_port), PORTRAIT_METRICS_PORT=str(metrics_port), PORTRAIT_UI_PORT="0",
                PORTRAIT_DATA_DIR=str(data), PORTRAIT_BIND="127.0.0.1",
                PORTRAIT_LOG_LEVEL=os.environ.get("BENCH_SERVER_LOG_LEVEL", "WARNING"),
                PORTRAIT_STREAM_IDLE_S=os.environ.get("PORTRAIT_STREAM_IDLE_S", STREAM_IDLE_S))

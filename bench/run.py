@@ -191,7 +191,7 @@ class Bench:
         data = self.work / "portrait-data"
         grpc_port, metrics_port = free_port(), free_port()
         env = dict(self.env, PORTRAIT_GRPC_PORT=str(grpc_port), PORTRAIT_METRICS_PORT=str(metrics_port),
-                   PORTRAIT_DATA_DIR=str(data), PORTRAIT_BIND="127.0.0.1",
+                   PORTRAIT_UI_PORT="0", PORTRAIT_DATA_DIR=str(data), PORTRAIT_BIND="127.0.0.1",
                    PORTRAIT_LOG_LEVEL=os.environ.get("BENCH_SERVER_LOG_LEVEL", "WARNING"))
         if self.a.redis_url:
             redis_url = self.a.redis_url

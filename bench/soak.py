@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="portrait-soak-"))
     port = free_port()
-    env = {"PORTRAIT_GRPC_PORT": str(port), "PORTRAIT_METRICS_PORT": str(free_port()),
+    env = {"PORTRAIT_GRPC_PORT": str(port), "PORTRAIT_METRICS_PORT": str(free_port()), "PORTRAIT_UI_PORT": "0",
            "PORTRAIT_DATA_DIR": str(tmp / "data"), "PORTRAIT_EMBEDDED_REDIS_PORT": str(free_port())}
     log = tmp / "serve.log"
     proc = spawn([str(Path(ROOT) / ".venv" / "bin" / "python"), "-m", "server", "serve"], log, env=env)

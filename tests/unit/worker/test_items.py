@@ -31,14 +31,14 @@ def test_candidates_come_from_recent_covisited_category_and_popular_items() -> N
     w = _worker()
     w.apply(Event("y0", "other", EventType.VIEW, T + 41 * 3600, item_id="a", category="shoes"))
     cands = w.items.candidates("other", ["shoes"], w.trainer)
-    assert list(cands)[0] == "a"  # the user's own recent item first
+    assert next(iter(cands)) == "a"  # the user's own recent item first
     assert {"b", "c"} <= set(cands)  # co-visited with a, and the category's most touched
     assert set(w.items.candidates("stranger", [], w.trainer)) == {"a", "b", "c"}  # cold start: popular items
 
 
 def test_purchases_teach_the_ranker_and_recommend_puts_the_usual_buy_first() -> None:
     w = _worker()
-    assert [i for i, _ in w.recommend("me", 3)][0] == "c"  # not the latest item (b): what the others bought
+    assert w.recommend("me", 3)[0][0] == "c"  # not the latest item (b): what the others bought
     e = Event("x2", "me", EventType.PURCHASE, T + 41 * 3600, item_id="c", category="shoes")
     examples = w.items.purchase_examples(e, ["shoes"], T + 41 * 3600, w.trainer)
     assert [y for _, y in examples].count(True) == 1 and len(examples) == 3  # c, and a and b as negatives
