@@ -3,7 +3,8 @@
 Every coroutine here runs on the server's loop (the HTTP threads submit them with
 ``asyncio.run_coroutine_threadsafe``), so it reads the worker's state between two events, like the gRPC
 servicer does. The profile card is ``ProfileCore.get_profile`` — the row GetProfile serves, read through
-Feast's online store — and Score results are ``ProfileCore.score``, the functions the gRPC servicer calls:
+Feast's online store — and Score and Recommend results are ``ProfileCore.score`` and
+``ProfileCore.recommend``, the functions the gRPC servicer calls:
 one source for every number a client also sees. What GetProfile does not carry (the activity histogram,
 the recent events, the category breadth for the radar) comes from the worker's in-memory profile of the
 same user.
@@ -44,6 +45,7 @@ last purchase: fewer = further out)."""
 RADAR_Z = 3.0
 """Standard scores from -3 (centre of the radar) to +3 (rim); the population's mean is the middle ring."""
 MAX_SCORED = 20
+RECOMMENDED = 10  # items of the Recommend section (the RPC's default k)
 
 assert len(RADAR_AXES) == len(SEGMENT_INPUTS)
 
@@ -73,6 +75,7 @@ class UserView:
     radar_z: dict[str, list[float]]
     scores: list[tuple[str, float]]
     scored_from: int
+    recommended: list[tuple[str, float]]
 
 
 @dataclass
@@ -190,11 +193,12 @@ class Explorer:
             if item and item not in candidates and len(candidates) < MAX_SCORED:
                 candidates[item] = (item, category, price)
         scores = await core.score(user_id, list(candidates.values())) if candidates else []
+        recommended = await core.recommend(user_id, RECOMMENDED)
         segment = None
         if self._built is not None:
             segment = next((s for s in self._built.segments if s.id == seg), None)
         return UserView(row=row, segment=segment, activity=activity, recent=recent, radar=series, radar_z=radar_z,
-                        scores=scores, scored_from=len(candidates))
+                        scores=scores, scored_from=len(candidates), recommended=recommended)
 
     # -- the population ---------------------------------------------------------------------------
     async def population(self) -> PopulationView:

@@ -262,7 +262,18 @@ def user_page(user_id: str, v: UserView, *, signed_in: bool = False) -> str:
         score = "<p>No recently touched items to score.</p>"
     scores = section("Score", score, note=f"Score (the RPC) of the {v.scored_from} items in the recent events, "
                                           "best first: P(the user buys it within the item horizon if viewed now).")
-    body = f'<div class="grid">{profile}{radar}{heat}{scores}{recent}</div>'
+    if v.recommended:
+        rec = charts.bars(list(v.recommended), v_max=max(p for _, p in v.recommended)) + table(
+            ["item", "P(the item bought next)"],
+            [[escape(i), f'<span data-recommend="{escape(i)}" data-value="{p!r}">{p:.4f}</span>']
+             for i, p in v.recommended], "recommended")
+    else:
+        rec = "<p>No items known yet.</p>"
+    recommended = section("Recommend", rec, note="Recommend (the RPC) for this user, best first: candidates from "
+                                                 "the user's recent items, items co-visited with them, the top "
+                                                 "categories' and the most touched items, ranked by the model "
+                                                 "learnt from purchases.")
+    body = f'<div class="grid">{profile}{radar}{heat}{scores}{recommended}{recent}</div>'
     return layout(f"User {user_id}", body, signed_in=signed_in)
 
 

@@ -219,9 +219,12 @@ def test_user_page_shows_what_get_profile_returns_and_draws_its_charts(shop: Sho
                 candidates[items[0].text] = (items[0].text, cats[0].text if cats else "", price)
         shown = {e.get_attribute("data-score"): float(e.get_attribute("data-value"))
                  for e in browser.find_elements(By.CSS_SELECTOR, "[data-score]")}
+        recommended = [(e.get_attribute("data-recommend"), float(e.get_attribute("data-value")))
+                       for e in browser.find_elements(By.CSS_SELECTOR, "[data-recommend]")]
         with shop.client() as c:
             assert shown == dict(c.score(user, list(candidates.values())))
-        assert len(browser.find_elements(By.CSS_SELECTOR, "svg.bars rect.bar")) == len(shown) > 0
+            assert recommended == c.recommend(user, 10) and len(recommended) == 10  # the Recommend RPC, in order
+        assert len(browser.find_elements(By.CSS_SELECTOR, "svg.bars rect.bar")) == len(shown) + len(recommended)
 
 
 def test_an_unknown_user_and_an_erased_user_get_a_clear_not_found_page(shop: Shop, browser: Any) -> None:
