@@ -9,6 +9,7 @@ Needs the ``prometheus`` binary (Debian package ``prometheus``; CI installs it).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import json
 import shutil
@@ -18,7 +19,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,8 @@ import pytest
 import yaml
 
 from server._gen.portrait.v1 import portrait_pb2 as pb
-from tests.conftest import ROOT, uid
+from tests.conftest import ROOT, ServerProcess, uid
+from tests.integration.test_deploy import dashboard_exprs, promql_metric_names
 from tests.integration.test_servicer import ev
 
 PROM_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"
@@ -60,12 +62,12 @@ def prometheus_config(metrics_port: int, prom_port: int) -> dict[str, Any]:
     return cfg
 
 
-@pytest.fixture
-async def prometheus(server: Any, tmp_path: Path) -> AsyncIterator[str]:
-    """A Prometheus process scraping the session server; yields its API base URL; killed afterwards."""
+@contextlib.contextmanager
+def running_prometheus(metrics_port: int, tmp_path: Path) -> Iterator[str]:
+    """A Prometheus process scraping 127.0.0.1:<metrics_port>; yields its API base URL; killed afterwards."""
     prom_port = _free_port()
     config = tmp_path / "prometheus.yml"
-    config.write_text(yaml.safe_dump(prometheus_config(server.metrics_port, prom_port)))
+    config.write_text(yaml.safe_dump(prometheus_config(metrics_port, prom_port)))
     log = open(tmp_path / "prometheus.log", "wb")  # noqa: SIM115 (closed below)
     proc = subprocess.Popen(
         ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
@@ -80,6 +82,13 @@ async def prometheus(server: Any, tmp_path: Path) -> AsyncIterator[str]:
         log.close()
         if proc.returncode not in (0, -9):
             print((tmp_path / "prometheus.log").read_text(errors="replace"))
+
+
+@pytest.fixture
+def prometheus(server: Any, tmp_path: Path) -> Iterator[str]:
+    """A Prometheus scraping the session server."""
+    with running_prometheus(server.metrics_port, tmp_path) as base:
+        yield base
 
 
 def _query(base: str, expr: str) -> list[dict[str, Any]] | None:
@@ -148,3 +157,32 @@ async def test_prometheus_scrapes_the_server_with_the_deploy_config(server: Any,
     les = {b["metric"]["le"] for b in buckets}
     assert "+Inf" in les and len(les) > 10, les  # the whole histogram, not just a sum
     assert next(float(b["value"][1]) for b in buckets if b["metric"]["le"] == "+Inf") >= n
+
+
+async def test_every_metric_the_dashboard_queries_has_a_series_on_a_fresh_server(
+        redis_url: str, tmp_path: Path) -> None:
+    """A server that has seen no event and no call: Grafana must still find every metric it queries.
+
+    Labelled counters whose label values are known (outcomes, reasons, models, labels, queues) are
+    exported at 0 from the start; a counter born on first use would be "No data" on the dashboard.
+    """
+    names = sorted({n for _, expr in dashboard_exprs() for n in promql_metric_names(expr)})
+    assert len(names) > 10, names
+    srv = ServerProcess(tmp_path / "data", redis_url)
+    try:
+        await asyncio.to_thread(srv.wait_serving)
+        with running_prometheus(srv.metrics_port, tmp_path) as base:
+            deadline = time.monotonic() + DEADLINE_S
+            up = await _until(base, 'up{job="portrait"}', lambda r: _value(r) == 1.0, deadline)
+            assert _value(up) == 1.0, f"Prometheus does not see the fresh server up: {up}"
+            empty = []
+            for name in names:
+                res = await asyncio.to_thread(_query, base, f'{name}{{job="portrait"}}')
+                if not res:
+                    empty.append(name)
+            assert not empty, f"metrics the dashboard queries with no series on a fresh server: {empty}"
+            accepted = await asyncio.to_thread(
+                _query, base, 'portrait_events_total{job="portrait",outcome="accepted"}')
+            assert accepted and all(float(r["value"][1]) == 0.0 for r in accepted)  # fresh: zeros, not absent
+    finally:
+        srv.terminate()
