@@ -5,6 +5,9 @@ environment at import time.
 
 >>> Settings(redis_url="redis://cache:6380/2", feast_redis=None).feast_redis_connection()
 'cache:6380,db=2'
+>>> s = Settings(redis_url="redis://node-a:7000", redis_cluster=True, feast_redis=None)
+>>> s.feast_redis_connection(), s.feast_redis_type()
+('node-a:7000', 'redis_cluster')
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import parse_qs, unquote, urlparse
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -36,8 +39,15 @@ class Settings(BaseSettings):
     """Address the gRPC, metrics and explorer servers listen on (0.0.0.0 in containers)."""
     redis_url: str | None = None
     """Redis for the online store, ``redis[s]://[user:pass@]host:port/db[?ssl_ca_certs=PEM]``. Unset: embedded."""
+    redis_cluster: bool = False
+    """redis_url names one node of a Redis Cluster (any master or replica; the others and the slots are
+    discovered from it). Online rows are spread over the masters by key slot (Feast ``redis_type:
+    redis_cluster``); reads, writes and erasure deletes follow the slots. Needs redis_url (the embedded Redis
+    is one server), database 0 only (a cluster has no other). Each node must be reachable at the address it
+    announces (``cluster-announce-ip`` behind NAT or in containers)."""
     feast_redis: str | None = None
-    """Feast's own ``host:port,db=N`` form of the Redis connection; derived from redis_url when unset."""
+    """Feast's own ``host:port,db=N`` form of the Redis connection (cluster: ``host:port[,host:port...]``, no
+    db); derived from redis_url when unset."""
     embedded_redis_port: int = Field(default=6390, ge=0, le=65535)
     """Port of the embedded redis-server (only when redis_url is unset). 0 picks a free port."""
     data_dir: Path = Path("var")
@@ -48,7 +58,7 @@ class Settings(BaseSettings):
     """Online writes start this often (seconds); a write that takes longer is followed at once by the next."""
     flush_max_rows: int = Field(default=2000, ge=1)
     """Flush early when this many users have pending rows."""
-    timer_rows_per_flush: int = Field(default=64, ge=1)
+    timer_rows_per_flush: int = Field(default=16, ge=1)
     """Rows that time alone changed (timers) written per flush beside the event-driven ones (all of a flush when
     no event waits): a burst of expiries never delays an event's row; `portrait_queue_depth{queue="timers"}`."""
     offline_roll_s: float = Field(default=10.0, gt=0)
@@ -187,6 +197,27 @@ class Settings(BaseSettings):
     log_json: bool = False
     """Log one JSON object per line (ts, level, logger, message, exc_info, extra fields) instead of plain text."""
 
+    @model_validator(mode="after")
+    def _cluster_needs_a_url(self) -> Settings:
+        """A cluster is never embedded, and has database 0 only: refuse at start, not at the first write."""
+        if self.redis_cluster:
+            if not self.redis_url:
+                raise ValueError("PORTRAIT_REDIS_CLUSTER=true needs PORTRAIT_REDIS_URL naming one node of the Redis "
+                                 "Cluster, e.g. redis://10.0.0.5:7000/0 (the embedded Redis is a single server, "
+                                 "not a cluster)")
+            if self.feast_redis:
+                if any(p.strip().startswith("db=") for p in self.feast_redis.split(",")):
+                    raise ValueError("PORTRAIT_REDIS_CLUSTER=true: PORTRAIT_FEAST_REDIS must not carry db=... "
+                                     "(a Redis Cluster has database 0 only; Feast's cluster client refuses db)")
+            else:
+                redis_url_to_feast(self.redis_url, cluster=True)  # a bad URL (e.g. /3) refuses now
+        return self
+
+    def feast_redis_type(self) -> Literal["redis", "redis_cluster"]:
+        """Feast's ``redis_type`` of the online store (``feature_store.yaml`` reads it from
+        ``PORTRAIT_FEAST_REDIS_TYPE``)."""
+        return "redis_cluster" if self.redis_cluster else "redis"
+
     def configured_feast_redis(self) -> str | None:
         """``feast_redis_connection()``, or None when no Redis is configured (the embedded one is used)."""
         return self.feast_redis_connection() if self.feast_redis or self.redis_url else None
@@ -197,22 +228,38 @@ class Settings(BaseSettings):
             return self.feast_redis
         if not self.redis_url:
             raise ValueError("neither PORTRAIT_FEAST_REDIS nor PORTRAIT_REDIS_URL is set")
-        return redis_url_to_feast(self.redis_url)
+        return redis_url_to_feast(self.redis_url, cluster=self.redis_cluster)
 
 
-def redis_url_to_feast(url: str) -> str:
+def redis_url_to_feast(url: str, cluster: bool = False) -> str:
     """``redis[s]://user:pw@host:port/db`` -> ``host:port,db=N[,username=..][,password=..][,ssl=true]``.
 
     ``rediss://`` turns TLS on (certificate verified against the system CAs, or the PEM file in the
     ``ssl_ca_certs`` query parameter); ``ssl_certfile`` + ``ssl_keyfile`` give a client certificate.
+    ``cluster``: the URL names a seed node of a Redis Cluster, the result has no ``db=`` (Feast's cluster
+    client refuses one) and a URL naming a database other than 0 is refused.
 
     >>> redis_url_to_feast("rediss://portrait:s3cret@cache:6380/1?ssl_ca_certs=/etc/ca.pem")
     'cache:6380,db=1,username=portrait,password=s3cret,ssl=true,ssl_ca_certs=/etc/ca.pem'
+    >>> redis_url_to_feast("rediss://:s3cret@node-a:7000/0", cluster=True)
+    'node-a:7000,password=s3cret,ssl=true'
+    >>> redis_url_to_feast("redis://node-a:7000/2", cluster=True)
+    Traceback (most recent call last):
+    ValueError: a Redis Cluster has database 0 only: redis_url names database 2 (use /0 or no path)
     """
     u = urlparse(url)
     if u.scheme not in ("redis", "rediss"):
         raise ValueError(f"redis_url must start with redis:// or rediss://, got {u.scheme!r}")
-    parts = [f"{u.hostname or '127.0.0.1'}:{u.port or 6379}", f"db={int(u.path.strip('/') or 0)}"]
+    db_path = u.path.strip("/") or "0"
+    if not db_path.isdigit():
+        raise ValueError(f"the redis_url path must be a database number, got {u.path!r}")
+    db = int(db_path)
+    parts = [f"{u.hostname or '127.0.0.1'}:{u.port or 6379}"]
+    if cluster:
+        if db != 0:
+            raise ValueError(f"a Redis Cluster has database 0 only: redis_url names database {db} (use /0 or no path)")
+    else:
+        parts.append(f"db={db}")
     for key, raw in (("username", u.username), ("password", u.password)):
         if raw:
             value = unquote(raw)

@@ -58,7 +58,7 @@ class Materializer:
         offline_roll_s: float = 10.0,
         offline_roll_rows: int = 50_000,
         max_backoff_s: float = 5.0,
-        later_rows_per_flush: int = 64,
+        later_rows_per_flush: int = 16,
     ) -> None:
         self.flush_interval_s = flush_interval_s
         self.later_rows_per_flush = later_rows_per_flush

@@ -356,7 +356,13 @@ async def test_rows_time_alone_changed_wait_behind_event_rows(make: Factory) -> 
     rows = (await online.next())[1]
     assert [r["user_id"] for r in rows] == [f"t{i}" for i in range(3, 10)]  # no event waits: the rest at once
     assert value(metrics, "portrait_freshness_seconds_count") == 3.0  # timer rows are no freshness samples
-    assert metrics.registry.get_sample_value("portrait_queue_depth", {"queue": "timers"}) == 0.0
+
+    async def timers_gauge_zero() -> None:  # set once the write returns, after the sink has the rows
+        while metrics.registry.get_sample_value("portrait_queue_depth", {"queue": "timers"}) != 0.0:
+            await asyncio.sleep(0.005)
+
+    await asyncio.wait_for(timers_gauge_zero(), TIMEOUT)
+    assert m.later_depth == 0
 
 
 async def test_forget_and_stop_cover_rows_time_alone_changed(make: Factory) -> None:
