@@ -16,6 +16,12 @@
     walks H hours in one-minute steps and every due timer fires, each building the row it re-materializes
     (what the server then writes online and offline). Reports firings per user, firings per second of
     event time (the extra online writes at N users), and the loop's cost per firing.
+``python -m bench.inproc costs --events F``
+    What each model costs: one PartitionWorker applies the events as the server does (scoring on); every
+    message to the trainer is timed by kind (each model's learning), the worker's stages come from its own
+    ``portrait_stage_duration_seconds``; then Score (10 candidates), Recommend (k=10) and a row build are
+    timed per call, and the item-side state (popularity, co-visitation, top items) is measured per item
+    with tracemalloc. Reports µs per event (averaged over all events) and per call.
 
 Each prints one JSON object on its last stdout line.
 """
@@ -250,6 +256,100 @@ def cmd_timers(a: argparse.Namespace) -> dict[str, Any]:
             "pending_after": len(p.timers)}
 
 
+#: The trainer's messages by what learns from them (``Trainer.feed``).
+def _message_kind(message: Any) -> str:
+    from server.models.trainer import Labelled
+
+    kind = type(message).__name__
+    if isinstance(message, Labelled):
+        return {"propensity": "learn propensity", "item": "learn item model",
+                "recommend": "learn recommend ranker"}[message.model]
+    return {"UserVector": "learn segments (KMeans)", "EventVector": "learn risk (HalfSpaceTrees)",
+            "ItemStats": "learn item statistics + co-visits"}[kind]
+
+
+def cmd_costs(a: argparse.Namespace) -> dict[str, Any]:
+    import random
+    import tracemalloc
+
+    from server.models.trainer import ItemStats, Trainer, TrainerConfig
+
+    events = stream.load(a.events)
+    now = time.time()
+    p = new_pipeline()
+    learn_s: dict[str, float] = {}
+    learn_n: dict[str, int] = {}
+    item_stats: list[ItemStats] = []
+    feed = p.trainer.feed
+
+    def timed_feed(message: Any) -> None:
+        t0 = time.perf_counter()
+        feed(message)
+        kind = _message_kind(message)
+        learn_s[kind] = learn_s.get(kind, 0.0) + time.perf_counter() - t0
+        learn_n[kind] = learn_n.get(kind, 0) + 1
+        if type(message) is ItemStats:
+            item_stats.append(message)
+
+    p.trainer.feed = timed_feed  # type: ignore[method-assign]
+    gc.collect()
+    accepted = 0
+    t0 = time.perf_counter()
+    for e in events:
+        if p.check(e, now) is None:
+            p.apply(e)  # scoring on, as for Track
+            accepted += 1
+    wall = time.perf_counter() - t0
+    stages = {}
+    for fam in p.metrics.registry.collect():
+        if fam.name == "portrait_stage_duration_seconds":
+            for smp in fam.samples:
+                if smp.name.endswith("_sum") and smp.value:
+                    stages[smp.labels["stage"]] = smp.value / accepted * 1e6
+    per_event = {k: v / accepted * 1e6 for k, v in learn_s.items()}
+    per_message = {k: learn_s[k] / learn_n[k] * 1e6 for k in learn_s}
+    # the worker's stages include the learning they hand to the trainer (in one process, feed() learns at once);
+    # two stages hold one model's scoring and its learning only, so their difference is that model's scoring
+    worker_side = {
+        "risk score (HalfSpaceTrees)": stages.get("risk", 0.0) - per_event.get("learn risk (HalfSpaceTrees)", 0.0),
+        "segment predict (KMeans)": stages.get("models", 0.0) - per_event.get("learn segments (KMeans)", 0.0),
+        "all stages without learning": sum(stages.values()) - sum(per_event.values()),
+    }
+    users = [u for u, prof in p.profiles.items() if prof.last_event is not None]
+    rng = random.Random(1)
+    sample = rng.sample(users, min(500, len(users)))
+    items = sorted({(e.item_id, e.category, float(e.price or 0.0)) for e in events[:20_000] if e.item_id})
+    calls: dict[str, float] = {}
+    c = time.perf_counter()
+    for u in sample:
+        p.score(u, rng.sample(items, 10))
+    calls["Score, 10 candidates"] = (time.perf_counter() - c) / len(sample) * 1e6
+    c = time.perf_counter()
+    for u in sample:
+        p.recommend(u, 10)
+    calls["Recommend, k=10"] = (time.perf_counter() - c) / len(sample) * 1e6
+    c = time.perf_counter()
+    for u in sample:
+        p.row(u)
+    calls["row build (one materialization)"] = (time.perf_counter() - c) / len(sample) * 1e6
+    # item-side state, per distinct item: a fresh trainer fed the same item statistics under tracemalloc
+    fresh = Trainer(TrainerConfig())
+    gc.collect()
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    for m in item_stats:
+        fresh.feed(m)
+    gc.collect()
+    item_bytes = tracemalloc.get_traced_memory()[0] - base
+    tracemalloc.stop()
+    n_items = len({m.item for m in item_stats})
+    return {"events": len(events), "accepted": accepted, "events_per_s": accepted / wall,
+            "us_per_event_total": wall / accepted * 1e6, "stages_us": stages, "learn_us_per_event": per_event,
+            "learn_us_per_message": per_message, "messages_per_event": {k: n / accepted for k, n in learn_n.items()},
+            "worker_us_per_event": worker_side, "call_us": calls, "items": n_items,
+            "item_state_bytes_per_item": item_bytes / max(n_items, 1)}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.inproc")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -270,8 +370,11 @@ def main(argv: list[str] | None = None) -> int:
     tm.add_argument("--users", type=int, default=100_000)
     tm.add_argument("--hours", type=float, default=48.0)
     tm.add_argument("--seed", type=int, default=1)
+    co = sub.add_parser("costs")
+    co.add_argument("--events", required=True)
     a = ap.parse_args(argv)
-    fn = {"limit": cmd_limit, "memory": cmd_memory, "scaling": cmd_scaling, "timers": cmd_timers}[a.cmd]
+    fn = {"limit": cmd_limit, "memory": cmd_memory, "scaling": cmd_scaling, "timers": cmd_timers,
+          "costs": cmd_costs}[a.cmd]
     print(json.dumps(fn(a)), flush=True)
     return 0
 

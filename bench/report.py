@@ -148,9 +148,32 @@ def rows(doc: dict[str, Any]) -> list[list[str]]:
                     f"{tm['fired_per_event_second']:,.1f}/s", "—", "—", f"{tm['fired_per_user']:.1f}/user",
                     f"extra online+offline writes; {tm['us_per_firing']:,.0f} µs loop time each (row built), "
                     f"worst minute {tm['worst_minute_s'] * 1000:,.0f} ms"])
+    co = doc.get("costs")
+    if co:
+        out += cost_rows(co)
     ab = doc.get("abuse")
     if ab:
         out += abuse_rows(ab)
+    return out
+
+
+def cost_rows(co: dict[str, Any]) -> list[list[str]]:
+    """The costs phase (bench/inproc.py costs): what each model and stage costs per event, calls, memory per item."""
+    out = [["cost per event, all stages (one worker, scoring on)", f"{co['us_per_event_total']:,.0f} µs", "—", "—",
+            "—", f"{co['events_per_s']:,.0f} events/s in process"]]
+    for name, us in co["learn_us_per_event"].items():
+        out.append([f"cost per event: {name}", f"{us:,.1f} µs", "—", "—", "—",
+                    f"{co['messages_per_event'][name]:.2f} messages/event, {co['learn_us_per_message'][name]:,.1f} "
+                    "µs each"])
+    for name, us in co["worker_us_per_event"].items():
+        out.append([f"cost per event: {name} (worker)", f"{us:,.1f} µs", "—", "—", "—", ""])
+    out.append(["worker stages per event (incl. the learning they trigger)", "", "—", "—", "—",
+                ", ".join(f"{k} {v:,.0f}" for k, v in sorted(co["stages_us"].items(), key=lambda kv: -kv[1]))
+                + " µs"])
+    for name, us in co["call_us"].items():
+        out.append([f"cost per call: {name}", f"{us:,.0f} µs", "—", "—", "—", ""])
+    out.append(["memory per item (popularity, co-visits, top items)", nbytes(co["item_state_bytes_per_item"]), "—",
+                "—", "—", f"{co['items']:,} items (tracemalloc)"])
     return out
 
 

@@ -391,6 +391,14 @@ class Bench:
         self.log(f"timers {r['users']:,} users: {r['fired_per_user']:.1f} firings/user over {r['hours']:g} h, "
                  f"{r['fired_per_event_second']:,.1f}/s of event time, {r['us_per_firing']:,.0f} µs each")
 
+    def costs(self) -> None:
+        """Per-model costs (bench/inproc.py costs): each model's learning and the worker's stages per event, Score /
+        Recommend / row per call, item-side memory per item."""
+        r = self.child("costs", "bench.inproc", "costs", "--events", str(self.events_file), timeout_s=1800)
+        self.results["costs"] = r
+        self.log(f"costs: {r['us_per_event_total']:,.0f} µs/event in all; "
+                 + ", ".join(f"{k} {v:,.1f}" for k, v in r["learn_us_per_event"].items()) + " µs/event")
+
     def abuse(self) -> None:
         """Track p99 at rest vs while 20k idle TCP connections and 256 idle TrackStreams are held (bench/abuse.py)."""
         from bench.abuse import run_phase
@@ -537,7 +545,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                          "server's embedded Redis on a free port)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--only", default="",
-                    help="comma-separated phases: limit,portrait,naive,memory,scaling,timers,abuse")
+                    help="comma-separated phases: limit,portrait,naive,memory,scaling,timers,costs,abuse")
     ap.add_argument("--profile", action="store_true", help="py-spy (via uvx) the limit loop and the server during "
                     "the first TrackBatch round (cProfile for the limit loop if py-spy is missing)")
     ap.add_argument("--repo", default=str(ROOT), help=argparse.SUPPRESS)
@@ -547,7 +555,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return a
 
 
-PHASES = ("limit", "portrait", "naive", "memory", "scaling", "timers", "abuse")
+PHASES = ("limit", "portrait", "naive", "memory", "scaling", "timers", "costs", "abuse")
 
 
 def main(argv: list[str] | None = None) -> int:
