@@ -98,6 +98,8 @@ def _parser() -> argparse.ArgumentParser:
                          "e.g. the day behaviour changed")
     ev.add_argument("--json", default=None, help="also write the result as JSON to this file")
     ev.add_argument("--plot", default=None, help="also write a PNG of per-day ROC AUC to this file")
+    ev.add_argument("--reliability", default=None,
+                    help="also write a PNG reliability diagram (calibration) of every learner to this file")
     ev.add_argument("--through-server", action="store_true",
                     help="item task, end to end: start a server on loopback, send the events in time order and ask "
                          "Score(user, [item]) before each view after --static-days; compare with baselines")
@@ -240,6 +242,8 @@ def _evaluate(args: argparse.Namespace) -> int:
             json.dump(result, fh, indent=2)
     if args.plot:
         evaluate.plot(result, args.plot)
+    if args.reliability:
+        evaluate.plot_reliability(result, args.reliability)
     return 0
 
 

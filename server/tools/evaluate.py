@@ -233,6 +233,27 @@ def _scores(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, Any]:
     }
 
 
+def reliability(y: np.ndarray, p: np.ndarray, bins: int = 10) -> dict[str, Any]:
+    """Calibration of probabilities ``p`` against outcomes ``y``: ``bins`` equal-count bins of the predictions
+    (equal width would leave rare events' high bins empty), each with its mean prediction, observed rate and
+    size, and the expected calibration error ``ece`` = Σ size/N × |observed − predicted|.
+
+    >>> import numpy as np
+    >>> r = reliability(np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.7, 0.9]), bins=2)
+    >>> [(round(b["predicted"], 2), b["observed"], b["n"]) for b in r["bins"]], round(r["ece"], 3)
+    ([(0.15, 0.0, 2), (0.8, 1.0, 2)], 0.175)
+    """
+    if len(y) == 0:
+        return {"bins": [], "ece": None}
+    order = np.argsort(p, kind="stable")
+    out, ece = [], 0.0
+    for part in np.array_split(order, min(bins, len(order))):
+        predicted, observed = float(p[part].mean()), float(y[part].mean())
+        out.append({"predicted": predicted, "observed": observed, "n": len(part)})
+        ece += len(part) / len(y) * abs(observed - predicted)
+    return {"bins": out, "ece": ece}
+
+
 def _weighted_auc(order: np.ndarray, y: np.ndarray, ties: np.ndarray, w: np.ndarray) -> float:
     """AUC with integer sample weights ``w``; ``order`` sorts the scores ascending, ``ties`` marks tie groups."""
     wo, yo = w[order], y[order]
@@ -347,6 +368,7 @@ def evaluate(rep: Replay, task: str = "item", static_days: float = 3.0, bootstra
     y_ev, y_train = y[ev], y[train]
     thresholds = {name: _best_threshold(y_train, first[name]) for name in MODELS}
     models = {name: _scores(y_ev, preds[name], thresholds[name]) for name in MODELS}
+    calibration = {name: reliability(y_ev, preds[name]) for name in MODELS}
     views: dict[str, Any] = {}
     if task == "item":  # the decisions made at views: what Score answers (it ranks as if the user viewed now)
         at_view = x_ev[:, ITEM_INPUTS.index("is_view")] == 1.0
@@ -374,6 +396,7 @@ def evaluate(rep: Replay, task: str = "item", static_days: float = 3.0, bootstra
         "train_decisions": int(train.sum()),
         "unresolved_decisions": rep.unresolved[model],
         "models": models,
+        "calibration": calibration,
         **({"views": views} if views else {}),
         "per_day": per_day,
         "bootstrap": _bootstrap(groups[ev], y_ev, preds, bootstrap, seed),
@@ -405,15 +428,17 @@ def format_table(result: dict[str, Any]) -> str:
     lines = [f"task {result['task']}, horizon {result['horizon_s']:g} s, evaluated after the first "
              f"{result['static_days']:g} days ({result['events']} events, {result['train_decisions']} "
              f"decisions known at the cutoff)", "",
-             "| learner | ROC AUC | PR AUC | log loss | F1 | positive rate | decisions | AUC online - this (95% CI) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| learner | ROC AUC | PR AUC | log loss | ECE | F1 | positive rate | decisions | "
+             "AUC online - this (95% CI) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     boot = result.get("bootstrap", {})
     for name in MODELS:
         m = result["models"][name]
         b = boot.get(name)
         ci = f"{b['auc_diff']:+.3f} [{b['ci95'][0]:+.3f}, {b['ci95'][1]:+.3f}]" if b else "-"
+        ece = result.get("calibration", {}).get(name, {}).get("ece")
         lines.append(f"| {name} | {_fmt(m['roc_auc'])} | {_fmt(m['pr_auc'])} | {_fmt(m['log_loss'], 4)} | "
-                     f"{_fmt(m['f1'])} | {_fmt(m['positive_rate'], 4)} | {m['decisions']} | {ci} |")
+                     f"{_fmt(ece, 4)} | {_fmt(m['f1'])} | {_fmt(m['positive_rate'], 4)} | {m['decisions']} | {ci} |")
     if result.get("views"):
         v = result["views"]
         n = v["online"]["decisions"]
@@ -460,6 +485,38 @@ def plot(result: dict[str, Any], path: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.autofmt_xdate()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_reliability(result: dict[str, Any], path: str) -> None:
+    """Write a PNG reliability diagram (observed rate against mean prediction per bin) of every learner."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 5.5), dpi=120)
+    styles = {"online": ("tab:blue", "-", "o"), "static": ("tab:red", "--", "s"),
+              "periodic": ("tab:green", ":", "^"), "heuristic": ("tab:gray", "-.", "x")}
+    top = 0.0
+    for name, (color, ls, marker) in styles.items():
+        cal = result["calibration"][name]
+        xs = [b["predicted"] for b in cal["bins"]]
+        ys = [b["observed"] for b in cal["bins"]]
+        top = max(top, *xs, *ys)
+        ax.plot(xs, ys, label=f"{name} (ECE {cal['ece']:.4f})", color=color, linestyle=ls, marker=marker)
+    top = min(1.0, top * 1.1 or 1.0)
+    ax.plot([0, top], [0, top], color="black", alpha=0.4, linewidth=1, label="perfectly calibrated")
+    ax.set_xlim(0, top)
+    ax.set_ylim(0, top)
+    ax.set_xlabel("mean predicted probability (10 equal-count bins)")
+    ax.set_ylabel("observed rate")
+    ax.set_title(f"portrait evaluate --task {result['task']}: reliability after day {result['static_days']:g}",
+                 fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -97,6 +97,13 @@ def test_result_shape_and_consistency(result: dict[str, Any]) -> None:
         assert 0.0 <= m["f1"] <= 1.0 and 0.0 < m["threshold"] < 1.0
         assert m["positive_rate"] == result["models"]["online"]["positive_rate"]
     assert sum(d["decisions"] for d in result["per_day"]) == n
+    for name, cal in result["calibration"].items():  # equal-count bins covering every decision
+        sizes = [b["n"] for b in cal["bins"]]
+        assert sum(sizes) == n and max(sizes) - min(sizes) <= 1, name
+        predicted = [b["predicted"] for b in cal["bins"]]
+        assert predicted == sorted(predicted) and 0.0 <= cal["ece"] < 0.5, name
+        observed = sum(b["observed"] * b["n"] for b in cal["bins"]) / n
+        assert observed == pytest.approx(result["models"]["online"]["positive_rate"])
     assert [d["day"] for d in result["per_day"]] == sorted(d["day"] for d in result["per_day"])
     assert result["per_day"][0]["day"] == "2026-01-04"  # after the 3 static days
     horizon = 86_400.0 if result["task"] == "item" else 3600.0
@@ -146,16 +153,18 @@ def test_cli_evaluate_writes_json_of_the_documented_shape_and_a_plot(tmp_path: P
                                                                     capsys: pytest.CaptureFixture[str]) -> None:
     events = tmp_path / "events.parquet"
     simulate_to_file(events, users=80, days=6, drift_day=3, seed=3)
-    out, png = tmp_path / "r.json", tmp_path / "r.png"
+    out, png, rel = tmp_path / "r.json", tmp_path / "r.png", tmp_path / "rel.png"
     assert cli.main(["evaluate", str(events), "--task", "user", "--horizon", "2h", "--static-days", "2",
-                     "--bootstrap", "20", "--json", str(out), "--plot", str(png), "--split-day", "3"]) == 0
+                     "--bootstrap", "20", "--json", str(out), "--plot", str(png), "--split-day", "3",
+                     "--reliability", str(rel)]) == 0
     r = json.loads(out.read_text())
     assert (r["task"], r["horizon_s"]) == ("user", 7200.0)
     assert set(r["models"]) == {"online", "static", "periodic", "heuristic"}
     assert {"roc_auc", "log_loss", "pr_auc", "f1", "decisions"} <= set(r["models"]["online"])
     assert set(r["per_day"][0]) >= {"day", "online_auc", "static_auc"}
     assert set(r["periods"]) == {"before", "after"}
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert png.read_bytes()[:8] == rel.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert set(r["calibration"]["online"]) == {"bins", "ece"}
     printed = capsys.readouterr().out
     assert "| online |" in printed and r["per_day"][0]["day"] in printed
 
