@@ -52,6 +52,11 @@ class Settings(BaseSettings):
     """Port of the embedded redis-server (only when redis_url is unset). 0 picks a free port."""
     data_dir: Path = Path("var")
     """Data directory: offline parquet files, the Feast registry, the embedded Redis' files."""
+    partitions: int = Field(default=64, ge=1, le=16_384)
+    """Partitions users are split into (a stable CRC-32 of the stored user id, modulo this): the unit of
+    ownership when workers scale out. Fixed when a data dir is first used and recorded in it
+    (``partitions.json``); a later start with another number refuses to start. Re-partitioning is not
+    supported: replay the events into a new data dir."""
     feature_repo: Path = Path("feature_repo")
     """The Feast feature repository (feature_store.yaml + definitions); applied at start."""
     flush_interval_s: float = Field(default=0.02, gt=0)
