@@ -21,7 +21,7 @@ def _view() -> UserView:
     return UserView(row=row, segment=seg, activity=[[0] * 24 for _ in range(7)],
                     recent=[(1.7e9, EventType.VIEW, EVIL, EVIL, 1.0)],
                     radar=[(EVIL, "user", [0.5] * len(RADAR_AXES))], radar_z={"user": [0.0] * len(RADAR_AXES)},
-                    scores=[(EVIL, 0.5)], scored_from=1)
+                    scores=[(EVIL, 0.5)], scored_from=1, recommended=[(EVIL, 0.25)])
 
 
 def _no_markup_from(html: str) -> None:
