@@ -27,6 +27,9 @@ import math
 import random
 from collections.abc import Sequence
 from operator import mul
+from typing import Any
+
+import numpy as np
 
 from server.domain.events import EventType
 from server.domain.profile import COUNT_FEATURES
@@ -97,23 +100,48 @@ class DenseScaler:
 
 
 class Propensity:
-    """P(purchase within the horizon after this event): River's ``StandardScaler | LogisticRegression``.
+    """P(purchase within the horizon after this event): River's ``StandardScaler | LogisticRegression``,
+    plus replay of recent labels.
 
     Per-feature adaptive steps (``optim.AdaGrad``, ``adaptive=True``) by default: on the simulator with
     drift they beat plain SGD at 0.005 and 0.01 before and after the drift (see docs/learning.md).
-    The math is River's (log loss, intercept step 0.01, gradient clip 1e12, AdaGrad eps 1e-8, L2 added
-    to the gradient) over lists; only the order of the dot product's terms may differ from River's.
+    The math of one step is River's (log loss, intercept step 0.01, gradient clip 1e12, AdaGrad eps 1e-8, L2
+    added to the gradient) over lists; only the order of the dot product's terms may differ from River's.
+
+    **Replay** (``replay`` > 0): after its own step, each label is followed by one mini-batch step on
+    ``replay`` labels drawn (seeded) from the last ``replay_window`` labels, its steps ``replay_boost`` times
+    the model's. One pass of SGD over delayed, rare labels (8 % positives) stays far from the optimum a
+    batch fit reaches on the same inputs; revisiting recent labels closes most of that gap while staying
+    online (bounded memory: the window; adapting: old labels leave it). On real shoppers (taobao-dev, user
+    task) ROC AUC 0.580 → 0.625, level with a daily batch refit (0.626); see docs/learning.md.
+    ``replay=0`` is River's model exactly.
     """
 
-    def __init__(self, learning_rate: float = 0.01, l2: float = 0.0, adaptive: bool = True) -> None:
+    def __init__(self, learning_rate: float = 0.05, l2: float = 0.0, adaptive: bool = True, replay: int = 64,
+                 replay_window: int = 10_000, replay_boost: float = 8.0, seed: int = 0) -> None:
         self.learning_rate = learning_rate
         self.l2 = l2
         self.adaptive = adaptive
+        self.replay = replay
+        self.replay_window = replay_window
+        self.replay_boost = replay_boost
         dim = len(PROPENSITY_INPUTS)
         self._scaler = DenseScaler(dim)
         self._weights = [0.0] * dim
         self._g2 = [0.0] * dim  # AdaGrad's running sums of squared gradients
         self._intercept = 0.0
+        self._replay_x = np.zeros((replay_window if replay else 0, dim))
+        self._replay_y = np.zeros(replay_window if replay else 0)
+        self._labels = 0  # labels learnt (the replay window's write position is labels % window)
+        self._rng = np.random.default_rng(seed)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Checkpoints from before replay (no replay fields) load with an empty window and replay on."""
+        if "replay" not in state:
+            fresh = Propensity()
+            state = {**{k: v for k, v in fresh.__dict__.items() if k.startswith(("replay", "_replay", "_rng"))},
+                     "_labels": 0, **state}
+        self.__dict__.update(state)
 
     @staticmethod
     def vector(features: dict[str, float], event_type: int, t: float) -> tuple[float, ...]:
@@ -150,6 +178,32 @@ class Propensity:
             self._weights = [wi - lr / (a + _ADAGRAD_EPS) ** 0.5 * gi for wi, a, gi in zip(w, g2, gs)]
         else:
             self._weights = [wi - lr * gi for wi, gi in zip(w, gs)]
+        if self.replay:
+            self._replay_step(x, y)
+
+    def _replay_step(self, x: Sequence[float], y: bool) -> None:
+        """Remember the label in the window, then one mini-batch step on ``replay`` labels drawn from it."""
+        window = self.replay_window
+        self._replay_x[self._labels % window] = x
+        self._replay_y[self._labels % window] = 1.0 if y else 0.0
+        self._labels += 1
+        rows = self._rng.integers(min(self._labels, window), size=self.replay)
+        xs, ys = self._replay_x[rows], self._replay_y[rows]
+        stds = np.array(self._scaler.stds)
+        z = np.where(stds > 0, (xs - np.array(self._scaler.means)) / np.where(stds > 0, stds, 1.0), 0.0)
+        w = np.array(self._weights)
+        p = 1.0 / (1.0 + np.exp(-np.clip(z @ w + self._intercept, -30.0, 30.0)))
+        g = p - ys  # the log loss' gradient per row, as _log_loss_gradient
+        boost = self.replay_boost
+        self._intercept -= _INTERCEPT_LR * boost * float(g.mean())
+        gw = z.T @ g / len(g) + self.l2 * w
+        if self.adaptive:
+            g2 = np.array(self._g2) + gw * gw
+            self._g2 = g2.tolist()
+            w = w - self.learning_rate * boost / np.sqrt(g2 + _ADAGRAD_EPS) * gw
+        else:
+            w = w - self.learning_rate * boost * gw
+        self._weights = w.tolist()
 
     @property
     def weights(self) -> dict[str, float]:

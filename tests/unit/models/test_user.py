@@ -150,7 +150,7 @@ def _river_segmenter(k: int) -> compose.Pipeline:
 @pytest.mark.parametrize(("adaptive", "l2"), [(True, 0.0), (False, 0.0), (True, 0.01)])
 def test_propensity_matches_river_pipeline(adaptive: bool, l2: float) -> None:
     river = _river_propensity(adaptive, l2)
-    ours = Propensity(adaptive=adaptive, l2=l2)
+    ours = Propensity(learning_rate=0.01, adaptive=adaptive, l2=l2, replay=0)  # replay off: River's model
     for x, y in _stream(1500, seed=21):
         xd = dict(zip(PROPENSITY_INPUTS, x))
         assert ours.predict(x) == pytest.approx(river.predict_proba_one(xd)[True], abs=1e-12)
