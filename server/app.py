@@ -34,6 +34,7 @@ from server.store.feast import (
     OfflineLog,
     OnlineStore,
     apply_definitions,
+    feast_env,
     offline_dir,
     open_store,
     set_feast_env,
@@ -142,15 +143,19 @@ class PortraitServer:
             log.info("user ids are stored as pseudonyms (key version %s of %d)", ids.keys[-1][0], len(ids.keys))
         data_dir = Path(s.data_dir).resolve()
         data_dir.mkdir(parents=True, exist_ok=True)
-        self.feast_redis, self.embedded = online_redis(s.configured_feast_redis(), data_dir, s.embedded_redis_port)
+        self.feast_redis, self.embedded = online_redis(s.configured_feast_redis(), data_dir, s.embedded_redis_port,
+                                                       cluster=s.redis_cluster)
         if self.embedded is not None:
             log.info("PORTRAIT_REDIS_URL is unset: using the embedded Redis at %s "
                      "(other processes: PORTRAIT_FEAST_REDIS=%s PORTRAIT_DATA_DIR=%s)",
                      self.embedded.url, self.feast_redis, data_dir)
-        set_feast_env(data_dir, self.feast_redis)
+        elif s.redis_cluster:
+            log.info("online store: a Redis Cluster, seed node %s (the other nodes and the slots are discovered)",
+                     self.feast_redis.split(",")[0])
+        set_feast_env(data_dir, self.feast_redis, s.feast_redis_type())
         if s.online_writer == "process":  # it imports Feast on the other core while this process applies
-            self._writer = WriterProcess(s.feature_repo, env={"PORTRAIT_DATA_DIR": str(data_dir),
-                                                              "PORTRAIT_FEAST_REDIS": self.feast_redis},
+            self._writer = WriterProcess(s.feature_repo, env=feast_env(data_dir, self.feast_redis,
+                                                                       s.feast_redis_type()),
                                          timeout_s=s.online_write_timeout_s)
             await self._writer.spawn()
         upgraded = await asyncio.to_thread(upgrade_offline, data_dir)

@@ -54,9 +54,9 @@ def make_settings(data_dir: Path, redis_url: str, **kw: object) -> Settings:
 @pytest.fixture
 def own_server_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """For a test that starts its own in-process server: a server exports PORTRAIT_DATA_DIR and
-    PORTRAIT_FEAST_REDIS for Feast (process-wide); put back the session server's values afterwards, so that
-    later tests' Feast stores do not read a deleted data dir."""
-    for var in ("PORTRAIT_FEAST_REDIS", "PORTRAIT_DATA_DIR"):
+    PORTRAIT_FEAST_REDIS[_TYPE] for Feast (process-wide); put back the session server's values afterwards, so
+    that later tests' Feast stores do not read a deleted data dir."""
+    for var in ("PORTRAIT_FEAST_REDIS", "PORTRAIT_FEAST_REDIS_TYPE", "PORTRAIT_DATA_DIR"):
         monkeypatch.setenv(var, "")  # recorded even when unset (a bare delenv of an unset variable is not undone)
         monkeypatch.delenv(var)
 

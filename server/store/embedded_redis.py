@@ -114,12 +114,17 @@ class EmbeddedRedis:
         self._proc = None
 
 
-def online_redis(configured: str | None, data_dir: Path, port: int) -> tuple[str, EmbeddedRedis | None]:
+def online_redis(configured: str | None, data_dir: Path, port: int,
+                 cluster: bool = False) -> tuple[str, EmbeddedRedis | None]:
     """Feast's Redis connection: ``configured`` (from ``PORTRAIT_FEAST_REDIS`` / ``PORTRAIT_REDIS_URL``) when
     given, else an embedded Redis on ``port`` keeping its files in ``data_dir``, started here (the caller
-    stops it). The one place the server and its tools choose between an external and the embedded Redis."""
+    stops it). The one place the server and its tools choose between an external and the embedded Redis.
+    ``cluster`` (``PORTRAIT_REDIS_CLUSTER``): there is no embedded cluster, a connection must be configured."""
     if configured:
         return configured, None
+    if cluster:
+        raise ValueError("PORTRAIT_REDIS_CLUSTER=true needs PORTRAIT_REDIS_URL naming one node of the Redis Cluster "
+                         "(the embedded Redis is a single server, not a cluster)")
     from server.config import redis_url_to_feast
 
     embedded = EmbeddedRedis(data_dir, port)

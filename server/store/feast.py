@@ -36,10 +36,22 @@ def offline_dir(data_dir: Path) -> Path:
     return Path(data_dir).resolve() / "offline" / "user_profile"
 
 
-def set_feast_env(data_dir: Path, feast_redis: str) -> None:
-    """Export the two variables ``feature_store.yaml`` expands (Feast reads them from the environment)."""
-    os.environ["PORTRAIT_DATA_DIR"] = str(Path(data_dir).resolve())
-    os.environ["PORTRAIT_FEAST_REDIS"] = feast_redis
+def set_feast_env(data_dir: Path, feast_redis: str, redis_type: str = "redis") -> None:
+    """Export the variables ``feature_store.yaml`` expands (Feast reads them from the environment).
+    ``redis_type``: ``redis`` or ``redis_cluster`` (``Settings.feast_redis_type()``)."""
+    if redis_type not in ("redis", "redis_cluster"):
+        raise ValueError(f"redis_type must be redis or redis_cluster, got {redis_type!r}")
+    os.environ.update(feast_env(data_dir, feast_redis, redis_type))
+
+
+def feast_env(data_dir: Path, feast_redis: str, redis_type: str = "redis") -> dict[str, str]:
+    """The variables ``feature_store.yaml`` expands, as a dict (for a child process' environment)."""
+    return {"PORTRAIT_DATA_DIR": str(Path(data_dir).resolve()), "PORTRAIT_FEAST_REDIS": feast_redis,
+            "PORTRAIT_FEAST_REDIS_TYPE": redis_type}
+
+
+#: Every variable ``set_feast_env`` exports (for code that saves and restores them).
+FEAST_ENV_VARS = ("PORTRAIT_DATA_DIR", "PORTRAIT_FEAST_REDIS", "PORTRAIT_FEAST_REDIS_TYPE")
 
 
 def open_store(repo: Path) -> Any:
@@ -71,6 +83,13 @@ def _wait_until(cond: Any, timeout_s: float = 60.0) -> None:
         time.sleep(0.05)
 
 
+def _is_cluster(client: Any) -> bool:
+    """Is Feast's client a redis-py ``RedisCluster`` (``redis_type: redis_cluster``)?"""
+    from redis.cluster import RedisCluster
+
+    return isinstance(client, RedisCluster)
+
+
 class OnlineStore:
     """Writes and reads profile rows through one Feast store (Redis online store)."""
 
@@ -97,9 +116,22 @@ class OnlineStore:
             return None
         return row
 
+    def _client(self) -> Any:
+        """Feast's own redis-py client: a ``Redis``, or a ``RedisCluster`` with ``redis_type: redis_cluster``."""
+        return self._store._get_provider().online_store._get_client(self._store.config.online_store)
+
+    def _servers(self) -> list[Any]:
+        """One plain ``Redis`` client per server holding rows: the server, or every master of a cluster."""
+        client = self._client()
+        if _is_cluster(client):
+            return [client.get_redis_connection(node) for node in client.get_primaries()]
+        return [client]
+
     def delete(self, user_ids: Sequence[str]) -> int:
         """Delete the users' online rows: the Redis hash Feast writes per entity (Feast has no per-entity
-        delete; the key is Feast's own ``_redis_key``). Returns how many existed."""
+        delete; the key is Feast's own ``_redis_key``). Returns how many existed. One key per user and no
+        atomicity across users is needed: on a cluster redis-py splits the DEL by slot (one DEL per slot,
+        pipelined to the masters owning them)."""
         from feast.infra.online_stores.helpers import _redis_key
         from feast.protos.feast.types.EntityKey_pb2 import EntityKey
         from feast.protos.feast.types.Value_pb2 import Value
@@ -108,21 +140,28 @@ class OnlineStore:
         keys = [_redis_key(cfg.project, EntityKey(join_keys=["user_id"], entity_values=[Value(string_val=u)]),
                            entity_key_serialization_version=cfg.entity_key_serialization_version)
                 for u in user_ids]
-        client = self._store._get_provider().online_store._get_client(cfg.online_store)
-        return int(client.delete(*keys)) if keys else 0
+        return int(self._client().delete(*keys)) if keys else 0
 
     def rewrite_persistence(self) -> None:
-        """Make the Redis server rewrite its append-only file and snapshot (so deleted rows leave its files).
-        Used for the embedded Redis, whose files live in the data directory."""
-        client = self._store._get_provider().online_store._get_client(self._store.config.online_store)
-        client.bgrewriteaof()
-        _wait_until(lambda: not int(client.info("persistence")["aof_rewrite_in_progress"])
-                    and not int(client.info("persistence")["aof_rewrite_scheduled"]))
-        client.save()
+        """Make the Redis server rewrite its append-only file and snapshot (so deleted rows leave its files);
+        on a cluster, every master. The server calls it for the embedded Redis only, whose files live in the
+        data directory (an external Redis' files are its operator's)."""
+        for server in self._servers():
+            server.bgrewriteaof()
+            _wait_until(lambda s=server: not int(s.info("persistence")["aof_rewrite_in_progress"])
+                        and not int(s.info("persistence")["aof_rewrite_scheduled"]))
+            server.save()
 
     def ping(self) -> None:
-        """Raise if the online store's Redis is unreachable."""
-        self._store._get_provider().online_store._get_client(self._store.config.online_store).ping()
+        """Raise if the online store's Redis is unreachable; on a cluster, if a master is unreachable or the
+        cluster does not cover every slot (``cluster_state`` not ok)."""
+        for server in self._servers():
+            server.ping()
+        client = self._client()
+        if _is_cluster(client):
+            state = client.cluster_info().get("cluster_state")
+            if state != "ok":
+                raise ConnectionError(f"the Redis Cluster's state is {state!r}, not 'ok'")
 
 
 class OfflineLog:

@@ -35,9 +35,10 @@ def rebuild(settings: Settings, from_start: bool = False) -> int:
     from server.app import worker_config
 
     data_dir = Path(settings.data_dir).resolve()
-    feast_redis, embedded = online_redis(settings.configured_feast_redis(), data_dir, settings.embedded_redis_port)
+    feast_redis, embedded = online_redis(settings.configured_feast_redis(), data_dir, settings.embedded_redis_port,
+                                         cluster=settings.redis_cluster)
     try:
-        set_feast_env(data_dir, feast_redis)
+        set_feast_env(data_dir, feast_redis, settings.feast_redis_type())
         store = apply_definitions(settings.feature_repo, data_dir)
         worker = PartitionWorker(worker_config(settings), Metrics(CollectorRegistry()))
         events = EventLog(data_dir / "log")

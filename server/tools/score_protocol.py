@@ -181,12 +181,14 @@ def evaluate_through_server(path: str, horizon_s: float = DAY, static_days: floa
     stop the server; returns ``summarize``'s result."""
     from server.app import PortraitServer
     from server.config import Settings
+    from server.store.feast import FEAST_ENV_VARS
     from server.tools.eventfile import read_events
 
     events = list(read_events(Path(path)))
     with tempfile.TemporaryDirectory(prefix="portrait-through-server-") as tmp:
         settings = Settings(_env_file=None, data_dir=Path(tmp), grpc_port=0, metrics_port=0, ui_port=0,  # type: ignore[call-arg]
-                            embedded_redis_port=0, redis_url=None, feast_redis=None, log_level="WARNING")
+                            embedded_redis_port=0, redis_url=None, feast_redis=None, redis_cluster=False,
+                            log_level="WARNING")
 
         async def main() -> list[Decision]:
             srv = PortraitServer(settings)
@@ -197,11 +199,11 @@ def evaluate_through_server(path: str, horizon_s: float = DAY, static_days: floa
             finally:
                 await srv.stop()
 
-        saved = {k: v for k, v in os.environ.items() if k in ("PORTRAIT_DATA_DIR", "PORTRAIT_FEAST_REDIS")}
+        saved = {k: v for k, v in os.environ.items() if k in FEAST_ENV_VARS}
         try:
             decisions = asyncio.run(main())
         finally:  # the server exported its (temporary) data dir for Feast: put the caller's back
-            for k in ("PORTRAIT_DATA_DIR", "PORTRAIT_FEAST_REDIS"):
+            for k in FEAST_ENV_VARS:
                 os.environ.pop(k, None)
             os.environ.update(saved)
     result = summarize(decisions, bootstrap)

@@ -16,9 +16,10 @@
   ISO-8601 UTC. The file is written to a temporary name and renamed.
 * Environment (as for every Feast client of Portrait, see the README's Feast section):
   ``PORTRAIT_DATA_DIR`` (the server's data dir: registry + offline parquet) and
-  ``PORTRAIT_FEAST_REDIS`` (``host:port,db=N``; else derived from ``PORTRAIT_REDIS_URL``;
-  neither set: the embedded Redis, ``127.0.0.1:$PORTRAIT_EMBEDDED_REDIS_PORT,db=0``), and
-  ``PORTRAIT_FEATURE_REPO``. The command exports the first two for Feast, like the server.
+  ``PORTRAIT_FEAST_REDIS`` (``host:port,db=N``; else derived from ``PORTRAIT_REDIS_URL``
+  and ``PORTRAIT_REDIS_CLUSTER``; neither set: the embedded Redis,
+  ``127.0.0.1:$PORTRAIT_EMBEDDED_REDIS_PORT,db=0``), and ``PORTRAIT_FEATURE_REPO``. The command
+  exports them for Feast like the server, with ``PORTRAIT_FEAST_REDIS_TYPE`` (redis or redis_cluster).
 * Exit codes: 0 written, 2 bad input (file, columns, timestamps, features, no registry).
 
 >>> import pandas as pd
@@ -202,7 +203,7 @@ def _is_list(v: Any) -> bool:
 
 
 def open_feature_store() -> Any:
-    """The FeatureStore of ``Settings()`` (exports PORTRAIT_DATA_DIR / PORTRAIT_FEAST_REDIS for Feast)."""
+    """The FeatureStore of ``Settings()`` (exports PORTRAIT_DATA_DIR / PORTRAIT_FEAST_REDIS[_TYPE] for Feast)."""
     from server.config import Settings
     from server.store.feast import open_store, set_feast_env
 
@@ -211,7 +212,7 @@ def open_feature_store() -> Any:
     if not (data_dir / "registry.db").exists():
         raise TrainingSetError(f"no Feast registry in {data_dir}: set PORTRAIT_DATA_DIR to the server's data "
                                f"directory (`portrait serve` applies the definitions there at start)")
-    set_feast_env(data_dir, feast_redis(s))
+    set_feast_env(data_dir, feast_redis(s), s.feast_redis_type())
     return open_store(s.feature_repo)
 
 

@@ -52,13 +52,13 @@ def test_serve_embedded_cli_other_process_feast_and_sigterm(tmp_path: Path) -> N
         assert prof["version"] == "1" and prof["features"]["lifetime_spend"] == 12.5
         assert prof["top_categories"] == ["toys"]
 
-        # Another service reads with plain Feast, configured only by the two documented variables.
+        # Another service reads with plain Feast, configured only by the three documented variables.
         reader = (
             "from feast import FeatureStore; import sys; s = FeatureStore(repo_path='feature_repo'); "
             "r = s.get_online_features(features=s.get_feature_service('user_profile_v1'), "
             f"entity_rows=[{{'user_id': '{user}'}}]).to_dict(); print(r['lifetime_spend'][0], r['profile_version'][0])"
         )
-        feast_env = dict(env, PORTRAIT_FEAST_REDIS=f"127.0.0.1:{redis_port},db=0")
+        feast_env = dict(env, PORTRAIT_FEAST_REDIS=f"127.0.0.1:{redis_port},db=0", PORTRAIT_FEAST_REDIS_TYPE="redis")
         other = subprocess.run([sys.executable, "-c", reader], cwd=ROOT, env=feast_env, capture_output=True,
                                text=True, timeout=120)
         assert other.returncode == 0, other.stderr

@@ -326,7 +326,7 @@ def test_replay_log_rebuilds_profiles_into_an_empty_online_store(tmp_path: Path,
     assert f"rebuilt {len(users)} profiles from {len(events)} log records" in out.stdout
     saved = dict(os.environ)
     try:
-        set_feast_env(tmp_path / "data", redis_url_to_feast(empty_db))
+        set_feast_env(tmp_path / "data", redis_url_to_feast(empty_db), "redis")
         store = open_store(ROOT / "feature_repo")
         got = store.get_online_features(features=store.get_feature_service(FEATURE_SERVICE),
                                         entity_rows=[{"user_id": u} for u in users]).to_dict()

@@ -80,7 +80,8 @@ async def test_delete_user_forgets_online_in_memory_and_after_compaction_in_ever
         tmp_path: Path, pseudonymized: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     from server.app import PortraitServer
 
-    for var in ("PORTRAIT_FEAST_REDIS", "PORTRAIT_DATA_DIR"):  # the server exports them for Feast: restore after
+    for var in ("PORTRAIT_FEAST_REDIS", "PORTRAIT_FEAST_REDIS_TYPE", "PORTRAIT_DATA_DIR"):  # the server exports
+        # them for Feast: restore after
         monkeypatch.setenv(var, "")  # recorded even when unset (a bare delenv of an unset variable is not undone,
         monkeypatch.delenv(var)  # and the session server, started later, took this test's Redis from it)
     data = tmp_path / "data"

@@ -160,11 +160,12 @@ def capture_logs() -> Iterator[LogCapture]:
 async def running(data_dir: Path, redis_url: str, **settings: Any) -> AsyncIterator[PortraitServer]:
     """A PortraitServer in this process; ``srv.start_log`` holds what it logged while starting.
 
-    Every start exports PORTRAIT_DATA_DIR and PORTRAIT_FEAST_REDIS into this process' environment
+    Every start exports PORTRAIT_DATA_DIR and PORTRAIT_FEAST_REDIS[_TYPE] into this process' environment
     (for Feast): ``feast_redis=None`` explicitly, else Settings would take the previous server's over
     ``redis_url``, and both are put back afterwards."""
     settings.setdefault("feast_redis", None)
-    exported = {k: os.environ.get(k) for k in ("PORTRAIT_DATA_DIR", "PORTRAIT_FEAST_REDIS")}
+    exported = {k: os.environ.get(k) for k in ("PORTRAIT_DATA_DIR", "PORTRAIT_FEAST_REDIS",
+                                               "PORTRAIT_FEAST_REDIS_TYPE")}
     srv = PortraitServer(make_settings(data_dir, redis_url, **settings))
     try:
         with capture_logs() as logs:

@@ -129,7 +129,8 @@ async def test_redis_errors_come_back_and_the_writer_stays_up() -> None:
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    w = WriterProcess(ROOT / "feature_repo", env={"PORTRAIT_FEAST_REDIS": f"127.0.0.1:{port},db=0"}, timeout_s=30)
+    w = WriterProcess(ROOT / "feature_repo", env={"PORTRAIT_FEAST_REDIS": f"127.0.0.1:{port},db=0",
+                                                         "PORTRAIT_FEAST_REDIS_TYPE": "redis"}, timeout_s=30)
     await w.open()
     try:
         for _ in range(2):
