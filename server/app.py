@@ -27,6 +27,7 @@ from server.api.servicer import ProfileServicer
 from server.config import Settings
 from server.domain.pseudonym import Pseudonymizer, PseudonymKeyError
 from server.log.compaction import load_salt
+from server.log.partitions import PartitionsChanged, ensure_partitions
 from server.metrics import Metrics, serve_metrics
 from server.models.trainer import TrainerConfig
 from server.store.embedded_redis import EmbeddedRedis, online_redis
@@ -143,6 +144,7 @@ class PortraitServer:
             log.info("user ids are stored as pseudonyms (key version %s of %d)", ids.keys[-1][0], len(ids.keys))
         data_dir = Path(s.data_dir).resolve()
         data_dir.mkdir(parents=True, exist_ok=True)
+        ensure_partitions(data_dir, s.partitions)  # before anything is written: a changed count refuses to start
         self.feast_redis, self.embedded = online_redis(s.configured_feast_redis(), data_dir, s.embedded_redis_port,
                                                        cluster=s.redis_cluster)
         if self.embedded is not None:
@@ -311,7 +313,7 @@ async def serve(settings: Settings) -> None:
     server = PortraitServer(settings)
     try:
         await server.start()
-    except SecurityConfigError as exc:
+    except (SecurityConfigError, PartitionsChanged) as exc:
         log.error("refusing to start: %s", exc)
         raise SystemExit(2) from None
     stop = asyncio.Event()

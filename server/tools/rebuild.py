@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry
 from server.config import Settings
 from server.log import checkpoint
 from server.log.eventlog import EventLog
+from server.log.partitions import PartitionsChanged, ensure_partitions
 from server.metrics import Metrics
 from server.store.embedded_redis import online_redis
 from server.store.feast import OfflineLog, OnlineStore, apply_definitions, set_feast_env
@@ -35,6 +36,11 @@ def rebuild(settings: Settings, from_start: bool = False) -> int:
     from server.app import worker_config
 
     data_dir = Path(settings.data_dir).resolve()
+    try:
+        ensure_partitions(data_dir, settings.partitions)
+    except PartitionsChanged as exc:
+        log.error("refusing to rebuild: %s", exc)
+        return 2
     feast_redis, embedded = online_redis(settings.configured_feast_redis(), data_dir, settings.embedded_redis_port,
                                          cluster=settings.redis_cluster)
     try:
