@@ -149,7 +149,7 @@ class PortraitServer:
                                                        cluster=s.redis_cluster)
         if self.embedded is not None:
             log.info("PORTRAIT_REDIS_URL is unset: using the embedded Redis at %s "
-                     "(other processes: PORTRAIT_FEAST_REDIS=%s PORTRAIT_DATA_DIR=%s)",
+                     "(other processes: PORTRAIT_FEAST_REDIS=%s PORTRAIT_FEAST_REDIS_TYPE=redis PORTRAIT_DATA_DIR=%s)",
                      self.embedded.url, self.feast_redis, data_dir)
         elif s.redis_cluster:
             log.info("online store: a Redis Cluster, seed node %s (the other nodes and the slots are discovered)",
