@@ -256,8 +256,8 @@ def cmd_timers(a: argparse.Namespace) -> dict[str, Any]:
             "pending_after": len(p.timers)}
 
 
-#: The trainer's messages by what learns from them (``Trainer.feed``).
 def _message_kind(message: Any) -> str:
+    """What learns from a message to the trainer (``Trainer.feed``): the row name of the costs table."""
     from server.models.trainer import Labelled
 
     kind = type(message).__name__

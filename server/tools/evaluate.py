@@ -436,7 +436,7 @@ def format_table(result: dict[str, Any]) -> str:
         m = result["models"][name]
         b = boot.get(name)
         ci = f"{b['auc_diff']:+.3f} [{b['ci95'][0]:+.3f}, {b['ci95'][1]:+.3f}]" if b else "-"
-        ece = result.get("calibration", {}).get(name, {}).get("ece")
+        ece = result["calibration"][name]["ece"]
         lines.append(f"| {name} | {_fmt(m['roc_auc'])} | {_fmt(m['pr_auc'])} | {_fmt(m['log_loss'], 4)} | "
                      f"{_fmt(ece, 4)} | {_fmt(m['f1'])} | {_fmt(m['positive_rate'], 4)} | {m['decisions']} | {ci} |")
     if result.get("views"):

@@ -195,6 +195,17 @@ def _feature_cell(name: str, v: Any) -> str:
     return f'<span data-field="{escape(name)}" data-value="{escape(repr(float(v)))}">{escape(shown)}</span>'
 
 
+def _ranked(items: list[tuple[str, float]], header: str, attr: str, v_max: float, css_id: str, empty: str) -> str:
+    """Items with probabilities, best first (Score, Recommend): bars and a table whose value cells carry
+    ``data-<attr>="item"`` and ``data-value`` (what the browser tests read)."""
+    if not items:
+        return f"<p>{empty}</p>"
+    return charts.bars(list(items), v_max=v_max) + table(
+        ["item", header],
+        [[escape(i), f'<span data-{attr}="{escape(i)}" data-value="{p!r}">{p:.4f}</span>'] for i, p in items],
+        css_id)
+
+
 def user_page(user_id: str, v: UserView, *, signed_in: bool = False) -> str:
     """``/users/{user_id}``: the profile card, charts, recent events, Score results."""
     row = v.row
@@ -253,22 +264,12 @@ def user_page(user_id: str, v: UserView, *, signed_in: bool = False) -> str:
                    for t, k, item, cat, price in v.recent]
     recent = section("Recent events", table(["time", "type", "item", "category", "price"], recent_rows, "recent")
                      if recent_rows else "<p>No events kept.</p>", note="The latest events by event time (at most 20).")
-    if v.scores:
-        score = charts.bars([(i, p) for i, p in v.scores], v_max=1.0) + table(
-            ["item", "P(buys within the horizon)"],
-            [[escape(i), f'<span data-score="{escape(i)}" data-value="{p!r}">{p:.4f}</span>'] for i, p in v.scores],
-            "scores")
-    else:
-        score = "<p>No recently touched items to score.</p>"
+    score = _ranked(v.scores, "P(buys within the horizon)", "score", 1.0, "scores",
+                    "No recently touched items to score.")
     scores = section("Score", score, note=f"Score (the RPC) of the {v.scored_from} items in the recent events, "
                                           "best first: P(the user buys it within the item horizon if viewed now).")
-    if v.recommended:
-        rec = charts.bars(list(v.recommended), v_max=max(p for _, p in v.recommended)) + table(
-            ["item", "P(the item bought next)"],
-            [[escape(i), f'<span data-recommend="{escape(i)}" data-value="{p!r}">{p:.4f}</span>']
-             for i, p in v.recommended], "recommended")
-    else:
-        rec = "<p>No items known yet.</p>"
+    rec = _ranked(v.recommended, "P(the item bought next)", "recommend",
+                  max((p for _, p in v.recommended), default=1.0), "recommended", "No items known yet.")
     recommended = section("Recommend", rec, note="Recommend (the RPC) for this user, best first: candidates from "
                                                  "the user's recent items, items co-visited with them, the top "
                                                  "categories' and the most touched items, ranked by the model "
