@@ -54,6 +54,8 @@ log = logging.getLogger("portrait")
 SERVICE_NAME = portrait_pb2.DESCRIPTOR.services_by_name["ProfileService"].full_name
 #: Health-check name that is NOT_SERVING while online-store writes fail (ingest keeps working).
 ONLINE_STORE_HEALTH = "portrait.online_store"
+#: SERVING while every partition has a live owner (one in-process worker today: while the server runs)
+WORKERS_HEALTH = "portrait.workers"
 GAUGE_REFRESH_S = 1.0
 QUALITY_EVERY = 15  # gauge refreshes between exact AUC/log-loss recomputations (8.6 % of a stream run)
 
@@ -116,6 +118,8 @@ class PortraitServer:
         self._ui: ExplorerServer | None = None
         self.feast_redis = ""
         self._server: grpc.aio.Server | None = None
+        self._health_server: grpc.aio.Server | None = None  # PORTRAIT_HEALTH_PORT: plaintext, health only
+        self.health_port = 0
         self._http: Any = None
         self._health = health.aio.HealthServicer()
         self._tasks: list[asyncio.Task[None]] = []
@@ -234,13 +238,22 @@ class PortraitServer:
         materializer.start()
         await server.start()
         self._server = server
+        if s.health_port:
+            # Native Kubernetes gRPC probes speak plaintext only: the same HealthServicer (same statuses) on a
+            # port of its own that serves nothing else, so TLS on the main port need not be given up.
+            self._health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+            health_pb2_grpc.add_HealthServicer_to_server(self._health, self._health_server)
+            self.health_port = self._health_server.add_insecure_port(f"{s.bind}:{s.health_port}")
+            await self._health_server.start()
         self._tasks.append(asyncio.create_task(self._refresh_gauges(), name="gauges"))
         self._tasks.append(asyncio.create_task(durability.run(), name="checkpoints"))
         self._tasks.append(asyncio.create_task(self._compact_periodically(), name="compaction"))
-        for name in ("", SERVICE_NAME, ONLINE_STORE_HEALTH):
+        for name in ("", SERVICE_NAME, ONLINE_STORE_HEALTH, WORKERS_HEALTH):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("serving portrait.v1.ProfileService on %s:%d (at most %d connections), metrics on "
                  "http://%s:%d/metrics", s.bind, self.grpc_port, self.max_connections, s.bind, self.metrics_port)
+        if self._health_server is not None:
+            log.info("plaintext health checks (grpc.health.v1 only) on %s:%d", s.bind, self.health_port)
         if self._ui is not None:
             log.info("explorer on %s://%s:%d/%s", self._ui.scheme, s.bind, self.ui_port,
                      " (sign in with a read key)" if policy.keys is not None else "")
@@ -288,6 +301,8 @@ class PortraitServer:
             await asyncio.to_thread(self._ui.close)  # its pages read the state about to be flushed and closed
         if self._server:
             await self._server.stop(grace)
+        if self._health_server:
+            await self._health_server.stop(0)  # probes read NOT_SERVING until the main port closed
         for t in self._tasks:
             t.cancel()
         if self.core:

@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     ui_port: int = Field(default=8080, ge=0, le=65535)
     """The explorer's web pages (profiles, segments, models). 0 = off. Same bind as gRPC; on a non-loopback
     bind it needs API keys (the read role's key) or client certificates, never an open page."""
+    health_port: int = Field(default=0, ge=0, le=65535)
+    """A plaintext port serving only ``grpc.health.v1`` (the same statuses as the gRPC port), for probes that
+    cannot speak TLS — Kubernetes' native gRPC probes. 0 = off. Nothing else is served on it."""
     ui_history_interval_s: float = Field(default=60.0, gt=0)
     """The explorer samples events/s and model quality this often for its charts (the last 1440 samples)."""
     bind: str = "127.0.0.1"

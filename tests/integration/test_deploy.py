@@ -786,13 +786,16 @@ def _container(sts: dict[str, Any]) -> dict[str, Any]:
 
 def test_k8s_statefulset_probes_are_grpc() -> None:
     c = _container(k8s_one("StatefulSet"))
+    health_port = int(k8s_one("ConfigMap")["data"]["PORTRAIT_HEALTH_PORT"])
+    assert {"name": "health", "containerPort": health_port, "protocol": "TCP"} in c["ports"]
+    assert health_port not in (GRPC_PORT, METRICS_PORT)
     for probe in ("readinessProbe", "livenessProbe"):
         assert probe in c, f"{probe} missing"
     for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
         if probe in c:
             p = c[probe]
             assert set(p) & {"grpc", "httpGet", "exec", "tcpSocket"} == {"grpc"}, f"{probe}: {p}"
-            assert p["grpc"]["port"] == GRPC_PORT
+            assert p["grpc"]["port"] == health_port  # plaintext, health only: works when 50051 uses TLS
             assert p["grpc"].get("service", "") in ("", "portrait.v1.ProfileService")
 
 

@@ -37,7 +37,7 @@ from server.api.client import PortraitClient
 from server.api.security import SecurityConfigError, access_policy, key_digest
 from server.app import PortraitServer, grpc_server_options
 from server.config import Settings, redis_url_to_feast
-from tests.conftest import ROOT, ServerProcess, make_settings, uid
+from tests.conftest import ROOT, ServerProcess, free_port, make_settings, uid
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 
@@ -223,11 +223,11 @@ class Secured:
 
 @pytest.fixture(scope="module")
 async def secured(pki: Pki, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Secured]:
-    """TLS (certificate from ca1) + API keys; reflection left at its default."""
+    """TLS (certificate from ca1) + API keys + a plaintext health-only port; reflection left at its default."""
     d = tmp_path_factory.mktemp("secured")
     keys = Keys(d / "keys.txt")
     async with running(d / "data", redis_url, tls_cert=pki.server1.cert, tls_key=pki.server1.key,
-                       api_keys=keys.path) as srv:
+                       api_keys=keys.path, health_port=free_port()) as srv:
         yield Secured(srv, keys, pki)
 
 
@@ -250,6 +250,26 @@ async def test_tls_serves_verified_clients_and_refuses_plaintext(secured: Secure
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_the_health_port_answers_plaintext_probes_and_serves_nothing_else(secured: Secured) -> None:
+    """What a Kubernetes gRPC probe does (plaintext, no key) works beside TLS + API keys on the main port."""
+    srv = secured.srv
+    assert srv.health_port and srv.health_port != srv.grpc_port
+    assert f"health checks (grpc.health.v1 only) on 127.0.0.1:{srv.health_port}" in srv.start_log  # type: ignore[attr-defined]
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.health_port}") as ch:
+        health = health_pb2_grpc.HealthStub(ch)
+        for service in ("", "portrait.v1.ProfileService", "portrait.online_store", "portrait.workers"):
+            r = await health.Check(health_pb2.HealthCheckRequest(service=service), timeout=TIMEOUT)
+            assert r.status == health_pb2.HealthCheckResponse.SERVING, service
+        with pytest.raises(grpc.aio.AioRpcError) as info:  # the API is not on this port, key or not
+            await pb_grpc.ProfileServiceStub(ch).GetProfile(pb.GetProfileRequest(user_id="u"), timeout=TIMEOUT,
+                                                             metadata=bearer(secured.keys.admin))
+        assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await reflection_pb2_grpc.ServerReflectionStub(ch).ServerReflectionInfo(
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")])).read()
+        assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
 async def test_mutual_tls_needs_a_client_certificate_from_the_configured_ca(
