@@ -22,7 +22,13 @@
     ``portrait_stage_duration_seconds``; then Score (10 candidates), Recommend (k=10) and a row build are
     timed per call, and the item-side state (popularity, co-visitation, top items) is measured per item
     with tracemalloc. Reports µs per event (averaged over all events) and per call.
-
+``python -m bench.inproc components --events F``
+    Cost per event of each component of the scaled-out design, measured apart (issue #16): the front end
+    (TrackBatch bytes -> protobuf -> domain events, batches of 500), the log append (record encoding + the
+    event log's append and a group commit with fsync per 500), the worker's apply with learning taken out
+    (scoring on; the trainer's messages are recorded, not learnt), the trainer learning those messages, a
+    row build per event, and the online write of those rows through Feast into an embedded Redis
+    (batches of 500). The in-process server does all of them on one core today.
 Each prints one JSON object on its last stdout line.
 """
 
@@ -350,6 +356,93 @@ def cmd_costs(a: argparse.Namespace) -> dict[str, Any]:
             "item_state_bytes_per_item": item_bytes / max(n_items, 1)}
 
 
+def cmd_components(a: argparse.Namespace) -> dict[str, Any]:
+    import asyncio
+    import tempfile
+    from pathlib import Path
+
+    from bench.client import protos
+    from server._gen.portrait.v1 import portrait_pb2 as pb
+    from server.api import convert
+    from server.log import codec
+    from server.log.eventlog import EventLog
+    from server.models.trainer import Trainer, TrainerConfig
+
+    batch = 500
+    events = stream.load(a.events)
+    now = time.time()
+    out: dict[str, float] = {}
+    # front end: what TrackBatch does before the worker (gRPC's own transport is not in here)
+    msgs = protos(events)
+    payloads = [pb.TrackBatchRequest(events=msgs[i:i + batch]).SerializeToString() for i in range(0, len(msgs), batch)]
+    gc.collect()
+    t0 = time.perf_counter()
+    for b in payloads:
+        [convert.event_from_proto(m) for m in pb.TrackBatchRequest.FromString(b).events]
+    out["front end: decode + convert"] = (time.perf_counter() - t0) / len(events) * 1e6
+    # the worker without learning: every message for the trainer is kept for the next measurement
+    p = new_pipeline()
+    sent: list[Any] = []
+    p.trainer.feed = sent.append  # type: ignore[method-assign]
+    gc.collect()
+    accepted = 0
+    applied: list[str] = []
+    t0 = time.perf_counter()
+    for e in events:
+        if p.check(e, now) is None:
+            p.apply(e)
+            accepted += 1
+            applied.append(e.user_id)
+    out["worker: validate + dedupe + apply + score (no learning)"] = (time.perf_counter() - t0) / accepted * 1e6
+    trainer = Trainer(TrainerConfig())
+    gc.collect()
+    t0 = time.perf_counter()
+    for m in sent:
+        trainer.feed(m)
+    out["trainer: learn every model"] = (time.perf_counter() - t0) / accepted * 1e6
+    # the log: each accepted event encoded and appended, one fsynced commit per batch
+    with tempfile.TemporaryDirectory() as d:
+        log = EventLog(Path(d) / "log")
+        log.open()
+
+        async def append_all() -> float:
+            t = time.perf_counter()
+            for i in range(0, len(events), batch):
+                for e in events[i:i + batch]:
+                    log.append(codec.event_to_bytes(e))
+                await log.commit()
+            return time.perf_counter() - t
+
+        out["log: encode + append + fsync per 500"] = asyncio.run(append_all()) / len(events) * 1e6
+        log.close()
+    # rows: one build per applied event (an upper bound: the server coalesces a user's rows within a flush)
+    sample = applied[:: max(1, len(applied) // 5000)]
+    gc.collect()
+    t0 = time.perf_counter()
+    rows = [p.row(u) for u in sample]
+    out["worker: row build"] = (time.perf_counter() - t0) / len(sample) * 1e6
+    # online write through Feast into a Redis of its own (the server's writer child does this part)
+    with tempfile.TemporaryDirectory() as d:
+        from server.config import redis_url_to_feast
+        from server.store.embedded_redis import EmbeddedRedis
+        from server.store.feast import apply_definitions, set_feast_env
+        from server.store.writer import FeastRowWriter
+
+        redis = EmbeddedRedis(Path(d) / "redis", port=0)
+        redis.start()
+        try:
+            set_feast_env(Path(d), redis_url_to_feast(redis.url))
+            writer = FeastRowWriter(apply_definitions(Path(a.feature_repo), Path(d)))
+            writer.write(rows[:batch])  # warm (connection, registry)
+            t0 = time.perf_counter()
+            for i in range(0, len(rows), batch):
+                writer.write(rows[i:i + batch])
+            out["online write: Feast -> Redis, 500 rows per call"] = (time.perf_counter() - t0) / len(rows) * 1e6
+        finally:
+            redis.stop()
+    return {"events": len(events), "accepted": accepted, "rows": len(rows), "us_per_event": out}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.inproc")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -372,9 +465,12 @@ def main(argv: list[str] | None = None) -> int:
     tm.add_argument("--seed", type=int, default=1)
     co = sub.add_parser("costs")
     co.add_argument("--events", required=True)
+    cp = sub.add_parser("components")
+    cp.add_argument("--events", required=True)
+    cp.add_argument("--feature-repo", default="feature_repo")
     a = ap.parse_args(argv)
     fn = {"limit": cmd_limit, "memory": cmd_memory, "scaling": cmd_scaling, "timers": cmd_timers,
-          "costs": cmd_costs}[a.cmd]
+          "costs": cmd_costs, "components": cmd_components}[a.cmd]
     print(json.dumps(fn(a)), flush=True)
     return 0
 

@@ -151,9 +151,46 @@ def rows(doc: dict[str, Any]) -> list[list[str]]:
     co = doc.get("costs")
     if co:
         out += cost_rows(co)
+    cp = doc.get("components")
+    if cp:
+        out += component_rows(cp["us_per_event"])
     ab = doc.get("abuse")
     if ab:
         out += abuse_rows(ab)
+    return out
+
+
+TRAINER = "trainer: learn every model"
+CORES = (8, 32, 128)
+
+
+def projection(us: dict[str, float], cores: int) -> tuple[float, str]:
+    """Events/s the scaled-out design would reach on ``cores`` from per-event component costs, and the arithmetic.
+
+    One core runs the trainer (the single writer of the shared models: it caps the whole system); every other
+    component scales with partitions over the remaining cores. An upper bound: one row per event (the server
+    coalesces a user's rows within a flush), no Ray call overhead, Redis's own CPU not counted.
+
+    >>> eps, how = projection({TRAINER: 50.0, "worker": 150.0, "online write": 100.0}, 8)
+    >>> round(eps), how
+    (20000, 'min(1e6/50 trainer = 20,000; (8-1) × 1e6/250 = 28,000)')
+    """
+    learn = us[TRAINER]
+    rest = sum(v for k, v in us.items() if k != TRAINER)
+    trainer_cap, scaled = 1e6 / learn, (cores - 1) * 1e6 / rest
+    return min(trainer_cap, scaled), (f"min(1e6/{learn:,.0f} trainer = {trainer_cap:,.0f}; "
+                                      f"({cores}-1) × 1e6/{rest:,.0f} = {scaled:,.0f})")
+
+
+def component_rows(us: dict[str, float]) -> list[list[str]]:
+    """The components phase (bench/inproc.py components) and the projection to 8, 32 and 128 cores."""
+    out = [[f"component cost per event: {name}", f"{v:,.1f} µs", "—", "—", "—", ""] for name, v in us.items()]
+    one = 1e6 / sum(us.values())
+    out.append(["projection: 1 core, every component in one process", f"{one:,.0f}/s", "—", "—", "—",
+                f"1e6/{sum(us.values()):,.0f} µs (today's server, before gRPC transport)"])
+    for c in CORES:
+        eps_c, how = projection(us, c)
+        out.append([f"projection: {c} cores (1 trainer + the rest scaled out)", f"{eps_c:,.0f}/s", "—", "—", "—", how])
     return out
 
 

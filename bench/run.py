@@ -399,6 +399,14 @@ class Bench:
         self.log(f"costs: {r['us_per_event_total']:,.0f} µs/event in all; "
                  + ", ".join(f"{k} {v:,.1f}" for k, v in r["learn_us_per_event"].items()) + " µs/event")
 
+    def components(self) -> None:
+        """Each component of the scaled-out design apart, per event (bench/inproc.py components; issue #16), and the
+        projection to more cores in the table (bench/report.py projection)."""
+        r = self.child("components", "bench.inproc", "components", "--events", str(self.events_file),
+                       "--feature-repo", str(self.repo / "feature_repo"), timeout_s=1800)
+        self.results["components"] = r
+        self.log("components: " + ", ".join(f"{k} {v:,.1f}" for k, v in r["us_per_event"].items()) + " µs/event")
+
     def abuse(self) -> None:
         """Track p99 at rest vs while 20k idle TCP connections and 256 idle TrackStreams are held (bench/abuse.py)."""
         from bench.abuse import run_phase
@@ -545,7 +553,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                          "server's embedded Redis on a free port)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--only", default="",
-                    help="comma-separated phases: limit,portrait,naive,memory,scaling,timers,costs,abuse")
+                    help="comma-separated phases: limit,portrait,naive,memory,scaling,timers,costs,components,abuse")
     ap.add_argument("--profile", action="store_true", help="py-spy (via uvx) the limit loop and the server during "
                     "the first TrackBatch round (cProfile for the limit loop if py-spy is missing)")
     ap.add_argument("--repo", default=str(ROOT), help=argparse.SUPPRESS)
@@ -555,7 +563,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return a
 
 
-PHASES = ("limit", "portrait", "naive", "memory", "scaling", "timers", "costs", "abuse")
+PHASES = ("limit", "portrait", "naive", "memory", "scaling", "timers", "costs", "components", "abuse")
 
 
 def main(argv: list[str] | None = None) -> int:
