@@ -24,6 +24,7 @@ from server._gen.portrait.v1 import portrait_pb2, portrait_pb2_grpc
 from server.api.interceptors import ServerInterceptor
 from server.api.security import AuthInterceptor, SecurityConfigError, access_policy
 from server.api.servicer import ProfileServicer
+from server.cluster.status import ProcessStatus, in_process
 from server.config import Settings
 from server.domain.pseudonym import Pseudonymizer, PseudonymKeyError
 from server.log.compaction import load_salt
@@ -211,7 +212,12 @@ class PortraitServer:
         if policy.keys is not None:
             interceptors.append(AuthInterceptor(policy.keys, self.metrics))
         server = grpc.aio.server(interceptors=interceptors, options=grpc_server_options(s, self.max_connections))
-        portrait_pb2_grpc.add_ProfileServiceServicer_to_server(ProfileServicer(self.core), server)
+        core = self.core
+
+        def workers() -> tuple[int, list[ProcessStatus]]:  # one process: it owns every partition and the models
+            return s.partitions, in_process(core.worker.trainer, durability.log.next_offset, s.partitions)
+
+        portrait_pb2_grpc.add_ProfileServiceServicer_to_server(ProfileServicer(self.core, workers), server)
         service = portrait_pb2.DESCRIPTOR.services_by_name["ProfileService"]
         self.metrics.export_rpcs([("client_stream" if m.client_streaming else "unary", service.full_name, m.name)
                                   for m in service.methods])

@@ -63,6 +63,11 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("user_id")
         cmd.add_argument("--target", default=None)
         _connection_arguments(cmd)
+    workers = sub.add_parser("workers", help="list the processes serving (role, pid, host, partitions with applied "
+                                              "offset and lag, model versions; admin key)")
+    workers.add_argument("--json", action="store_true", help="one JSON document (processes, partitions)")
+    workers.add_argument("--target", default=None)
+    _connection_arguments(workers)
     compact = sub.add_parser("compact", help="rewrite stored files without erased users now (admin key)")
     compact.add_argument("--target", default=None)
     _connection_arguments(compact)
@@ -175,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         return rebuild(settings, from_start=args.from_start)
     if args.command in ("delete-user", "unsuppress", "compact"):
         return _admin(args)
+    if args.command == "workers":
+        return _workers(args)
     if args.command == "pseudonym":
         from server.config import Settings
         from server.domain.pseudonym import Pseudonymizer
@@ -335,4 +342,30 @@ def _send(args: argparse.Namespace) -> int:
                 return 1
             print(f"{e.event_id}: version={r.profile_version} propensity={r.purchase_propensity:.4f} "
                   f"segment={r.segment} duplicate={r.duplicate}")
+    return 0
+
+
+def _workers(args: argparse.Namespace) -> int:
+    import json
+
+    import grpc
+    from google.protobuf.json_format import MessageToDict
+
+    try:
+        with _client(args) as c:
+            r = c.workers()
+    except grpc.RpcError as exc:
+        print(f"portrait workers: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    if args.json:
+        doc = MessageToDict(r, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+        print(json.dumps(doc, indent=2))
+        return 0
+    print(f"{'role':<9} {'pid':>8}  {'host':<20} {'partitions':>10} {'applied (min)':>13} {'lag (max)':>9}  models")
+    for p in r.processes:
+        applied = min((s.applied_offset for s in p.partitions), default=None)
+        lag = max((s.lag for s in p.partitions), default=None)
+        models = ", ".join(f"{k} {v:,}" for k, v in sorted(p.model_versions.items())) or "-"
+        print(f"{p.role:<9} {p.pid:>8}  {p.host[:20]:<20} {len(p.partitions):>10} "
+              f"{'-' if applied is None else f'{applied:,}':>13} {'-' if lag is None else f'{lag:,}':>9}  {models}")
     return 0

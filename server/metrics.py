@@ -35,6 +35,8 @@ OUTCOMES = ("accepted", "duplicate", "rejected", "suppressed")
 REJECT_REASONS = ("bad_credentials", "decode", "inflight", "log_backlog", "no_credentials", "permission_denied",
                   "stream_idle", "time_limit")
 MODELS = ("propensity", "item")
+#: Every shared model with a version (``server.models.trainer.VERSIONED``; a test keeps them equal).
+VERSIONED_MODELS = ("propensity", "item", "recommend", "segments", "risk", "item_stats")
 LABELS = ("positive", "negative")
 WORKER_STAGES = ("validate", "dedupe", "profile", "labels", "ranking", "risk", "models")
 STAGES = (*WORKER_STAGES, "online_write", "offline_write")
@@ -101,6 +103,14 @@ class Metrics:
             "portrait_model_log_loss", "Rolling prequential log loss from resolved labels, by model.",
             ["model"], registry=r,
         )
+        self.model_version = Gauge(
+            "portrait_model_version", "Version of each shared model the workers score with (messages it has "
+            "learnt; in one process every message publishes a version).", ["model"], registry=r,
+        )
+        self.model_staleness = Gauge(
+            "portrait_model_staleness_seconds", "How far the version the workers score with lags the trainer's "
+            "newest, by model (0 in one process: workers score with the live models).", ["model"], registry=r,
+        )
         self.erasures = Counter(
             "portrait_erasures", "Users erased (DeleteUser calls that completed).", registry=r,
         )
@@ -166,6 +176,9 @@ class Metrics:
             self.model_log_loss.labels(model=model).set(float("nan"))
             for label in LABELS:
                 self.labels.labels(model=model, label=label)
+        for model in VERSIONED_MODELS:
+            self.model_version.labels(model=model).set(0)
+            self.model_staleness.labels(model=model).set(0)
         for stage in STAGES:
             self.stage_duration.labels(stage=stage)
         for queue in QUEUES:

@@ -168,3 +168,8 @@ class PortraitClient:
     def compact(self, timeout_s: float | None = None) -> pb.CompactResponse:
         """Rewrite stored files without erased users now (admin key; may take minutes on big data dirs)."""
         return self.stub.Compact(pb.CompactRequest(), timeout=timeout_s)
+
+    def workers(self) -> pb.WorkersResponse:
+        """Every process of the deployment: role, pid, host, partitions with applied offset and lag, model
+        versions (admin key)."""
+        return self.stub.Workers(pb.WorkersRequest(), timeout=self.timeout_s)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from server._gen.portrait.v1 import portrait_pb2 as pb
+from server.cluster.status import ProcessStatus
 from server.domain.events import BatchResult
 from server.log.codec import event_from_proto as event_from_proto
 from server.log.codec import event_to_proto as event_to_proto
@@ -55,3 +56,12 @@ def candidates_from_proto(m: pb.ScoreRequest) -> list[tuple[str, str, float]]:
 def score_response(ranked: list[tuple[str, float]]) -> pb.ScoreResponse:
     """(item_id, probability) pairs, best first -> ScoreResponse."""
     return pb.ScoreResponse(items=[pb.ScoredItem(item_id=i, probability=p) for i, p in ranked])
+
+
+def workers_response(partitions: int, processes: list[ProcessStatus]) -> pb.WorkersResponse:
+    """``rpc Workers``' answer from the runner's report."""
+    return pb.WorkersResponse(partitions=partitions, processes=[
+        pb.ProcessStatus(role=p.role, pid=p.pid, host=p.host, model_versions=p.model_versions,
+                         partitions=[pb.PartitionStatus(partition=s.partition, applied_offset=s.applied_offset,
+                                                        lag=s.lag) for s in p.partitions])
+        for p in processes])

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 
 from server._gen.portrait.v1 import portrait_pb2 as pb
 from server._gen.portrait.v1 import portrait_pb2_grpc as pb_grpc
 from server.api import convert
+from server.cluster.status import ProcessStatus
 from server.domain.events import Event
 from server.worker.core import ProfileCore
 from server.worker.partition import DEFAULT_RECOMMEND
@@ -17,8 +18,9 @@ from server.worker.partition import DEFAULT_RECOMMEND
 class ProfileServicer(pb_grpc.ProfileServiceServicer):
     """The ``portrait.v1.ProfileService`` implementation."""
 
-    def __init__(self, core: ProfileCore) -> None:
+    def __init__(self, core: ProfileCore, workers: Callable[[], tuple[int, list[ProcessStatus]]] | None = None) -> None:
         self.core = core
+        self.workers = workers  # (partitions, every process' status): the runner's report
 
     async def Track(self, request: pb.TrackRequest, context: grpc.aio.ServicerContext) -> pb.TrackResponse:
         out = await self.core.track(convert.event_from_proto(request.event), request.wait_visible)
@@ -69,3 +71,10 @@ class ProfileServicer(pb_grpc.ProfileServiceServicer):
         r = await self.core.compact()
         return pb.CompactResponse(offline_files=r.offline_files, log_segments=r.log_segments,
                                   checkpoints=r.checkpoints, erased_users=r.erased_users)
+
+    async def Workers(self, request: pb.WorkersRequest, context: grpc.aio.ServicerContext) -> pb.WorkersResponse:
+        if self.workers is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this server reports no workers")
+        assert self.workers is not None
+        partitions, processes = self.workers()
+        return convert.workers_response(partitions, processes)

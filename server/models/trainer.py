@@ -14,7 +14,8 @@ What a worker sends (nothing names a user):
   touched before it in the same session (co-visitation, for recommendations).
 
 In one process the trainer publishes after every message: the version a worker reads is the live
-object (``version`` counts the messages learnt), so outputs equal those of a single pipeline. Across
+object (``version`` counts the messages learnt, ``versions`` the messages each model learnt), so outputs
+equal those of a single pipeline. Across
 processes (the scale-out issue) the same messages travel over a log and versions are copies.
 
 >>> from server.domain.profile import UserProfile
@@ -23,8 +24,8 @@ processes (the scale-out issue) the same messages travel over a log and versions
 >>> x = t.propensity.vector(f, event_type=1, t=0.0)
 >>> t.feed(Labelled(PROPENSITY, x, t.propensity.predict(x), True))
 >>> t.feed(UserVector(t.segmenter.vector(f, 0, 0.0)))
->>> t.version, len(t.propensity_quality)
-(2, 1)
+>>> t.version, len(t.propensity_quality), t.versions["propensity"], t.versions["segments"], t.versions["risk"]
+(2, 1, 1, 1, 0)
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ PROPENSITY = "propensity"
 ITEM = "item"
 MODELS = (PROPENSITY, ITEM)
 RECOMMEND = "recommend"  # the recommendation ranker (``NextItemRanker``): learnt at purchases, no rolling quality
+SEGMENTS, RISK, ITEM_STATS = "segments", "risk", "item_stats"
+#: Every shared model with a version of its own (``Trainer.versions``; ``portrait_model_version{model}``).
+VERSIONED = (PROPENSITY, ITEM, RECOMMEND, SEGMENTS, RISK, ITEM_STATS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +126,7 @@ class Trainer:
         self.covisits, self.top_items = self._candidates(config)
         self.next_item = NextItemRanker()
         self.version = 0
+        self.versions = dict.fromkeys(VERSIONED, 0)
 
     @staticmethod
     def _candidates(config: TrainerConfig) -> tuple[CoVisits, TopItems]:
@@ -153,15 +158,19 @@ class Trainer:
             else:
                 self.item_quality.add(message.p, message.label)
                 self.item_model.learn(message.x, message.label)
+            self.versions[message.model] += 1
+            self.version += 1
+            return
         else:
             raise TypeError(f"the trainer learns no {type(message).__name__}")
+        self.versions[_KIND[type(message)]] += 1
         self.version += 1
 
     # -- checkpoints ------------------------------------------------------------------------------
     FIELDS = ("propensity", "propensity_quality", "item_model", "item_quality", "segmenter", "risk", "items",
-              "categories", "covisits", "top_items", "next_item", "version")
+              "categories", "covisits", "top_items", "next_item", "version", "versions")
     #: Fields added after trainer state format 1: a state without them starts them empty.
-    ADDED = ("covisits", "top_items", "next_item")
+    ADDED = ("covisits", "top_items", "next_item", "versions")
 
     def state(self) -> dict[str, Any]:
         """The trainer's state by name (``server.log.checkpoint`` writes it apart from the workers')."""
@@ -174,6 +183,10 @@ class Trainer:
             raise ValueError(f"trainer state lacks {sorted(missing)}")
         self.covisits, self.top_items = self._candidates(self.config)
         self.next_item = NextItemRanker()
+        self.versions = dict.fromkeys(VERSIONED, 0)
         for k in self.FIELDS:
             if k in state:
                 setattr(self, k, state[k])
+
+
+_KIND: dict[type, str] = {ItemStats: ITEM_STATS, EventVector: RISK, UserVector: SEGMENTS}

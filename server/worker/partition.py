@@ -463,6 +463,8 @@ class PartitionWorker:
         m.pending_labels.labels(model=ITEM).set(len(self.items.labels))
         for i, n in enumerate(self.segment_sizes):
             m.segment_users.labels(segment=str(i)).set(n)
+        for model, version in self.trainer.versions.items():  # one process: the live models, never stale
+            m.model_version.labels(model=model).set(version)
         if not quality:
             return
         trainer = self.trainer

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import re
@@ -533,6 +534,10 @@ async def test_client_and_cli_send_the_api_key_over_tls(secured: Secured) -> Non
     assert rc == 1 and "UNAUTHENTICATED" in err
     rc, out, err = await cli("profile", user, "--api-key", keys.ingest, key=None)
     assert rc == 1 and "PERMISSION_DENIED" in err and keys.ingest not in err
+    rc, out, err = await cli("workers", "--json", key=keys.read)  # pids and hosts: the admin role only
+    assert rc == 1 and "PERMISSION_DENIED" in err
+    rc, out, err = await cli("workers", "--json", key=keys.admin)
+    assert rc == 0 and [p["role"] for p in json.loads(out)["processes"]] == ["frontend", "worker", "trainer"], err
 
 
 def ev_domain(user: str) -> Any:

@@ -20,6 +20,8 @@ ALLOWED = {
                "server.fdlimit"),
     # the explorer is an edge like api/: it reads the worker (through ProfileCore) and the models, and takes
     # the API keys' checks and the segment report from where they live
+    # what runners report (``portrait workers``): no transport, no worker internals
+    "cluster": ("server.domain",),
     "ui": ("server.domain", "server.models", "server.worker", "server.metrics", "server.config",
            "server.api.security", "server.tools.segments"),
 }

@@ -42,3 +42,11 @@ def test_label_values_used_in_the_code_are_the_known_ones() -> None:
     assert set(re.findall(r'reason="([a-z_]+)"', code)) == set(REJECT_REASONS)
     assert set(re.findall(r'outcome="([a-z_]+)"', code)) <= set(OUTCOMES)
     assert set(re.findall(r'stage="([a-z_]+)"', code)) <= set(STAGES)
+
+
+def test_the_versioned_models_are_the_trainers() -> None:
+    from server.metrics import VERSIONED_MODELS
+    from server.models.trainer import VERSIONED, Trainer, TrainerConfig
+
+    assert VERSIONED_MODELS == VERSIONED
+    assert set(Trainer(TrainerConfig()).versions) == set(VERSIONED_MODELS)

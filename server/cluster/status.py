@@ -1,0 +1,62 @@
+"""What each process of a deployment reports: its role, the partitions it owns, how far it has applied the
+log, and the model versions it holds (``rpc Workers``, ``portrait workers``).
+
+In one process (``PORTRAIT_WORKERS=1``, today's only runner) the same pid plays every role: the front end,
+the worker that owns every partition, and the trainer. That worker applies each event before the event is
+acknowledged, from the one log, so every partition's applied offset is the log's and nothing lags; it
+scores with the trainer's live models, so its model versions are the trainer's.
+
+>>> from server.models.trainer import Trainer, TrainerConfig
+>>> procs = in_process(Trainer(TrainerConfig()), log_offset=42, partitions=4, pid=7, host="h")
+>>> [(p.role, p.pid, len(p.partitions)) for p in procs]
+[('frontend', 7, 0), ('worker', 7, 4), ('trainer', 7, 0)]
+>>> procs[1].partitions[3], procs[2].model_versions["propensity"]
+(PartitionStatus(partition=3, applied_offset=42, lag=0), 0)
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+ROLES = ("frontend", "worker", "trainer")
+
+
+@dataclass(frozen=True)
+class PartitionStatus:
+    """How far a partition's owner has applied the log: records below ``applied_offset``; ``lag`` records
+    acknowledged and not applied yet."""
+
+    partition: int
+    applied_offset: int
+    lag: int
+
+
+@dataclass(frozen=True)
+class ProcessStatus:
+    """One process in one role (``ROLES``)."""
+
+    role: str
+    pid: int
+    host: str
+    partitions: list[PartitionStatus] = field(default_factory=list)
+    model_versions: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON form ``portrait workers --json`` prints."""
+        return {"role": self.role, "pid": self.pid, "host": self.host,
+                "partitions": [vars(p) for p in self.partitions], "model_versions": dict(self.model_versions)}
+
+
+def in_process(trainer: Any, log_offset: int, partitions: int, pid: int | None = None,
+               host: str | None = None) -> list[ProcessStatus]:
+    """The one-process deployment: front end, the worker owning all ``partitions``, the trainer (``trainer``:
+    anything with ``versions``, a dict model -> version)."""
+    pid = os.getpid() if pid is None else pid
+    host = socket.gethostname() if host is None else host
+    versions = dict(trainer.versions)
+    owned = [PartitionStatus(p, log_offset, 0) for p in range(partitions)]
+    return [ProcessStatus("frontend", pid, host), ProcessStatus("worker", pid, host, owned, versions),
+            ProcessStatus("trainer", pid, host, [], versions)]
