@@ -19,7 +19,7 @@ from server.domain.events import Event, EventType
 from server.domain.profile import DAY, HOUR, UserProfile
 from server.metrics import Metrics
 from server.models.itemlabels import ItemLabels
-from server.models.itemstats import CARTS, FAVORITES, PURCHASES, VIEWS, ItemHistory, Popularity
+from server.models.itemstats import CARTS, CLICKS, FAVORITES, PURCHASES, VIEWS, ItemCounts, ItemHistory, Popularity
 from server.models.quality import roc_auc
 from server.models.ranking import ITEM_INPUTS, ItemModel
 from server.models.trainer import Trainer, TrainerConfig
@@ -174,6 +174,58 @@ def test_item_history_is_compact_and_survives_a_checkpoint() -> None:
         x.add("u", "e", "c", T + 4, FAVORITES)  # evicts b
     assert new._users == h._users and new.get("u", "b") is None and new.category_touches("u", "c") == (4.0, 1.0)
     assert h.drop_user("u") and not h.drop_user("u") and h.get("u", "a") is None
+
+
+def test_item_counts_are_bounded_per_user_and_keep_the_most_recently_touched() -> None:
+    c = ItemCounts(max_items=3)
+    for n in range(3):
+        c.add("u", f"i{n}", T + n, VIEWS)
+    c.add("u", "i0", T + 10, CARTS)  # touched again: survives the next insertion
+    c.add("u", "i3", T + 11, FAVORITES)
+    assert c.size("u") == 3 and c.get("u", "i1", T + 11) is None
+    assert c.get("u", "i0", T + 10)[:4] == (1.0, 1.0, 0.0, 0.0)  # type: ignore[index]
+    assert c.get("u", "i3", T + 11)[:4] == (0.0, 0.0, 1.0, 0.0)  # type: ignore[index]
+    for n in range(100):  # another user's items do not push u's out
+        c.add("v", f"j{n}", T + n, VIEWS)
+    assert c.size("u") == 3 and c.size("v") == 3 and len(c) == 2
+    assert len(c._users["v"][0]) == 3 and len(c._users["v"][2]) == 3 * 6  # the arrays stay at the cap
+    assert c.drop_user("u") and not c.drop_user("u") and c.get("u", "i0", T) is None
+
+
+def test_item_counts_decay_views_and_count_late_events_at_their_weight() -> None:
+    c = ItemCounts(short_half_life_s=HOUR, long_half_life_s=DAY)
+    c.add("u", "a", T, VIEWS)
+    c.add("u", "a", T, CLICKS)  # browsing: a view too
+    got = c.get("u", "a", T + HOUR)
+    assert got is not None and got[0] == 2.0 and got[4] == pytest.approx(1.0) and got[6] == T
+    assert got[5] == pytest.approx(2 * 0.5 ** (1 / 24))
+    c.add("u", "a", T + 2 * HOUR, PURCHASES)  # no view: the decayed views only age
+    c.add("u", "a", T + HOUR, VIEWS)  # late: counted, with its weight as of the last touch; the last touch stays
+    got = c.get("u", "a", T + 2 * HOUR)
+    assert got is not None and got[:4] == (3.0, 0.0, 0.0, 1.0) and got[6] == T + 2 * HOUR
+    assert got[4] == pytest.approx(2 * 0.25 + 0.5, rel=1e-6)
+    new = pickle.loads(pickle.dumps(c))
+    assert new.get("u", "a", T + 2 * HOUR) == got
+
+
+def test_item_history_keeps_counts_beyond_its_recent_items_and_from_an_old_checkpoint() -> None:
+    h = ItemHistory(max_items=2, counted_items=5)
+    for n in range(4):
+        h.add("u", f"i{n}", "c", T + n, VIEWS)
+    h.add("u", "i0", "c", T + 5, CARTS)
+    h.add("u", "i9", "c", T + 6, VIEWS)  # i0 stays among the recent two, i1 only counted
+    assert h.get("u", "i1") is None and h.counts.get("u", "i1", T + 6)[:4] == (1.0, 0.0, 0.0, 0.0)  # type: ignore[index]
+    assert h.counts.size("u") == 5
+    assert h.get("u", "i0")[:3] == [0.0, 0.0, 1.0]  # type: ignore[index]  # the recent entry restarted at the cart
+    assert h.counts.get("u", "i0", T + 6)[:4] == (1.0, 1.0, 0.0, 0.0)  # type: ignore[index]  # the counts did not
+    state = dict(h.__dict__)
+    del state["counts"]  # an ItemHistory pickled before the counts existed
+    old = ItemHistory.__new__(ItemHistory)
+    old.__setstate__(state)
+    assert old.counts.size("u") == 2  # started from the recent items' counters
+    assert old.counts.get("u", "i0", T + 6)[:4] == (0.0, 1.0, 0.0, 0.0)  # type: ignore[index]
+    assert pickle.loads(pickle.dumps(h)).counts.get("u", "i1", T + 6) == h.counts.get("u", "i1", T + 6)
+    assert h.drop_user("u") and h.counts.size("u") == 0
 
 
 def test_item_labels_pack_decisions_and_survive_a_checkpoint() -> None:
