@@ -90,16 +90,17 @@ class ItemDecisions:
 
     def vector(self, models: Trainer, user: str, f: dict[str, float], top: Sequence[str], item: str, cat: str,
                price: float, kind: int, t: float) -> list[float]:
-        """The item model's input: the user's history with ``item`` (here) and the item's and its category's
-        popularity (the trainer's published statistics)."""
+        """The item model's input: the user's history with ``item`` (here: the recent items in full, counts for
+        many more) and the item's and its category's popularity (the trainer's published statistics)."""
         entry = self.history.get(user, item)
         if not cat and entry is not None:
             cat = entry[7]
         touches = self.history.category_touches(user, cat)
-        categories, items = models.categories, models.items
+        categories, items, counts = models.categories, models.items, self.history.counts
         category = categories.get(cat, t) if cat else (0.0, 0.0, 0.0, 0.0)
         return models.item_model.vector(f, top, entry, touches, items.get(item, t), items.average(t), category,
-                                        categories.average(t), cat, price, kind, t)
+                                        categories.average(t), cat, price, kind, t, counts.get(user, item, t),
+                                        counts.size(user))
 
     def observe(self, e: Event, f: dict[str, float], profile: UserProfile, t: float,
                 models: Trainer) -> tuple[list[tuple[ItemDecision, bool]], ItemStats | None]:

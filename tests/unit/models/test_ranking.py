@@ -228,6 +228,21 @@ def test_item_history_keeps_counts_beyond_its_recent_items_and_from_an_old_check
     assert h.drop_user("u") and h.counts.size("u") == 0
 
 
+def test_the_item_model_sees_an_item_touched_before_the_recent_ones() -> None:
+    r, trainer = ItemDecisions(horizon_s=DAY, max_items_per_user=20), Trainer(TrainerConfig())
+    prof = UserProfile()
+    for n, (etype, item) in enumerate([(EventType.ADD_TO_CART, "old")] + [(EventType.VIEW, f"i{k}") for k in range(30)]):
+        e = ev("u", T + 60 * n, etype, item=item, category="c")
+        prof.update(e)
+        r.observe(e, prof.features(), prof, T + 60 * n, trainer)
+    assert r.history.get("u", "old") is None  # 30 newer items pushed it out of the recent ones
+    x = dict(zip(ITEM_INPUTS, r.vector(trainer, "u", prof.features(), [], "old", "c", 0.0, int(EventType.VIEW),
+                                       T + HOUR)))
+    assert x["first_touch"] == 1.0 and x["never_touched"] == 0.0 and x["log_all_item_carts"] == pytest.approx(
+        math.log1p(1.0))
+    assert x["carted_or_favorited"] == 1.0 and x["log_distinct_items"] == pytest.approx(math.log1p(31))
+
+
 def test_item_labels_pack_decisions_and_survive_a_checkpoint() -> None:
     q = ItemLabels(horizon_s=DAY, min_interval_s=HOUR, allowed_lateness_s=0)
     x = [0.1, 2.5, -3.0]
@@ -291,9 +306,52 @@ def test_vector_names_and_values() -> None:
     assert x["is_top_category"] == 1.0 and x["in_top3_categories"] == 1.0 and x["is_add_to_cart"] == 1.0
     assert x["price_vs_user"] == pytest.approx(math.log(101.0 / 51.0))
     assert x["price_vs_item"] == pytest.approx(math.log(101.0 / 41.0))
-    assert x["pop_buy_rate"] == pytest.approx(math.log((1.0 + 20 * 0.005) / (9.0 + 20)))
+    # smoothed towards the rate of all traffic (purchases / views of the average item: 0.5 / 4)
+    assert x["pop_buy_rate"] == pytest.approx(math.log((1.0 + 20 * 0.125) / (9.0 + 20)))
+    assert x["category_buy_rate"] == pytest.approx(math.log((2.0 + 20 * (1.0 / 49.0)) / (99.0 + 20)))
     assert x["pop_views_vs_average"] == pytest.approx(math.log(10.0 / 5.0))
     assert x["category_views_vs_average"] == pytest.approx(math.log(100.0 / 50.0))
+    fixed = ItemModel(traffic_prior=False)
+    y = dict(zip(ITEM_INPUTS, fixed.vector(p.features(), [], entry, (4.0, 1.0), (9.0, 3.0, 1.0, 40.0), (4.0, 1.0, 0.5),
+                                           zeros, zeros, "shoes", 100.0, int(EventType.VIEW), T)))
+    assert y["pop_buy_rate"] == pytest.approx(math.log((1.0 + 20 * 0.005) / (9.0 + 20)))
+    # nothing counted for the item: never touched; the cart being made now is strong evidence all the same
+    assert x["never_touched"] == 1.0 and x["log_hours_since_any_touch"] == pytest.approx(math.log1p(720.0))
+    assert x["carted_or_favorited"] == 1.0 and x["touched_within_1h"] == 0.0 and x["log_distinct_items"] == 0.0
+    assert x["log_user_buy_rate"] == pytest.approx(math.log(0.1 / 6.0))  # no purchase in 1 event
+
+
+def test_vector_from_the_counts_of_an_item() -> None:
+    model, zeros = ItemModel(), (0.0, 0.0, 0.0, 0.0)
+    p = UserProfile()
+    for n, etype in enumerate([EventType.VIEW, EventType.PURCHASE, EventType.VIEW, EventType.VIEW]):
+        p.update(ev("u", T + n, etype, item=f"i{n}", category="c", price=10.0))
+    counts = (3.0, 1.0, 0.0, 0.0, 0.5, 2.0, T - 5 * HOUR)  # 3 views, a cart, last touched 5 hours ago
+    x = dict(zip(ITEM_INPUTS, model.vector(p.features(), [], None, (0.0, 0.0), zeros, zeros, zeros, zeros, "c", 0.0,
+                                           int(EventType.VIEW), T, counts, 40)))
+    assert x["log_all_item_views"] == pytest.approx(math.log1p(3.0)) and x["log_all_item_carts"] == pytest.approx(
+        math.log1p(1.0))
+    assert x["never_touched"] == 0.0 and x["log_hours_since_any_touch"] == pytest.approx(math.log1p(5.0))
+    assert [x[f"touched_{b}"] for b in ("within_1h", "1h_to_6h", "6h_to_24h", "1d_to_3d", "over_3d")] == [0, 1, 0, 0, 0]
+    assert x["carted_or_favorited"] == x["viewing_carted_or_favorited"] == x["carted_or_favorited_within_24h"] == 1.0
+    assert x["log_item_views_decayed_1h"] == pytest.approx(math.log1p(0.5))
+    assert x["log_distinct_items"] == pytest.approx(math.log1p(40))
+    rate = math.log(1.1 / 9.0)  # 1 purchase in 4 events
+    assert x["log_user_buy_rate"] == pytest.approx(rate)
+    assert x["user_buy_rate_x_carted_or_favorited"] == pytest.approx(rate)
+    assert x["user_buy_rate_x_log_hours_since_any_touch"] == pytest.approx(rate * math.log1p(5.0))
+    old = dict(zip(ITEM_INPUTS, model.vector(p.features(), [], None, (0.0, 0.0), zeros, zeros, zeros, zeros, "c", 0.0,
+                                             int(EventType.VIEW), T + 4 * DAY, counts, 40)))
+    assert old["touched_over_3d"] == 1.0 and old["carted_or_favorited_within_24h"] == 0.0
+
+
+def test_an_item_model_checkpointed_before_traffic_priors_keeps_fixed_priors() -> None:
+    m = ItemModel()
+    state = dict(m.__dict__)
+    del state["traffic_prior"]
+    old = ItemModel.__new__(ItemModel)
+    old.__setstate__(state)
+    assert old.traffic_prior is False and pickle.loads(pickle.dumps(m)).traffic_prior is True
 
 
 def _shop_stream(users: int, seed: int) -> list[Event]:

@@ -5,7 +5,8 @@ History: recorded on the code before the re-house by layer (0b9245b); the worker
 output equal. Re-recorded when profiles started to stay true as time passes (timers, as-of rows, the new
 features): per-event outputs and Score were equal to the old recording then too (learning did not change);
 rows changed where time alone changes them (windows and risk as of the watermark) and gained columns. Then
-again when the item model took the behaviour sequence as inputs (Score changed; per-event outputs did not)."""
+again when the item model took the behaviour sequence as inputs (Score changed; per-event outputs did not), and
+when it moved to SGD with the user's counts of the item, traffic priors and buy-rate crosses (Score changed only)."""
 
 from __future__ import annotations
 
