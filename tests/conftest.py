@@ -4,9 +4,11 @@ and a real Portrait server on loopback (gRPC + metrics + Feast), started once pe
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -194,3 +196,27 @@ class ServerProcess:
 
     def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
         return scrape(self.metrics_port, name, labels)
+
+
+def cluster_info(raw: Any) -> dict[str, str]:
+    """CLUSTER INFO as a dict (redis-py parses it already, or hands back the text)."""
+    if isinstance(raw, dict):
+        return {str(k): str(v) for k, v in raw.items()}
+    text = raw.decode() if isinstance(raw, bytes) else str(raw)
+    return dict(line.strip().split(":", 1) for line in text.splitlines() if ":" in line)
+
+
+def wait_redis(cond: Any, what: str, timeout_s: float = 30.0) -> None:
+    """Poll ``cond`` until true, counting Redis errors (a node still starting) as not yet."""
+    import redis
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if cond():
+                return
+        except redis.RedisError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)

@@ -223,11 +223,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def k8s_docs() -> list[dict[str, Any]]:
-    kust = load_yaml(K8S / "kustomization.yaml")
+def k8s_docs(base: Path = K8S) -> list[dict[str, Any]]:
+    """Every document of the resources a kustomization lists (``base``: its directory)."""
+    kust = load_yaml(base / "kustomization.yaml")
     docs: list[dict[str, Any]] = []
     for res in kust["resources"]:
-        with (K8S / res).open() as f:
+        with (base / res).open() as f:
             docs.extend(d for d in yaml.safe_load_all(f) if d)
     return docs
 

@@ -28,13 +28,14 @@ import pytest
 import redis
 import yaml
 
-from tests.conftest import free_port
+from tests.conftest import cluster_info, free_port, wait_redis
 from tests.integration.test_deploy import (
     COMPOSE,
     DEPLOY,
     PORTRAIT_ENV_KEYS,
     _compose_commands,
     image_tag,
+    k8s_docs,
     load_yaml,
     parse_quantity,
 )
@@ -95,12 +96,7 @@ def compose_init(override: dict[str, Any]) -> dict[str, Any]:
 
 
 def k8s_cluster_docs() -> list[dict[str, Any]]:
-    kust = load_yaml(K8S_CLUSTER / "kustomization.yaml")
-    docs: list[dict[str, Any]] = []
-    for res in kust["resources"]:
-        with (K8S_CLUSTER / res).open() as f:
-            docs.extend(d for d in yaml.safe_load_all(f) if d)
-    return docs
+    return k8s_docs(K8S_CLUSTER)
 
 
 def k8s_one(kind: str, name: str | None = None) -> dict[str, Any]:
@@ -208,27 +204,6 @@ def _die_with_parent() -> None:  # between fork and exec: no orphaned node if py
         pass
 
 
-def cluster_info(r: redis.Redis) -> dict[str, str]:
-    raw = r.execute_command("CLUSTER INFO")
-    if isinstance(raw, dict):
-        return {str(k): str(v) for k, v in raw.items()}
-    text = raw.decode() if isinstance(raw, bytes) else str(raw)
-    return dict(line.strip().split(":", 1) for line in text.splitlines() if ":" in line)
-
-
-def wait_until(cond: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            if cond():
-                return
-        except redis.RedisError:
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 @dataclass
 class LocalNode:
     name: str  # the host name the manifest gives it
@@ -288,7 +263,7 @@ class LocalCluster:
 
     def wait_answering(self, nodes: list[LocalNode]) -> None:
         for n in nodes:
-            wait_until(lambda n=n: n.proc is not None and n.proc.poll() is None and n.client().ping(),
+            wait_redis(lambda n=n: n.proc is not None and n.proc.poll() is None and n.client().ping(),
                        f"redis-server {n.name} on {n.port}")
 
     def init_env(self, nodes: list[LocalNode] | None = None) -> dict[str, str]:
@@ -354,7 +329,7 @@ def agreed_topology(nodes: list[LocalNode]) -> frozenset[tuple[str, str, str, st
         views[:] = [topology(n) for n in nodes]
         return len(set(views)) == 1
 
-    wait_until(agree, "every node to see the same cluster topology")
+    wait_redis(agree, "every node to see the same cluster topology")
     return views[0]
 
 
@@ -601,7 +576,7 @@ def test_init_creates_a_healthy_cluster_of_3_masters_and_3_replicas(local_cluste
     assert lc.first_init.returncode == 0, lc.first_init.stdout
     assert "creating a cluster of 6 nodes" in lc.first_init.stdout
     for n in lc.nodes:
-        info = cluster_info(n.client())
+        info = cluster_info(n.client().execute_command("CLUSTER INFO"))
         assert info["cluster_state"] == "ok", (n.name, info)
         assert int(info["cluster_slots_assigned"]) == SLOTS and int(info["cluster_slots_ok"]) == SLOTS
         assert int(info["cluster_known_nodes"]) == 6 and int(info["cluster_size"]) == 3
@@ -656,7 +631,7 @@ def test_init_run_again_changes_nothing(local_cluster: LocalCluster) -> None:
     assert "nothing to create" in again.stdout and "creating" not in again.stdout
     assert all(topology(n) == before for n in lc.nodes)  # same ids, roles, masters and slots on every node
     for n in lc.nodes:
-        assert cluster_info(n.client())["cluster_state"] == "ok"
+        assert cluster_info(n.client().execute_command("CLUSTER INFO"))["cluster_state"] == "ok"
     with redis.RedisCluster(host="localhost", port=lc.nodes[0].port, socket_timeout=5) as rc:
         assert rc.get("before-second-init") == b"kept"
 
@@ -672,7 +647,7 @@ def test_init_refuses_a_mix_of_fresh_and_joined_nodes(local_cluster: LocalCluste
     assert r.returncode == 1, r.stdout
     assert "1 of 6 nodes are empty" in r.stdout
     assert all(topology(n) == before for n in lc.nodes)
-    assert int(cluster_info(fresh.client())["cluster_known_nodes"]) == 1
+    assert int(cluster_info(fresh.client().execute_command("CLUSTER INFO"))["cluster_known_nodes"]) == 1
 
 
 def test_init_gives_up_when_a_node_never_answers(local_cluster: LocalCluster) -> None:

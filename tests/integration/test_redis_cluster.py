@@ -28,7 +28,7 @@ from server._gen.portrait.v1 import portrait_pb2 as pb
 from server._gen.portrait.v1 import portrait_pb2_grpc as pb_grpc
 from server.config import Settings
 from server.store.embedded_redis import online_redis
-from tests.conftest import ROOT, ServerProcess, free_port, uid
+from tests.conftest import ROOT, ServerProcess, cluster_info, free_port, uid, wait_redis
 
 TIMEOUT = 30.0
 USERS = 210
@@ -83,27 +83,6 @@ class Cluster:
                 p.wait()
 
 
-def _info(raw: Any) -> dict[str, str]:
-    """CLUSTER INFO as a dict (redis-py parses it already, or hands back the text)."""
-    if isinstance(raw, dict):
-        return {str(k): str(v) for k, v in raw.items()}
-    text = raw.decode() if isinstance(raw, bytes) else str(raw)
-    return dict(line.strip().split(":", 1) for line in text.splitlines() if ":" in line)
-
-
-def _wait(cond: Any, what: str, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            if cond():
-                return
-        except redis.RedisError:
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
@@ -122,13 +101,13 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                  "--logfile", str(d / "redis.log"), "--daemonize", "no"],
                 stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent))
         for port, p in zip(c.ports, c.procs, strict=True):
-            _wait(lambda port=port, p=p: p.poll() is None and c.node(port).ping(), f"redis-server on {port}")
+            wait_redis(lambda port=port, p=p: p.poll() is None and c.node(port).ping(), f"redis-server on {port}")
         create = subprocess.run([cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in c.ports),
                                  "--cluster-replicas", "0", "--cluster-yes"],
                                 capture_output=True, text=True, timeout=60)
         assert create.returncode == 0, create.stdout + create.stderr
-        _wait(lambda: all(_info(c.node(p).execute_command("CLUSTER INFO"))["cluster_state"] == "ok"
-                          and int(_info(c.node(p).execute_command("CLUSTER INFO"))["cluster_known_nodes"]) == 3
+        wait_redis(lambda: all(cluster_info(c.node(p).execute_command("CLUSTER INFO"))["cluster_state"] == "ok"
+                          and int(cluster_info(c.node(p).execute_command("CLUSTER INFO"))["cluster_known_nodes"]) == 3
                           for p in c.ports), "cluster_state:ok on every node")
         yield c
     finally:
