@@ -232,11 +232,23 @@ class Materializer:
         users, received, future = list(self._dirty), self._received, self._future
         self._dirty, self._received, self._future = {}, [], None
         later = self._take_later(self.later_rows_per_flush if users else self.flush_max_rows)
-        users += later
         waiters, self._waiters = self._waiters, []
         if future is not None:
             waiters.append(future)
-        rows = [self._build_row(u) for u in users]
+        if not users:
+            return await self._write(later, [], received, waiters)
+        if not await self._write(users, [], received, waiters):
+            self._requeue_later(later)
+            return False
+        # rows that time alone changed go in a write of their own, after the events' rows are visible: an
+        # event's freshness never includes building and writing them (measured: docs/decisions.md)
+        return not later or await self._write([], later, [], [])
+
+    async def _write(self, users: list[str], later: list[str], received: list[float],
+                     waiters: list[asyncio.Future[None]]) -> bool:
+        """Build and write the rows of ``users`` (changed by events) and ``later`` (by time alone); on success
+        record freshness and release ``waiters``, on failure put everything back for the retry."""
+        rows = [self._build_row(u) for u in users + later]
         t0 = time.perf_counter()
         try:
             if self._before_write is not None:
@@ -251,12 +263,10 @@ class Materializer:
                 log.warning("online store write failed (%d rows kept for retry): %s", len(rows),
                             exc if isinstance(exc, WriteError) else type(exc).__name__)
             self.online_healthy = False
-            for u in users[:len(users) - len(later)]:  # back into their set (unless erased meanwhile); newer
-                if u not in self._deletes:  # changes are already there
+            for u in users:  # back into their set (unless erased meanwhile); newer changes are already there
+                if u not in self._deletes:
                     self._dirty.setdefault(u, None)
-            for u in later:
-                if u not in self._deletes and u not in self._dirty:
-                    self._later.setdefault(u, None)
+            self._requeue_later(later)
             self._received = received + self._received
             self._waiters = waiters + self._waiters
             self._set_depths()
@@ -278,6 +288,13 @@ class Materializer:
         self._offline_rows.extend(rows)
         self._set_depths()
         return True
+
+    def _requeue_later(self, later: list[str]) -> None:
+        """Rows of ``later`` not written: back into the lower-priority set (unless erased, or an event made
+        them ordinary dirty rows meanwhile)."""
+        for u in later:
+            if u not in self._deletes and u not in self._dirty:
+                self._later.setdefault(u, None)
 
     def _take_later(self, n: int) -> list[str]:
         """Up to ``n`` users of the lower-priority set, oldest first."""

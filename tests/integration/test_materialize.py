@@ -351,8 +351,10 @@ async def test_rows_time_alone_changed_wait_behind_event_rows(make: Factory) -> 
     assert (m.depth, m.later_depth) == (2, 10)
     gate.set()
     rows = (await online.next())[1]
-    assert [r["user_id"] for r in rows] == ["e1", "e2", "t0", "t1", "t2"]  # every event row, 3 timer rows
-    await asyncio.wait_for(f, TIMEOUT)
+    assert [r["user_id"] for r in rows] == ["e1", "e2"]  # every event row, in a write of their own
+    await asyncio.wait_for(f, TIMEOUT)  # visible before any timer row is built or written
+    rows = (await online.next())[1]
+    assert [r["user_id"] for r in rows] == ["t0", "t1", "t2"]  # then 3 timer rows, in the same flush
     rows = (await online.next())[1]
     assert [r["user_id"] for r in rows] == [f"t{i}" for i in range(3, 10)]  # no event waits: the rest at once
     assert value(metrics, "portrait_freshness_seconds_count") == 3.0  # timer rows are no freshness samples
