@@ -10,7 +10,7 @@ Bounds: per (user, item) at most one pending decision of each *class* every ``mi
 browsing (view or click), add-to-cart, favorite - so at most
 ``3 * ceil((horizon_s + allowed_lateness_s) / min_interval_s)`` per pair, and ``max_pending`` in total
 (further decisions are skipped and counted in ``skipped``); one decision takes ~4 bytes per input
-+ ~120 bytes, + ~100 bytes per pair (~300 bytes with the item model's 40 inputs: 500k pending ~ 150 MB).
++ ~120 bytes, + ~100 bytes per pair (~400 bytes with the item model's 72 inputs: 500k pending ~ 200 MB).
 
 >>> q = ItemLabels(horizon_s=86400, min_interval_s=3600, allowed_lateness_s=0)
 >>> q.decide("u1", "i1", 1, 0.0, [1.0], 0.1), q.decide("u1", "i1", 2, 60.0, [2.0], 0.1)  # view, then click
