@@ -19,6 +19,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
 
+from server.loophist import LoopHistogram
+
 # Sub-millisecond work up to multi-second outliers.
 FAST_BUCKETS = (
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -53,7 +55,8 @@ class Metrics:
             "portrait_events", "Events received, by type and outcome (accepted|duplicate|rejected|suppressed).",
             ["event_type", "outcome"], registry=r,
         )
-        self.update_latency = Histogram(
+        # observed per event on the event loop: lock-free (server/loophist.py)
+        self.update_latency = LoopHistogram(
             "portrait_update_latency_seconds", "Event received -> profile and models updated.",
             buckets=FAST_BUCKETS, registry=r,
         )
@@ -61,7 +64,7 @@ class Metrics:
             "portrait_freshness_seconds", "Event received -> its profile row visible in the online store.",
             buckets=FRESHNESS_BUCKETS, registry=r,
         )
-        self.stage_duration = Histogram(
+        self.stage_duration = LoopHistogram(
             "portrait_stage_duration_seconds", "Time spent per pipeline stage (per event or per flush).",
             ["stage"], buckets=FAST_BUCKETS, registry=r,
         )
@@ -130,7 +133,7 @@ class Metrics:
             "portrait_online_store_up", "1 while online-store writes succeed, 0 while they fail and rows wait.",
             registry=r,
         )
-        self.risk_score = Histogram(
+        self.risk_score = LoopHistogram(
             "portrait_risk_score", "Anomaly score of each accepted event (0 ordinary .. 1 most unusual).",
             buckets=RISK_BUCKETS, registry=r,
         )
@@ -199,7 +202,7 @@ class Metrics:
 def markdown_table() -> str:
     """The README's metrics table, generated from ``Metrics`` so it cannot drift."""
     lines = ["| metric | type | labels | meaning |", "|---|---|---|---|"]
-    objs = [v for v in vars(Metrics()).values() if isinstance(v, MetricWrapperBase)]
+    objs: list[Any] = [v for v in vars(Metrics()).values() if isinstance(v, MetricWrapperBase | LoopHistogram)]
     for m in sorted(objs, key=lambda m: m._name):
         name = m._name + ("_total" if m._type == "counter" else "")
         doc = m._documentation.replace("|", ", ")
