@@ -26,6 +26,7 @@ Both are updated per event in event time and read by the ranking model (``server
 from __future__ import annotations
 
 import math
+import struct
 import zlib
 from array import array
 from collections import OrderedDict
@@ -108,13 +109,30 @@ class Popularity:
         return s[1] * f, s[2] * f, s[3] * f
 
 
-_COUNTED = 6  # numbers per item in ``ItemCounts``: views, carts, favorites, purchases, decayed views short / long
 _COUNT_SLOT = {VIEWS: 0, CLICKS: 0, CARTS: 1, FAVORITES: 2, PURCHASES: 3}
+# One item in ``ItemCounts``: key, last touch, views, carts, favorites, purchases, decayed views short / long.
+_RECORD = struct.Struct("<Id6f")
+_KEY = struct.Struct("<I")
+_F32 = struct.Struct("<f")
 
 
 def item_key(item: str) -> int:
     """The 32-bit key ``ItemCounts`` holds for an item id (CRC-32: the same in every process and replay)."""
     return zlib.crc32(item.encode())
+
+
+def _f32(v: float) -> float:
+    return _F32.unpack(_F32.pack(v))[0]
+
+
+def _find(buf: bytes, key: int) -> int:
+    """Where the record of ``key`` starts in ``buf`` (-1: none); a key's bytes found inside another field of a
+    record are skipped."""
+    pattern, size = _KEY.pack(key), _RECORD.size
+    at = buf.find(pattern)
+    while at >= 0 and at % size:
+        at = buf.find(pattern, at + 1)
+    return at
 
 
 class ItemCounts:
@@ -124,9 +142,10 @@ class ItemCounts:
     An item is held as a 32-bit hash of its id (``item_key``; two of one user's 128 items collide with
     probability ~128² / 2³³ ≈ 2e-6), with its views (and clicks), carts, favorites and purchases, the views
     decayed with a ``short_half_life_s`` and a ``long_half_life_s`` half-life of event time (recent interest,
-    as of the last touch), and the last touch time. Per user three arrays, least recently touched item first:
-    36 bytes per item (4 + 8 + 6 × 4), so ≤ 4.6 KB per user at ``max_items`` = 128, plus ~300 bytes of
-    containers. A new item beyond the cap drops the least recently touched one.
+    as of the last touch), and the last touch time: one 36-byte record (4 + 8 + 6 × 4), the user's records in
+    one ``bytes``, least recently touched first (rebuilt at each event: no spare capacity). So ≤ 4.6 KB per user
+    at ``max_items`` = 128, plus ~60 bytes for the object and its slot in the dict. A new item beyond the cap
+    drops the least recently touched one.
 
     >>> c = ItemCounts(max_items=2, short_half_life_s=3600.0, long_half_life_s=86400.0)
     >>> c.add("u", "a", 0.0, VIEWS); c.add("u", "a", 3600.0, VIEWS); c.add("u", "a", 3600.0, CARTS)
@@ -141,68 +160,63 @@ class ItemCounts:
         self.max_items = max_items
         self.short_half_life_s = short_half_life_s
         self.long_half_life_s = long_half_life_s
-        self._users: dict[str, tuple[array, array, array]] = {}  # user -> (keys 'I', last touch 'd', numbers 'f')
+        self._users: dict[str, bytes] = {}  # user -> its records (``_RECORD``), least recently touched first
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Counts checkpointed as three arrays per user (keys, last touch, 6 numbers per item) become records."""
+        self.__dict__.update(state)
+        for user, held in self._users.items():
+            if isinstance(held, tuple):
+                keys, times, numbers = held
+                self._users[user] = b"".join(
+                    _RECORD.pack(k, times[i], *numbers[6 * i:6 * i + 6]) for i, k in enumerate(keys))
 
     def __len__(self) -> int:
         return len(self._users)
 
     def size(self, user: str) -> int:
         """How many distinct items of the user are held (at most ``max_items``)."""
-        held = self._users.get(user)
-        return len(held[0]) if held is not None else 0
+        return len(self._users.get(user, b"")) // _RECORD.size
 
     def add(self, user: str, item: str, t: float, slot: int) -> None:
         """Record one event of ``slot`` (``VIEWS``, ``CARTS``, ...) by ``user`` on ``item`` at ``t``."""
-        held = self._users.get(user)
-        if held is None:
-            held = self._users[user] = (array("I"), array("d"), array("f"))
-        keys, times, numbers = held
-        key = item_key(item)
-        try:
-            i = keys.index(key)
-        except ValueError:
-            if len(keys) >= self.max_items:
-                del keys[0], times[0], numbers[:_COUNTED]
-            keys.append(key)
-            times.append(t)
-            numbers.extend((0.0,) * _COUNTED)
-        else:  # moved last: array order = recency of touch
-            last, k = times[i], i * _COUNTED
-            row = numbers[k:k + _COUNTED]
-            del keys[i], times[i], numbers[k:k + _COUNTED]
-            keys.append(key)
-            numbers.extend(row)
+        buf = self._users.get(user, b"")
+        key, size = item_key(item), _RECORD.size
+        at = _find(buf, key)
+        if at < 0:
+            if len(buf) >= self.max_items * size:
+                buf = buf[size:]
+            rec = [key, t, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+        else:  # moved last: record order = recency of touch
+            rec = list(_RECORD.unpack_from(buf, at))
+            buf = buf[:at] + buf[at + size:]
+            last = rec[1]
             if t > last:  # the decayed views age to t
-                row[4] *= 0.5 ** ((t - last) / self.short_half_life_s)
-                row[5] *= 0.5 ** ((t - last) / self.long_half_life_s)
-                numbers[-2:] = row[4:]
-            times.append(max(t, last))
+                rec[6] = _f32(rec[6] * 0.5 ** ((t - last) / self.short_half_life_s))
+                rec[7] = _f32(rec[7] * 0.5 ** ((t - last) / self.long_half_life_s))
+                rec[1] = t
         c = _COUNT_SLOT.get(slot)
-        if c is None:
-            return
-        k = len(numbers) - _COUNTED
-        numbers[k + c] += 1.0
-        if c == 0:
-            age = max(0.0, times[-1] - t)  # a late view counts with the weight it has at the last touch
-            numbers[k + 4] += 0.5 ** (age / self.short_half_life_s)
-            numbers[k + 5] += 0.5 ** (age / self.long_half_life_s)
+        if c is not None:
+            rec[2 + c] += 1.0
+            if c == 0:
+                age = max(0.0, rec[1] - t)  # a late view counts with the weight it has at the last touch
+                rec[6] += 0.5 ** (age / self.short_half_life_s)
+                rec[7] += 0.5 ** (age / self.long_half_life_s)
+        self._users[user] = buf + _RECORD.pack(*rec)
 
     def get(self, user: str, item: str, t: float) -> tuple[float, float, float, float, float, float, float] | None:
         """(views, carts, favorites, purchases, views decayed short, long — as of ``t`` —, last touch time) of the
         user's item; None if it is not held."""
-        held = self._users.get(user)
-        if held is None:
+        buf = self._users.get(user)
+        if buf is None:
             return None
-        keys, times, numbers = held
-        try:
-            i = keys.index(item_key(item))
-        except ValueError:
+        at = _find(buf, item_key(item))
+        if at < 0:
             return None
-        last, k = times[i], i * _COUNTED
+        _, last, views, carts, favorites, buys, short, long = _RECORD.unpack_from(buf, at)
         age = max(0.0, t - last)
-        return (numbers[k], numbers[k + 1], numbers[k + 2], numbers[k + 3],
-                numbers[k + 4] * 0.5 ** (age / self.short_half_life_s),
-                numbers[k + 5] * 0.5 ** (age / self.long_half_life_s), last)
+        return (views, carts, favorites, buys, short * 0.5 ** (age / self.short_half_life_s),
+                long * 0.5 ** (age / self.long_half_life_s), last)
 
     def drop_user(self, user: str) -> bool:
         """Forget a user's counts; True if there were any."""

@@ -8,6 +8,7 @@ import itertools
 import math
 import pickle
 import random
+import struct
 from array import array
 from typing import Any
 
@@ -188,7 +189,7 @@ def test_item_counts_are_bounded_per_user_and_keep_the_most_recently_touched() -
     for n in range(100):  # another user's items do not push u's out
         c.add("v", f"j{n}", T + n, VIEWS)
     assert c.size("u") == 3 and c.size("v") == 3 and len(c) == 2
-    assert len(c._users["v"][0]) == 3 and len(c._users["v"][2]) == 3 * 6  # the arrays stay at the cap
+    assert len(c._users["v"]) == 3 * 36  # one 36-byte record per item, at the cap
     assert c.drop_user("u") and not c.drop_user("u") and c.get("u", "i0", T) is None
 
 
@@ -206,6 +207,36 @@ def test_item_counts_decay_views_and_count_late_events_at_their_weight() -> None
     assert got[4] == pytest.approx(2 * 0.25 + 0.5, rel=1e-6)
     new = pickle.loads(pickle.dumps(c))
     assert new.get("u", "a", T + 2 * HOUR) == got
+
+
+def test_item_counts_find_a_key_only_at_the_start_of_a_record() -> None:
+    c = ItemCounts()
+    c.add("u", "a", T, VIEWS)
+    record = bytes(c._users["u"])
+    fake = int.from_bytes(record[12:16], "little")  # the bytes of the views count, read as a key
+    assert c._users["u"].find(fake.to_bytes(4, "little")) == 12
+    c._users["u"] = (fake ^ 1).to_bytes(4, "little") + record[4:] + record  # another item's record, then a's
+    assert c.size("u") == 2
+    from server.models import itemstats
+    assert itemstats._find(c._users["u"], fake) == -1  # no record starts with it: not found inside a record
+
+
+def test_item_counts_checkpointed_as_arrays_load_as_records() -> None:
+    c = ItemCounts()
+    c.add("u", "a", T, VIEWS)
+    c.add("u", "b", T + 1, CARTS)
+    want = (c.get("u", "a", T + 2), c.get("u", "b", T + 2))
+    state = dict(c.__dict__)
+    keys, times, numbers = array("I"), array("d"), array("f")
+    for at in range(0, len(c._users["u"]), 36):  # the layout of the first version: three arrays per user
+        key, last, *nums = struct.unpack_from("<Id6f", c._users["u"], at)
+        keys.append(key)
+        times.append(last)
+        numbers.extend(nums)
+    state["_users"] = {"u": (keys, times, numbers)}
+    old = ItemCounts.__new__(ItemCounts)
+    old.__setstate__(state)
+    assert (old.get("u", "a", T + 2), old.get("u", "b", T + 2)) == want and old._users == c._users
 
 
 def test_item_history_keeps_counts_beyond_its_recent_items_and_from_an_old_checkpoint() -> None:
