@@ -262,7 +262,8 @@ def test_item_history_keeps_counts_beyond_its_recent_items_and_from_an_old_check
 def test_the_item_model_sees_an_item_touched_before_the_recent_ones() -> None:
     r, trainer = ItemDecisions(horizon_s=DAY, max_items_per_user=20), Trainer(TrainerConfig())
     prof = UserProfile()
-    for n, (etype, item) in enumerate([(EventType.ADD_TO_CART, "old")] + [(EventType.VIEW, f"i{k}") for k in range(30)]):
+    touches = [(EventType.ADD_TO_CART, "old")] + [(EventType.VIEW, f"i{k}") for k in range(30)]
+    for n, (etype, item) in enumerate(touches):
         e = ev("u", T + 60 * n, etype, item=item, category="c")
         prof.update(e)
         r.observe(e, prof.features(), prof, T + 60 * n, trainer)
