@@ -69,7 +69,7 @@ def worker_config(s: Settings) -> WorkerConfig:
         dedupe_capacity=s.dedupe_capacity,
         item_horizon_s=s.item_horizon_s, item_decision_interval_s=s.item_decision_interval_s,
         max_pending_item_labels=s.max_pending_item_labels, item_decision_sample=s.item_decision_sample,
-        item_history=s.item_history, risk_threshold=s.risk_threshold,
+        item_history=s.item_history, item_counts=s.item_counts, risk_threshold=s.risk_threshold,
         labels_per_event=s.labels_per_event, timers_per_event=s.timers_per_event,
         erasure_salt=load_salt(s.data_dir),
         trainer=TrainerConfig(segments=s.segments, quality_window=s.quality_window, max_items=s.max_items),

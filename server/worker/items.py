@@ -83,10 +83,10 @@ class ItemDecisions:
 
     def __init__(self, horizon_s: float = 86_400.0, decision_interval_s: float = 3600.0,
                  allowed_lateness_s: float = 60.0, max_pending: int = 500_000, max_items_per_user: int = 20,
-                 sample: float = 1.0) -> None:
+                 sample: float = 1.0, counted_items: int = 128) -> None:
         self.sample = sample
         self.labels = ItemLabels(horizon_s, decision_interval_s, allowed_lateness_s, max_pending)
-        self.history = ItemHistory(max_items_per_user)
+        self.history = ItemHistory(max_items_per_user, counted_items)
 
     def vector(self, models: Trainer, user: str, f: dict[str, float], top: Sequence[str], item: str, cat: str,
                price: float, kind: int, t: float) -> list[float]:

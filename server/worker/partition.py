@@ -66,11 +66,13 @@ class WorkerConfig:
     item_decision_interval_s: float = 3600.0
     """At most one item decision per (user, item, action) per this many seconds."""
     max_pending_item_labels: int = 500_000
-    """Hard cap on pending item decisions (~300 bytes each); beyond it new ones are not recorded."""
+    """Hard cap on pending item decisions (~650 bytes each); beyond it new ones are not recorded."""
     item_decision_sample: float = 1.0
     """Share of (user, item) pairs whose decisions are recorded (deterministic); lower it at high traffic."""
     item_history: int = 20
     """Recently touched items remembered per user (history features of the item model)."""
+    item_counts: int = 128
+    """Distinct items per user whose touch counts the item model reads (``ItemCounts``; 36 bytes each)."""
     labels_per_event: int = 16
     """Overdue decisions resolved (and learnt) per event and model, at most: after a jump of event time
     (a replay, a paused producer) the backlog is spread over the next events instead of one long stall."""
@@ -118,7 +120,7 @@ class PartitionWorker:
                                     config.allowed_lateness_s, config.max_pending_labels)
         self.items = ItemDecisions(config.item_horizon_s, config.item_decision_interval_s, config.allowed_lateness_s,
                                    config.max_pending_item_labels, config.item_history,
-                                   sample=config.item_decision_sample)
+                                   sample=config.item_decision_sample, counted_items=config.item_counts)
         self.risk = UserRisk(threshold=config.risk_threshold)
         self.segment_sizes = [0] * config.trainer.segments
         metrics.export_segments(config.trainer.segments)
