@@ -11,7 +11,6 @@ after a grace period, SIGKILL to the child's process group (its own session).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import signal
@@ -23,17 +22,13 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from server.store.embedded_redis import die_with_parent
+
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 
 CHILDREN: list[subprocess.Popen[bytes]] = []
 
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 def install_signal_handlers() -> None:
@@ -64,7 +59,7 @@ def spawn(args: list[str], log_path: Path, env: dict[str, str] | None = None, cw
     out = open(stdout_path, "wb") if stdout_path else log  # noqa: SIM115
     try:
         p = subprocess.Popen(args, cwd=cwd, env=full_env, stdin=subprocess.DEVNULL, stdout=out, stderr=log,
-                             start_new_session=True, preexec_fn=_die_with_parent)
+                             start_new_session=True, preexec_fn=die_with_parent)
     finally:
         log.close()
         if stdout_path:

@@ -34,7 +34,9 @@ def _free_port(bind: str) -> int:
         return int(s.getsockname()[1])
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
+def die_with_parent() -> None:
+    """Ask the kernel to SIGTERM this process when its parent dies (``PR_SET_PDEATHSIG``); pass it as a
+    ``preexec_fn`` so it runs in the child between fork and exec: no orphaned child if its owner is killed."""
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
@@ -84,7 +86,7 @@ class EmbeddedRedis:
             "--pidfile", str(self.dir / "redis.pid"), "--appendonly", "yes", "--save", "60 1000",
             "--daemonize", "no", "--logfile", str(self.dir / "redis.log"), "--protected-mode", "yes",
         ]
-        self._proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+        self._proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
         client = redis.Redis(host=self.bind, port=self.port, socket_connect_timeout=0.2)
         deadline = time.monotonic() + timeout_s
         while True:

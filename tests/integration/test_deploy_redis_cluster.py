@@ -10,7 +10,6 @@ run of the init changes nothing; a half-fresh set of nodes is refused. ``kubectl
 
 from __future__ import annotations
 
-import ctypes
 import os
 import re
 import shutil
@@ -28,6 +27,7 @@ import pytest
 import redis
 import yaml
 
+from server.store.embedded_redis import die_with_parent
 from tests.conftest import cluster_info, free_port, wait_redis
 from tests.integration.test_deploy import (
     COMPOSE,
@@ -197,12 +197,6 @@ PLANS: dict[str, Callable[[], Plan]] = {"compose": compose_plan, "k8s": k8s_plan
 # ---------------------------------------------------------------------------- local nodes
 
 
-def _die_with_parent() -> None:  # between fork and exec: no orphaned node if pytest itself is killed
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
 
 @dataclass
 class LocalNode:
@@ -258,7 +252,7 @@ class LocalCluster:
         port = free_port()
         node = LocalNode(name, localize(argv, port, free_port(), d), port, d)
         node.proc = subprocess.Popen(node.argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     preexec_fn=_die_with_parent)
+                                     preexec_fn=die_with_parent)
         return node
 
     def wait_answering(self, nodes: list[LocalNode]) -> None:

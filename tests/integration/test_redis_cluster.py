@@ -9,9 +9,7 @@ and that the settings refuse a cluster without a URL or with a database other th
 
 from __future__ import annotations
 
-import ctypes
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -27,18 +25,12 @@ from pydantic import ValidationError
 from server._gen.portrait.v1 import portrait_pb2 as pb
 from server._gen.portrait.v1 import portrait_pb2_grpc as pb_grpc
 from server.config import Settings
-from server.store.embedded_redis import online_redis
+from server.store.embedded_redis import die_with_parent, online_redis
 from tests.conftest import ROOT, ServerProcess, cluster_info, free_port, uid, wait_redis
 
 TIMEOUT = 30.0
 USERS = 210
 
-
-def _die_with_parent() -> None:  # in the child between fork and exec: no orphaned node if pytest is killed
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 @dataclass
@@ -99,7 +91,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                  "--cluster-config-file", str(d / "nodes.conf"), "--cluster-node-timeout", "5000",
                  "--save", "", "--appendonly", "no", "--bind", "127.0.0.1", "--dir", str(d),
                  "--logfile", str(d / "redis.log"), "--daemonize", "no"],
-                stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent))
+                stdin=subprocess.DEVNULL, preexec_fn=die_with_parent))
         for port, p in zip(c.ports, c.procs, strict=True):
             wait_redis(lambda port=port, p=p: p.poll() is None and c.node(port).ping(), f"redis-server on {port}")
         create = subprocess.run([cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in c.ports),
