@@ -30,7 +30,6 @@ PYTHON = sys.executable
 CHILDREN: list[subprocess.Popen[bytes]] = []
 
 
-
 def install_signal_handlers() -> None:
     """SIGINT/SIGTERM/SIGHUP -> KeyboardInterrupt, so the ``finally`` that stops the children runs
     (SIGINT explicitly too: a shell starts background jobs with SIGINT ignored)."""

@@ -197,7 +197,6 @@ PLANS: dict[str, Callable[[], Plan]] = {"compose": compose_plan, "k8s": k8s_plan
 # ---------------------------------------------------------------------------- local nodes
 
 
-
 @dataclass
 class LocalNode:
     name: str  # the host name the manifest gives it

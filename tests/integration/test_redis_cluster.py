@@ -32,7 +32,6 @@ TIMEOUT = 30.0
 USERS = 210
 
 
-
 @dataclass
 class Cluster:
     """Three redis-server masters on 127.0.0.1, joined into one cluster."""
