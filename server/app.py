@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import math
 import signal
 import time
 from pathlib import Path
@@ -30,6 +31,7 @@ from server.domain.pseudonym import Pseudonymizer, PseudonymKeyError
 from server.log.compaction import load_salt
 from server.log.partitions import PartitionsChanged, ensure_partitions
 from server.metrics import Metrics, serve_metrics
+from server.models.remote import RemoteTrainer, TrainerProcess
 from server.models.trainer import TrainerConfig
 from server.store.embedded_redis import EmbeddedRedis, online_redis
 from server.store.feast import (
@@ -58,6 +60,9 @@ ONLINE_STORE_HEALTH = "portrait.online_store"
 #: SERVING while every partition has a live owner (one in-process worker today: while the server runs)
 WORKERS_HEALTH = "portrait.workers"
 GAUGE_REFRESH_S = 1.0
+# gc.get_freeze_count() walks the frozen objects' list while holding the GIL: 30 ms at 3M objects, measured. Every
+# second that was a 30-140 ms pause of the loop (the freshness tail, docs/benchmarks.md); now once in 5 minutes.
+GC_COUNT_EVERY_S = 300.0
 QUALITY_EVERY = 15  # gauge refreshes between exact AUC/log-loss recomputations (8.6 % of a stream run)
 
 
@@ -128,6 +133,7 @@ class PortraitServer:
         self.durability: Durability | None = None
         self.recovery: RecoveryReport | None = None
         self._writer: WriterProcess | None = None
+        self._trainer: TrainerProcess | None = None  # PORTRAIT_TRAINER=process
 
     async def start(self) -> None:
         """Bring everything up; when this returns the server answers on ``grpc_port``."""
@@ -178,7 +184,9 @@ class PortraitServer:
             await self._writer.open()  # the first write waits until the child has opened the store
             online_write = self._writer.write
         offline = OfflineLog(data_dir)
-        worker = PartitionWorker(worker_config(s), self.metrics)
+        config = worker_config(s)
+        remote = RemoteTrainer(config.trainer, s.model_publish_s) if s.trainer == "process" else None
+        worker = PartitionWorker(config, self.metrics, remote)
 
         async def log_durable() -> None:
             await durability.commit()
@@ -198,8 +206,14 @@ class PortraitServer:
                                 log_retention_s=s.log_retention_s, fork_checkpoints=s.checkpoint_fork)
         self.recovery = await asyncio.to_thread(durability.recover)
         self.durability = durability
+        if remote is not None:  # after the recovery: the child starts from the recovered models + the replay's messages
+            self._trainer = TrainerProcess(remote)
+            await self._trainer.start()
+            log.info("the shared models learn in a trainer process (pid %d), published every %.2f s",
+                     self._trainer.pid, s.model_publish_s)
         self.core = ProfileCore(worker, materializer, OnlineStore(reader_store), durability,
                                 max_log_backlog_bytes=s.max_log_backlog_bytes, ids=ids,
+                                max_trainer_backlog=s.max_trainer_backlog,
                                 offline_dir=offline_dir(data_dir), erase_timeout_s=s.erase_timeout_s,
                                 # the embedded Redis keeps its files in the data dir: rewrite them too
                                 rewrite_online=writer.rewrite_persistence if self.embedded else None)
@@ -215,7 +229,8 @@ class PortraitServer:
         core = self.core
 
         def workers() -> tuple[int, list[ProcessStatus]]:  # one process: it owns every partition and the models
-            return s.partitions, in_process(core.worker.trainer, durability.log.next_offset, s.partitions)
+            return s.partitions, in_process(core.worker.trainer, durability.log.next_offset, s.partitions,
+                                            trainer_pid=self._trainer.pid if self._trainer else None)
 
         portrait_pb2_grpc.add_ProfileServiceServicer_to_server(ProfileServicer(self.core, workers), server)
         service = portrait_pb2.DESCRIPTOR.services_by_name["ProfileService"]
@@ -269,6 +284,7 @@ class PortraitServer:
         online_up = True
         tick = 0
         frozen_at = time.monotonic()
+        counted_at = -math.inf
         every = self.settings.gc_freeze_interval_s
         while True:
             await self.core.advance_time(self.settings.watermark_idle_s)
@@ -277,8 +293,11 @@ class PortraitServer:
             if every and time.monotonic() - frozen_at >= every:  # see Settings.gc_freeze_interval_s
                 gc.freeze()
                 frozen_at = time.monotonic()
-            self.metrics.gc_frozen_objects.set(gc.get_freeze_count())
+            if time.monotonic() - counted_at >= GC_COUNT_EVERY_S:
+                self.metrics.gc_frozen_objects.set(gc.get_freeze_count())
+                counted_at = time.monotonic()
             self.metrics.queue_depth.labels(queue="log").set(self.durability.log.pending_bytes)
+            self.metrics.queue_depth.labels(queue="trainer").set(self.core.worker.trainer.backlog())
             healthy = self.core.materializer.online_healthy
             self.metrics.online_store_up.set(1 if healthy else 0)
             if healthy != online_up:  # degraded: ingest still works, the online store lags
@@ -318,6 +337,9 @@ class PortraitServer:
                 log.error("gave up flushing %d pending profile rows after %.1f s (they are in the log "
                           "and the checkpoint, and will be written after the next start)",
                           self.core.materializer.depth, grace)
+        if self._trainer:  # its last models in before the final checkpoint (what it has not learnt is kept anyway)
+            await self._trainer.drain(timeout_s=max(grace, 1.0))
+            await self._trainer.close()
         if self.durability:
             await self.durability.close()
         if self._writer:

@@ -76,6 +76,15 @@ class Settings(BaseSettings):
     online_writer: Literal["process", "thread"] = "process"
     """Where online rows are written: ``process`` = a child process (Feast's conversion and the Redis
     round trips run on another core, not under the server's GIL); ``thread`` = a thread of the server."""
+    trainer: Literal["inprocess", "process"] = "inprocess"
+    """Where the shared models learn: ``inprocess`` = in the server's event loop, after every message (scores
+    use the newest model; replays and ``portrait evaluate`` are exact); ``process`` = a child process of its
+    own (``server.models.remote``): the loop keeps scoring and item statistics, the child learns and
+    publishes its models every ``model_publish_s`` (scores use a model up to that old:
+    ``portrait_model_staleness_seconds``)."""
+    model_publish_s: float = Field(default=0.5, gt=0)
+    """With ``trainer=process``: the trainer process publishes its models at least this often (seconds) while
+    it learns."""
     online_write_timeout_s: float = Field(default=60.0, gt=0)
     """A write the child process has not finished by then is abandoned: the child is killed and
     restarted, and the rows are retried."""
@@ -146,6 +155,9 @@ class Settings(BaseSettings):
     """Keep log segments this long after a checkpoint covers them (for `portrait replay-log`); -1 keeps all."""
     max_log_backlog_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     """Backpressure: writes get RESOURCE_EXHAUSTED while more than this is appended but not yet on disk."""
+    max_trainer_backlog: int = Field(default=1_000_000, ge=1)
+    """Backpressure with ``trainer=process``: writes get RESOURCE_EXHAUSTED while more than this many messages
+    wait for the trainer process (kept in memory until its models cover them; ~0.5 KB each)."""
     max_inflight_rpcs: int = Field(default=256, ge=1)
     """Backpressure: unary RPCs beyond this many in flight get RESOURCE_EXHAUSTED (health checks excepted)."""
     max_inflight_streams: int = Field(default=64, ge=1)

@@ -35,14 +35,14 @@ RISK_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.99, 1
 # not measured yet), so that a fresh server's dashboards show 0 rather than "No data".
 OUTCOMES = ("accepted", "duplicate", "rejected", "suppressed")
 REJECT_REASONS = ("bad_credentials", "decode", "inflight", "log_backlog", "no_credentials", "permission_denied",
-                  "stream_idle", "time_limit")
+                  "stream_idle", "time_limit", "trainer_backlog")
 MODELS = ("propensity", "item")
 #: Every shared model with a version (``server.models.trainer.VERSIONED``; a test keeps them equal).
 VERSIONED_MODELS = ("propensity", "item", "recommend", "segments", "risk", "item_stats")
 LABELS = ("positive", "negative")
 WORKER_STAGES = ("validate", "dedupe", "profile", "labels", "ranking", "risk", "models")
 STAGES = (*WORKER_STAGES, "online_write", "offline_write")
-QUEUES = ("online", "timers", "offline", "log")
+QUEUES = ("online", "timers", "offline", "log", "trainer")
 
 
 class Metrics:
@@ -84,7 +84,7 @@ class Metrics:
         )
         self.queue_depth = Gauge(
             "portrait_queue_depth", "Work waiting, by queue: online (users an event changed), timers (users "
-            "time alone changed), offline (rows), log (bytes).",
+            "time alone changed), offline (rows), log (bytes), trainer (messages the models do not cover yet).",
             ["queue"], registry=r,
         )
         self.rejected = Counter(

@@ -51,12 +51,13 @@ class ProcessStatus:
 
 
 def in_process(trainer: Any, log_offset: int, partitions: int, pid: int | None = None,
-               host: str | None = None) -> list[ProcessStatus]:
+               host: str | None = None, trainer_pid: int | None = None) -> list[ProcessStatus]:
     """The one-process deployment: front end, the worker owning all ``partitions``, the trainer (``trainer``:
-    anything with ``versions``, a dict model -> version)."""
+    anything with ``versions``, a dict model -> version; ``trainer_pid``: its child process with
+    ``PORTRAIT_TRAINER=process``, else this process)."""
     pid = os.getpid() if pid is None else pid
     host = socket.gethostname() if host is None else host
     versions = dict(trainer.versions)
     owned = [PartitionStatus(p, log_offset, 0) for p in range(partitions)]
     return [ProcessStatus("frontend", pid, host), ProcessStatus("worker", pid, host, owned, versions),
-            ProcessStatus("trainer", pid, host, [], versions)]
+            ProcessStatus("trainer", pid if trainer_pid is None else trainer_pid, host, [], versions)]

@@ -50,6 +50,9 @@ RECOMMEND = "recommend"  # the recommendation ranker (``NextItemRanker``): learn
 SEGMENTS, RISK, ITEM_STATS = "segments", "risk", "item_stats"
 #: Every shared model with a version of its own (``Trainer.versions``; ``portrait_model_version{model}``).
 VERSIONED = (PROPENSITY, ITEM, RECOMMEND, SEGMENTS, RISK, ITEM_STATS)
+UNLEARNT = "unlearnt"
+"""A trainer state's optional key: messages fed but not yet in its models, learnt in order on load
+(``server.models.remote``: the state a worker checkpoints beside a trainer process)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +138,19 @@ class Trainer:
 
     def feed(self, message: Labelled | UserVector | EventVector | ItemStats) -> None:
         """Learn one message, then publish (in one process: ``version`` moves on)."""
+        if type(message) is Labelled:
+            self.quality(message)
+        self.learn(message)
+
+    def quality(self, message: Labelled) -> None:
+        """Record a resolved decision's prediction and label in its model's rolling quality window."""
+        if message.model == PROPENSITY:
+            self.propensity_quality.add(message.p, message.label)
+        elif message.model == ITEM:
+            self.item_quality.add(message.p, message.label)
+
+    def learn(self, message: Labelled | UserVector | EventVector | ItemStats) -> None:
+        """Learn one message (no quality bookkeeping: ``feed`` does both)."""
         if type(message) is ItemStats:
             self.items.add(message.item, message.t, message.slot, message.price)
             if message.category:
@@ -151,12 +167,10 @@ class Trainer:
             self.segmenter.learn(message.x)
         elif type(message) is Labelled:
             if message.model == PROPENSITY:
-                self.propensity_quality.add(message.p, message.label)
                 self.propensity.learn(message.x, message.label)
             elif message.model == RECOMMEND:
                 self.next_item.learn(message.x, message.label)
             else:
-                self.item_quality.add(message.p, message.label)
                 self.item_model.learn(message.x, message.label)
             self.versions[message.model] += 1
             self.version += 1
@@ -165,6 +179,15 @@ class Trainer:
             raise TypeError(f"the trainer learns no {type(message).__name__}")
         self.versions[_KIND[type(message)]] += 1
         self.version += 1
+
+    def backlog(self) -> int:
+        """Messages fed and not yet learnt: 0 in one process (``server.models.remote`` overrides it)."""
+        return 0
+
+    def staleness_s(self) -> float:
+        """How long the oldest message the models do not cover yet has waited: 0 in one process (``feed``
+        learns at once; ``server.models.remote`` overrides it)."""
+        return 0.0
 
     # -- checkpoints ------------------------------------------------------------------------------
     FIELDS = ("propensity", "propensity_quality", "item_model", "item_quality", "segmenter", "risk", "items",
@@ -187,6 +210,8 @@ class Trainer:
         for k in self.FIELDS:
             if k in state:
                 setattr(self, k, state[k])
+        for message in state.get(UNLEARNT, ()):  # taken beside a trainer process: what it had not learnt yet
+            self.learn(message)
 
 
 _KIND: dict[type, str] = {ItemStats: ITEM_STATS, EventVector: RISK, UserVector: SEGMENTS}

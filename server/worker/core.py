@@ -21,7 +21,8 @@ from server.worker.materialize import Materializer
 from server.worker.partition import Outcome, PartitionWorker
 
 BUSY_TIMERS_PER_TICK = 200  # timers fired per (1 s) tick while events arrive, beside PORTRAIT_TIMERS_PER_EVENT
-YIELD_EVERY = 256  # events processed between yields to the event loop in batches
+BUSY_TIMER_CHUNK = 25  # ... this many at a time, the loop free in between (200 at once held it ~15 ms)
+YIELD_EVERY = 64  # events processed between yields to the event loop in batches (256 held it 60-100 ms)
 STREAM_COMMIT_EVERY = 2000  # events of a stream between log commits
 
 
@@ -31,12 +32,14 @@ class ProfileCore:
     def __init__(self, worker: PartitionWorker, materializer: Materializer, reader: OnlineStore,
                  durability: Durability | None = None, max_log_backlog_bytes: int = 64 * 1024 * 1024,
                  ids: Pseudonymizer | None = None, offline_dir: Any = None,
-                 rewrite_online: Any = None, erase_timeout_s: float = 10.0) -> None:
+                 rewrite_online: Any = None, erase_timeout_s: float = 10.0,
+                 max_trainer_backlog: int = 1_000_000) -> None:
         self.worker = worker
         self.materializer = materializer
         self.reader = reader
         self.durability = durability
         self.max_log_backlog_bytes = max_log_backlog_bytes
+        self.max_trainer_backlog = max_trainer_backlog
         self.ids = ids if ids is not None else Pseudonymizer.identity()
         self.offline_dir = offline_dir
         self.rewrite_online = rewrite_online
@@ -47,10 +50,14 @@ class ProfileCore:
         self._rejected = worker.metrics.rejected
 
     def _admit(self) -> None:
-        """Backpressure: refuse new writes while the log has too much not yet on disk."""
+        """Backpressure: refuse new writes while the log has too much not yet on disk, or the trainer process
+        too many messages not yet learnt."""
         if self.durability is not None and self.durability.log.pending_bytes > self.max_log_backlog_bytes:
             self._rejected.labels(reason="log_backlog").inc()
             raise ResourceExhausted("the event log is behind; retry with backoff")
+        if self.worker.trainer.backlog() > self.max_trainer_backlog:
+            self._rejected.labels(reason="trainer_backlog").inc()
+            raise ResourceExhausted("the trainer process is behind; retry with backoff")
 
     async def _commit(self) -> None:
         if self.durability is not None:
@@ -80,7 +87,14 @@ class ProfileCore:
         it passed, ``chunk`` at a time with the loop free between chunks; returns how many fired."""
         if time.monotonic() - self._last_event < idle_s:  # busy: event time moves the watermark; catch up a
             held = self.worker.timers_held  # bounded share per tick besides the per-event share
-            return 0 if held is not None and held() else self.worker.fire(BUSY_TIMERS_PER_TICK)
+            fired = 0
+            while fired < BUSY_TIMERS_PER_TICK and not (held is not None and held()):
+                n = self.worker.fire(BUSY_TIMER_CHUNK)
+                fired += n
+                if n < BUSY_TIMER_CHUNK:
+                    break
+                await asyncio.sleep(0)
+            return fired
         fired = 0
         while True:
             n = self.worker.advance(time.time(), chunk)

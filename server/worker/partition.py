@@ -37,7 +37,17 @@ from server.domain.labels import DelayedLabels
 from server.domain.profile import TagRules, UserProfile
 from server.metrics import WORKER_STAGES, Metrics
 from server.models.risk import UserRisk
-from server.models.trainer import ITEM, PROPENSITY, RECOMMEND, EventVector, Labelled, Trainer, TrainerConfig, UserVector
+from server.models.trainer import (
+    ITEM,
+    ITEM_STATS,
+    PROPENSITY,
+    RECOMMEND,
+    EventVector,
+    Labelled,
+    Trainer,
+    TrainerConfig,
+    UserVector,
+)
 from server.models.user import Propensity, Segmenter
 from server.worker.items import ItemDecisions
 from server.worker.timers import Timers
@@ -465,8 +475,10 @@ class PartitionWorker:
         m.pending_labels.labels(model=ITEM).set(len(self.items.labels))
         for i, n in enumerate(self.segment_sizes):
             m.segment_users.labels(segment=str(i)).set(n)
-        for model, version in self.trainer.versions.items():  # one process: the live models, never stale
+        stale = self.trainer.staleness_s()  # 0 in one process (the live models); a trainer process: its lag
+        for model, version in self.trainer.versions.items():
             m.model_version.labels(model=model).set(version)
+            m.model_staleness.labels(model=model).set(0.0 if model == ITEM_STATS else stale)
         if not quality:
             return
         trainer = self.trainer

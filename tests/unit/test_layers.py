@@ -13,7 +13,7 @@ SERVER = ROOT / "server"
 #: package -> the ``server.*`` prefixes its modules may import (besides their own package)
 ALLOWED = {
     "domain": (),
-    "models": ("server.domain",),
+    "models": ("server.domain", "server.logs"),  # logs: the trainer process (server.models.remote) exits quietly
     "log": ("server.domain", "server.logs"),
     "store": ("server.domain", "server.log.atomic", "server.config", "server.logs"),
     "worker": ("server.domain", "server.models", "server.log", "server.store", "server.metrics", "server.logs",
