@@ -34,12 +34,12 @@ import os
 import pickle
 import select
 import signal
-import struct
 import sys
 import time
 from collections import deque
 from typing import Any
 
+from server.childproc import HEADER, close_child, frame, read_frame
 from server.logs import exit_quietly
 from server.models.trainer import ITEM_STATS, UNLEARNT, VERSIONED, ItemStats, Labelled, Trainer, TrainerConfig
 from server.models.user import Propensity
@@ -48,13 +48,8 @@ log = logging.getLogger(__name__)
 
 #: The models the child learns and publishes (the rest of ``Trainer.FIELDS`` stays with the worker).
 LEARNT = ("propensity", "item_model", "segmenter", "risk", "next_item")
-_HEADER = struct.Struct(">I")
 SEND_EVERY_S = 0.005  # the worker hands its queued messages to the child this often
-
-
-def _frame(obj: Any) -> bytes:
-    body = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    return _HEADER.pack(len(body)) + body
+NICE = 10  # the child's CPU priority below the server's and the writer's: learning can wait, ingest and rows cannot
 
 
 _WINDOW = ("_replay_x", "_replay_y")  # the propensity's replay window: published as the rows that changed
@@ -228,7 +223,7 @@ class TrainerProcess:
         t.resend()
         versions = {k: v for k, v in t.versions.items() if k != ITEM_STATS}
         assert self._proc.stdin is not None
-        self._proc.stdin.write(_frame(("load", t.config, t.models(), versions, t.publish_s, t.covered)))
+        self._proc.stdin.write(frame(("load", t.config, t.models(), versions, t.publish_s, t.covered)))
         self._dead.clear()
         self._reader = asyncio.create_task(self._read_loop(self._proc), name="trainer-read")
 
@@ -236,8 +231,7 @@ class TrainerProcess:
         assert proc.stdout is not None
         try:
             while True:
-                (n,) = _HEADER.unpack(await proc.stdout.readexactly(_HEADER.size))
-                covered, versions, models = pickle.loads(await proc.stdout.readexactly(n))
+                covered, versions, models = await read_frame(proc.stdout)
                 self.trainer.publish(covered, versions, models)
         except (asyncio.IncompleteReadError, ConnectionResetError):
             pass
@@ -257,7 +251,7 @@ class TrainerProcess:
         if len(self.trainer.unlearnt) == self.trainer.sent:
             return
         try:
-            proc.stdin.write(_frame(self.trainer.take_unsent()))
+            proc.stdin.write(frame(self.trainer.take_unsent()))
             await proc.stdin.drain()
         except (BrokenPipeError, ConnectionResetError):
             self._dead.set()
@@ -292,16 +286,8 @@ class TrainerProcess:
         self._stopping = True
         for task in self._tasks:
             task.cancel()
-        proc = self._proc
-        if proc is None or proc.returncode is not None:
-            return
-        assert proc.stdin is not None
-        proc.stdin.close()
-        try:
-            await asyncio.wait_for(proc.wait(), timeout_s)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
+        if self._proc is not None:
+            await close_child(self._proc, timeout_s)
 
 
 class _Frames:
@@ -320,22 +306,23 @@ class _Frames:
 
     def peek_whole(self) -> bool:
         """Is a whole frame buffered?"""
-        return len(self.buf) >= _HEADER.size and len(self.buf) >= _HEADER.size + _HEADER.unpack_from(self.buf)[0]
+        return len(self.buf) >= HEADER.size and len(self.buf) >= HEADER.size + HEADER.unpack_from(self.buf)[0]
 
     def pop(self) -> bytes | None:
-        if len(self.buf) < _HEADER.size:
+        if len(self.buf) < HEADER.size:
             return None
-        (n,) = _HEADER.unpack_from(self.buf)
-        if len(self.buf) < _HEADER.size + n:
+        (n,) = HEADER.unpack_from(self.buf)
+        if len(self.buf) < HEADER.size + n:
             return None
-        body = bytes(self.buf[_HEADER.size:_HEADER.size + n])
-        del self.buf[:_HEADER.size + n]
+        body = bytes(self.buf[HEADER.size:HEADER.size + n])
+        del self.buf[:HEADER.size + n]
         return body
 
 
 def main() -> int:
     """The child: load the models, learn the messages in order, publish at least every ``publish_s``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent shuts us down
+    os.nice(NICE)
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # stray prints of libraries must not corrupt the frames
     frames = _Frames(0)
@@ -353,7 +340,7 @@ def main() -> int:
 
     def publish() -> None:
         nonlocal labels
-        out.write(_frame((covered, dict(trainer.versions), publication(trainer, labels))))
+        out.write(frame((covered, dict(trainer.versions), publication(trainer, labels))))
         out.flush()
         labels = trainer.propensity._labels
 

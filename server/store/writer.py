@@ -26,7 +26,6 @@ import logging
 import os
 import pickle
 import signal
-import struct
 import sys
 import time
 from collections.abc import Sequence
@@ -34,6 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
+from server.childproc import HEADER, close_child, frame, read_frame
 from server.logs import exit_quietly
 from server.store.feast import FEATURE_VIEW, open_store
 from server.store.schema import FEATURES
@@ -41,7 +41,6 @@ from server.store.schema import FEATURES
 log = logging.getLogger(__name__)
 
 Row = dict[str, Any]
-_HEADER = struct.Struct(">I")
 MEMO_SIZE = 8192  # distinct scalar values kept per kind
 
 
@@ -99,22 +98,17 @@ class FeastRowWriter:
 
 
 def _read_frame(stream: IO[bytes]) -> bytes | None:
-    head = stream.read(_HEADER.size)
-    if len(head) < _HEADER.size:
+    head = stream.read(HEADER.size)
+    if len(head) < HEADER.size:
         return None
-    (n,) = _HEADER.unpack(head)
+    (n,) = HEADER.unpack(head)
     body = stream.read(n)
     return body if len(body) == n else None
 
 
 def _write_frame(stream: IO[bytes], obj: Any) -> None:
-    stream.write(_frame(obj))
+    stream.write(frame(obj))
     stream.flush()
-
-
-def _frame(obj: Any) -> bytes:
-    body = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    return _HEADER.pack(len(body)) + body
 
 
 class WriterProcess:
@@ -168,7 +162,7 @@ class WriterProcess:
     async def _send(self, obj: Any) -> None:
         assert self._proc is not None and self._proc.stdin is not None
         try:
-            self._proc.stdin.write(_frame(obj))
+            self._proc.stdin.write(frame(obj))
             await self._proc.stdin.drain()
         except (BrokenPipeError, ConnectionResetError) as exc:
             await self._kill()
@@ -179,8 +173,7 @@ class WriterProcess:
         assert proc is not None and proc.stdout is not None
         try:
             async with asyncio.timeout(timeout_s):
-                (n,) = _HEADER.unpack(await proc.stdout.readexactly(_HEADER.size))
-                body = await proc.stdout.readexactly(n)
+                return await read_frame(proc.stdout)
         except TimeoutError:
             await self._kill()
             raise WriteError(f"the online writer process did not answer within {timeout_s:.0f} s "
@@ -189,7 +182,6 @@ class WriterProcess:
             code = await proc.wait()
             raise WriteError(f"the online writer process exited (code {code}); "
                              "it is restarted on the next write") from None
-        return pickle.loads(body)
 
     async def write(self, rows: Sequence[Row]) -> None:
         """Write rows (dicts) online; returns once they are in Redis, raises ``WriteError`` otherwise."""
@@ -215,15 +207,8 @@ class WriterProcess:
     async def close(self, timeout_s: float = 10.0) -> None:
         """Stop the child: close its input (it exits at end of input); kill it if it lingers."""
         async with self._lock:
-            proc = self._proc
-            if proc is None or proc.returncode is not None:
-                return
-            assert proc.stdin is not None
-            proc.stdin.close()
-            try:
-                await asyncio.wait_for(proc.wait(), timeout_s)
-            except TimeoutError:
-                await self._kill()
+            if self._proc is not None:
+                await close_child(self._proc, timeout_s)
 
 
 def main() -> int:

@@ -13,9 +13,10 @@ SERVER = ROOT / "server"
 #: package -> the ``server.*`` prefixes its modules may import (besides their own package)
 ALLOWED = {
     "domain": (),
-    "models": ("server.domain", "server.logs"),  # logs: the trainer process (server.models.remote) exits quietly
+    # logs, childproc: the trainer process (server.models.remote) is a child process like the online writer
+    "models": ("server.domain", "server.logs", "server.childproc"),
     "log": ("server.domain", "server.logs"),
-    "store": ("server.domain", "server.log.atomic", "server.config", "server.logs"),
+    "store": ("server.domain", "server.log.atomic", "server.config", "server.logs", "server.childproc"),
     "worker": ("server.domain", "server.models", "server.log", "server.store", "server.metrics", "server.logs",
                "server.fdlimit"),
     # the explorer is an edge like api/: it reads the worker (through ProfileCore) and the models, and takes
