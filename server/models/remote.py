@@ -41,7 +41,7 @@ from typing import Any
 
 from server.childproc import HEADER, close_child, frame, read_frame
 from server.logs import exit_quietly
-from server.models.trainer import ITEM_STATS, UNLEARNT, VERSIONED, ItemStats, Labelled, Trainer, TrainerConfig
+from server.models.trainer import ITEM_STATS, UNLEARNT, ItemStats, Trainer, TrainerConfig
 from server.models.user import Propensity
 
 log = logging.getLogger(__name__)
@@ -109,19 +109,6 @@ class RemoteTrainer(Trainer):
         self.sent = 0  # of ``unlearnt``, how many the child has been sent
         self._sent_at: deque[tuple[int, float]] = deque()  # (messages sent so far, when) per send
         self.covered = 0  # messages the models held cover (counted since this object was loaded)
-        self._fed = 0  # messages queued (since this object was loaded)
-        self.published_at = time.time()
-
-    def feed(self, message: Any) -> None:
-        """Item statistics and quality windows here; everything else queued for the child."""
-        t = type(message)
-        if t is ItemStats:
-            Trainer.learn(self, message)
-            return
-        if t is Labelled:
-            self.quality(message)
-        self.unlearnt.append(message)
-        self._fed += 1
 
     def publish(self, covered: int, versions: dict[str, int], models: dict[str, Any]) -> None:
         """Swap in models the child published, covering the first ``covered`` messages since the load."""
@@ -138,7 +125,6 @@ class RemoteTrainer(Trainer):
             if model != ITEM_STATS:
                 self.versions[model] = v
         self.version = sum(self.versions.values())
-        self.published_at = time.time()
         while self._sent_at and self._sent_at[0][0] <= covered:
             self._sent_at.popleft()
 
@@ -155,12 +141,12 @@ class RemoteTrainer(Trainer):
         self._sent_at.clear()
 
     def learn(self, message: Any) -> None:
-        """Used by ``load_state`` for a checkpoint's unlearnt messages: queue them for the child."""
+        """Item statistics here; everything else queued for the child (``feed`` records quality first, as in
+        one process; ``load_state`` queues a checkpoint's unlearnt messages through here too)."""
         if type(message) is ItemStats:
             Trainer.learn(self, message)
         else:
             self.unlearnt.append(message)
-            self._fed += 1
 
     def backlog(self) -> int:
         """Messages the models held do not cover yet (kept until they do)."""
@@ -181,7 +167,7 @@ class RemoteTrainer(Trainer):
     def load_state(self, state: dict[str, Any]) -> None:
         """Models and statistics from ``state``; its unlearnt messages queued for the (next) child."""
         self.unlearnt.clear()
-        self.sent, self.covered, self._fed = 0, 0, 0
+        self.sent, self.covered = 0, 0
         self._sent_at.clear()
         super().load_state(state)
 
@@ -195,9 +181,8 @@ class TrainerProcess:
     ``SEND_EVERY_S``, applies its publications, and starts it again (from the models held + the messages
     after them) when it dies."""
 
-    def __init__(self, trainer: RemoteTrainer, env: dict[str, str] | None = None) -> None:
+    def __init__(self, trainer: RemoteTrainer) -> None:
         self.trainer = trainer
-        self._env = {**os.environ, **(env or {})}
         self._proc: asyncio.subprocess.Process | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.restarts = 0
@@ -219,7 +204,7 @@ class TrainerProcess:
         t = self.trainer
         self._proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "server.models.remote", stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE, env=self._env, cwd=os.getcwd())
+            stdout=asyncio.subprocess.PIPE, cwd=os.getcwd())
         t.resend()
         versions = {k: v for k, v in t.versions.items() if k != ITEM_STATS}
         assert self._proc.stdin is not None
@@ -367,4 +352,4 @@ if __name__ == "__main__":
     exit_quietly(main())
 
 
-__all__ = ["LEARNT", "VERSIONED", "RemoteTrainer", "TrainerProcess", "publication"]
+__all__ = ["LEARNT", "RemoteTrainer", "TrainerProcess", "publication"]

@@ -19,7 +19,7 @@ from server.domain.errors import ResourceExhausted
 from server.domain.events import Event, EventType
 from server.metrics import Metrics
 from server.models.remote import RemoteTrainer, TrainerProcess, publication
-from server.models.trainer import UNLEARNT, ItemStats, Trainer, TrainerConfig
+from server.models.trainer import PROPENSITY, UNLEARNT, ItemStats, Labelled, Trainer, TrainerConfig
 from server.tools.simulate import simulate
 from server.worker.core import ProfileCore
 from server.worker.materialize import Materializer
@@ -125,8 +125,6 @@ def test_scores_use_published_models_only() -> None:
     remote = RemoteTrainer(TrainerConfig())
     x = np.linspace(0.0, 1.0, len(remote.propensity._weights)).tolist()
     before = remote.propensity.predict(x)
-    from server.models.trainer import PROPENSITY, Labelled
-
     remote.feed(Labelled(PROPENSITY, x, before, True))
     assert remote.propensity.predict(x) == before  # not learnt here
     child = Trainer(TrainerConfig())
