@@ -29,7 +29,9 @@ from server.cluster.status import ProcessStatus, in_process
 from server.config import Settings
 from server.domain.pseudonym import Pseudonymizer, PseudonymKeyError
 from server.log.compaction import load_salt
+from server.log.eventlog import EventLog
 from server.log.partitions import PartitionsChanged, ensure_partitions
+from server.log.streams import LogOwnedElsewhere, StreamLog, owner_id
 from server.metrics import Metrics, serve_metrics
 from server.models.remote import RemoteTrainer, TrainerProcess
 from server.models.trainer import TrainerConfig
@@ -64,6 +66,19 @@ GAUGE_REFRESH_S = 1.0
 # second that was a 30-140 ms pause of the loop (the freshness tail, docs/benchmarks.md); now once in 5 minutes.
 GC_COUNT_EVERY_S = 300.0
 QUALITY_EVERY = 15  # gauge refreshes between exact AUC/log-loss recomputations (8.6 % of a stream run)
+
+
+def event_log(settings: Settings, data_dir: Path, embedded_url: str | None = None) -> EventLog | StreamLog:
+    """The event log of ``data_dir`` per ``PORTRAIT_LOG_STORE`` (not opened yet): segment files, or one Redis
+    Stream per partition in the Redis of ``PORTRAIT_REDIS_URL`` (else ``embedded_url``). The one place the server
+    and ``portrait replay-log`` choose, so both read the same log."""
+    if settings.log_store == "file":
+        return EventLog(data_dir / "log", segment_bytes=settings.log_segment_bytes, fsync=settings.fsync)
+    url = settings.redis_url or embedded_url
+    if not url:
+        raise ValueError("PORTRAIT_LOG_STORE=redis needs PORTRAIT_REDIS_URL or the embedded Redis")
+    return StreamLog(url, settings.partitions, prefix=settings.log_prefix, cluster=settings.redis_cluster,
+                     owner=owner_id(data_dir), wait_replicas=settings.log_wait_replicas)
 
 
 def worker_config(s: Settings) -> WorkerConfig:
@@ -157,7 +172,7 @@ class PortraitServer:
         data_dir.mkdir(parents=True, exist_ok=True)
         ensure_partitions(data_dir, s.partitions)  # before anything is written: a changed count refuses to start
         self.feast_redis, self.embedded = online_redis(s.configured_feast_redis(), data_dir, s.embedded_redis_port,
-                                                       cluster=s.redis_cluster)
+                                                       cluster=s.redis_cluster, holds_log=s.log_store == "redis")
         if self.embedded is not None:
             log.info("PORTRAIT_REDIS_URL is unset: using the embedded Redis at %s "
                      "(other processes: PORTRAIT_FEAST_REDIS=%s PORTRAIT_FEAST_REDIS_TYPE=redis PORTRAIT_DATA_DIR=%s)",
@@ -201,9 +216,10 @@ class PortraitServer:
         # while a flush's worth of such rows still waits, events fire no more timers (firing costs the loop
         # and its rows could not be written sooner); idle ticks still fire every due timer
         worker.timers_held = lambda: materializer.later_depth >= s.timer_rows_per_flush
-        durability = Durability(data_dir, worker, materializer, fsync=s.fsync,
-                                segment_bytes=s.log_segment_bytes, checkpoint_interval_s=s.checkpoint_interval_s,
-                                log_retention_s=s.log_retention_s, fork_checkpoints=s.checkpoint_fork)
+        durability = Durability(data_dir, worker, materializer, checkpoint_interval_s=s.checkpoint_interval_s,
+                                log_retention_s=s.log_retention_s, fork_checkpoints=s.checkpoint_fork,
+                                log_=event_log(s, data_dir, self.embedded.url if self.embedded else None),
+                                partitions=s.partitions)
         self.recovery = await asyncio.to_thread(durability.recover)
         self.durability = durability
         if remote is not None:  # after the recovery: the child starts from the recovered models + the replay's messages
@@ -356,7 +372,7 @@ async def serve(settings: Settings) -> None:
     server = PortraitServer(settings)
     try:
         await server.start()
-    except (SecurityConfigError, PartitionsChanged) as exc:
+    except (SecurityConfigError, PartitionsChanged, LogOwnedElsewhere) as exc:
         log.error("refusing to start: %s", exc)
         raise SystemExit(2) from None
     stop = asyncio.Event()

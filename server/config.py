@@ -151,6 +151,20 @@ class Settings(BaseSettings):
     then pauses (1.6 s for 58 MB of state)."""
     checkpoint_interval_s: float = Field(default=60.0, gt=0)
     """Seconds between checkpoints of the in-memory state (while events arrive); also taken at shutdown."""
+    log_store: Literal["file", "redis"] = "file"
+    """Where the event log (the source of truth for accepted events and erasures) lives: ``file``, checksummed
+    segment files under ``<data_dir>/log``; ``redis``, one Redis Stream per partition in the Redis of
+    redis_url (``<log_prefix>:<partition>``; on a Redis Cluster the streams spread over the masters), or in the
+    embedded Redis, which then runs with ``appendfsync always``. An external Redis must run with
+    ``appendonly yes`` and ``appendfsync always`` for an acknowledgement to survive its crash
+    (``log_wait_replicas`` for a replica's copy). Switching an existing store from one to the other is not
+    supported (replay the events into a new data dir)."""
+    log_prefix: str = Field(default="portrait:log", min_length=1, max_length=100)
+    """Key prefix of the event-log streams (``log_store=redis``): one Redis can hold the logs of several
+    stores under different prefixes; a log of another data dir under this prefix is refused at start."""
+    log_wait_replicas: int = Field(default=0, ge=0)
+    """``log_store=redis``: acknowledge a batch only once this many replicas hold it (Redis ``WAIT``; on a
+    cluster, the replicas of every master); a batch not acknowledged within a second fails the write."""
     log_retention_s: float = 0.0
     """Keep log segments this long after a checkpoint covers them (for `portrait replay-log`); -1 keeps all."""
     max_log_backlog_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
@@ -234,6 +248,9 @@ class Settings(BaseSettings):
                                      "(a Redis Cluster has database 0 only; Feast's cluster client refuses db)")
             else:
                 redis_url_to_feast(self.redis_url, cluster=True)  # a bad URL (e.g. /3) refuses now
+        if self.log_store == "redis" and self.feast_redis and not self.redis_url:
+            raise ValueError("PORTRAIT_LOG_STORE=redis with PORTRAIT_FEAST_REDIS needs PORTRAIT_REDIS_URL too: the URL "
+                             "of the Redis that holds the log streams")
         return self
 
     def feast_redis_type(self) -> Literal["redis", "redis_cluster"]:

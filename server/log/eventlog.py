@@ -28,6 +28,7 @@ import asyncio
 import logging
 import os
 import struct
+import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -153,8 +154,9 @@ class EventLog:
         """Appended bytes not yet handed to the OS."""
         return len(self._buf)
 
-    def append(self, payload: bytes) -> int:
-        """Append one record (in memory); returns its offset. Durable after ``commit``."""
+    def append(self, payload: bytes, partition: int = 0) -> int:
+        """Append one record (in memory); returns its offset. Durable after ``commit``. One file log holds every
+        partition: ``partition`` is not kept (``server.log.streams`` keeps one stream per partition)."""
         if self._failed:
             raise RuntimeError("event log failed earlier; refusing writes") from self._failed
         self._buf += HEADER.pack(len(payload), zlib.crc32(payload))
@@ -273,6 +275,22 @@ class EventLog:
         """Offset of the oldest retained record."""
         segs = self.segments()
         return segs[0][0] if segs else 0
+
+    def retain(self, offset: int, retention_s: float) -> int:
+        """Delete segments wholly below ``offset`` (the oldest kept checkpoint), except those written to within
+        ``retention_s`` (kept for ``portrait replay-log``; negative: keep all); returns how many went."""
+        if retention_s < 0:
+            return 0
+        cutoff = time.time() - retention_s
+        keep_from = offset
+        for first, path in self.segments():  # oldest first
+            if path.stat().st_mtime >= cutoff:
+                keep_from = min(keep_from, first)
+                break
+        deleted = self.delete_before(keep_from)
+        for path in deleted:
+            log.info("deleted log segment %s (covered by a checkpoint)", path.name)
+        return len(deleted)
 
     def delete_before(self, offset: int) -> list[Path]:
         """Delete whole segments whose records all lie below ``offset`` (never the current one)."""

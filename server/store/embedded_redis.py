@@ -47,8 +47,10 @@ def die_with_parent() -> None:
 class EmbeddedRedis:
     """A redis-server child process on 127.0.0.1:``port`` with its files under ``data_dir/redis``."""
 
-    def __init__(self, data_dir: Path, port: int = 6390, bind: str = "127.0.0.1") -> None:
+    def __init__(self, data_dir: Path, port: int = 6390, bind: str = "127.0.0.1",
+                 appendfsync: str = "everysec") -> None:
         self.dir = Path(data_dir).resolve() / "redis"
+        self.appendfsync = appendfsync
         self.bind = bind
         self.port = port or _free_port(bind)
         self._proc: subprocess.Popen[bytes] | None = None
@@ -83,7 +85,8 @@ class EmbeddedRedis:
         self._stop_orphan()
         args = [
             _executable(), "--port", str(self.port), "--bind", self.bind, "--dir", str(self.dir),
-            "--pidfile", str(self.dir / "redis.pid"), "--appendonly", "yes", "--save", "60 1000",
+            "--pidfile", str(self.dir / "redis.pid"), "--appendonly", "yes", "--appendfsync", self.appendfsync,
+            "--save", "60 1000",
             "--daemonize", "no", "--logfile", str(self.dir / "redis.log"), "--protected-mode", "yes",
         ]
         self._proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
@@ -117,11 +120,13 @@ class EmbeddedRedis:
 
 
 def online_redis(configured: str | None, data_dir: Path, port: int,
-                 cluster: bool = False) -> tuple[str, EmbeddedRedis | None]:
+                 cluster: bool = False, holds_log: bool = False) -> tuple[str, EmbeddedRedis | None]:
     """Feast's Redis connection: ``configured`` (from ``PORTRAIT_FEAST_REDIS`` / ``PORTRAIT_REDIS_URL``) when
     given, else an embedded Redis on ``port`` keeping its files in ``data_dir``, started here (the caller
     stops it). The one place the server and its tools choose between an external and the embedded Redis.
-    ``cluster`` (``PORTRAIT_REDIS_CLUSTER``): there is no embedded cluster, a connection must be configured."""
+    ``cluster`` (``PORTRAIT_REDIS_CLUSTER``): there is no embedded cluster, a connection must be configured.
+    ``holds_log`` (``PORTRAIT_LOG_STORE=redis``): the embedded Redis fsyncs its append-only file before every
+    reply (``appendfsync always``): an acknowledged event survives a crash of Redis too."""
     if configured:
         return configured, None
     if cluster:
@@ -129,6 +134,6 @@ def online_redis(configured: str | None, data_dir: Path, port: int,
                          "(the embedded Redis is a single server, not a cluster)")
     from server.config import redis_url_to_feast
 
-    embedded = EmbeddedRedis(data_dir, port)
+    embedded = EmbeddedRedis(data_dir, port, appendfsync="always" if holds_log else "everysec")
     embedded.start()
     return redis_url_to_feast(embedded.url), embedded

@@ -19,8 +19,8 @@ from prometheus_client import CollectorRegistry
 
 from server.config import Settings
 from server.log import checkpoint
-from server.log.eventlog import EventLog
 from server.log.partitions import PartitionsChanged, ensure_partitions
+from server.log.streams import LogOwnedElsewhere
 from server.metrics import Metrics
 from server.store.embedded_redis import online_redis
 from server.store.feast import OfflineLog, OnlineStore, apply_definitions, set_feast_env
@@ -33,7 +33,7 @@ CHUNK = 2000
 
 def rebuild(settings: Settings, from_start: bool = False) -> int:
     """Rebuild and write every profile; returns a process exit code."""
-    from server.app import worker_config
+    from server.app import event_log, worker_config
 
     data_dir = Path(settings.data_dir).resolve()
     try:
@@ -42,13 +42,17 @@ def rebuild(settings: Settings, from_start: bool = False) -> int:
         log.error("refusing to rebuild: %s", exc)
         return 2
     feast_redis, embedded = online_redis(settings.configured_feast_redis(), data_dir, settings.embedded_redis_port,
-                                         cluster=settings.redis_cluster)
+                                         cluster=settings.redis_cluster, holds_log=settings.log_store == "redis")
     try:
         set_feast_env(data_dir, feast_redis, settings.feast_redis_type())
         store = apply_definitions(settings.feature_repo, data_dir)
         worker = PartitionWorker(worker_config(settings), Metrics(CollectorRegistry()))
-        events = EventLog(data_dir / "log")
-        events.open()
+        events = event_log(settings, data_dir, embedded.url if embedded else None)
+        try:
+            events.open()
+        except (PartitionsChanged, LogOwnedElsewhere) as exc:
+            log.error("refusing to rebuild: %s", exc)
+            return 2
         t0 = time.perf_counter()
         done = restore(worker, events, data_dir / "checkpoints", from_start=from_start)
         start, replayed = done.start, done.replayed

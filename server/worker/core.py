@@ -205,7 +205,7 @@ class ProfileCore:
         for stored in self.ids.all(user_id):
             offset = -1
             if self.durability is not None:
-                offset = self.durability.log_erasure(self.worker.erasures.digest(stored), at)
+                offset = self.durability.log_erasure(self.worker.erasures.digest(stored), at, stored)
             existed = self.worker.erase(stored, offset, at) or existed
             fut = self.materializer.forget(stored)
             if fut is not None:
@@ -229,7 +229,7 @@ class ProfileCore:
             if self.worker.unsuppress(digest, at):
                 lifted = True
                 if self.durability is not None:
-                    self.durability.log_unsuppress(digest, at)
+                    self.durability.log_unsuppress(digest, at, stored)
         await self._commit()
         return lifted
 

@@ -24,8 +24,10 @@ from typing import Any
 from server import fdlimit
 from server.domain.erasure import Erasures
 from server.domain.events import Event
+from server.domain.partition import partition_of
 from server.log import checkpoint, codec, compaction
 from server.log.eventlog import EventLog
+from server.log.streams import StreamLog
 from server.logs import OncePerCause, cause_of
 from server.worker import snapshot
 from server.worker.materialize import Materializer
@@ -96,7 +98,7 @@ class Restored:
     replayed: int
 
 
-def restore(worker: PartitionWorker, log_: EventLog, checkpoint_dir: Path, from_start: bool = False,
+def restore(worker: PartitionWorker, log_: EventLog | StreamLog, checkpoint_dir: Path, from_start: bool = False,
             on_user: Callable[[str], Any] | None = None, on_erase: Callable[[str], Any] | None = None,
             on_snapshot: Callable[[snapshot.Snapshot], Any] | None = None) -> Restored:
     """The one recovery path: load the newest valid checkpoint into ``worker`` (unless ``from_start``), then
@@ -132,13 +134,15 @@ class Durability:
     def __init__(self, data_dir: Path, worker: PartitionWorker, materializer: Materializer,
                  fsync: str = "always", segment_bytes: int = 64 * 1024 * 1024,
                  checkpoint_interval_s: float = 60.0, log_retention_s: float = 0.0,
-                 fork_checkpoints: bool = True) -> None:
+                 fork_checkpoints: bool = True, log_: EventLog | StreamLog | None = None, partitions: int = 1) -> None:
         self.worker = worker
+        self.partitions = partitions
         self.materializer = materializer
         self.checkpoint_interval_s = checkpoint_interval_s
         self.log_retention_s = log_retention_s
         self.checkpoint_dir = Path(data_dir) / "checkpoints"
-        self.log = EventLog(Path(data_dir) / "log", segment_bytes=segment_bytes, fsync=fsync)
+        self.log = log_ if log_ is not None else EventLog(Path(data_dir) / "log", segment_bytes=segment_bytes,
+                                                          fsync=fsync)
         self.checkpoint_seconds = 0.0
         self.fork = fork_checkpoints and hasattr(os, "fork")
         self._fork_skipped = OncePerCause(log)
@@ -158,6 +162,11 @@ class Durability:
         done = restore(self.worker, self.log, self.checkpoint_dir, on_user=materializer.mark_quiet,
                        on_erase=materializer.forget, on_snapshot=restored)
         replayed, start = done.replayed, done.start
+        if start > self.log.next_offset and isinstance(self.log, StreamLog):
+            log.error("the checkpoint covers the log up to offset %d but the log in Redis ends at %d: Redis lost "
+                      "records (no append-only file, or flushed); new records go on after the checkpoint",
+                      start, self.log.next_offset)
+            self.log.skip_to(start)
         self._checkpointed_at = start
         report = RecoveryReport(start if done.snapshot else None, replayed, opened.next_offset,
                                 opened.truncated_bytes, time.perf_counter() - t0)
@@ -169,21 +178,24 @@ class Durability:
 
     # -- the write path (event loop) ------------------------------------------------------------
     def log_event(self, e: Event) -> None:
-        """Record an applied event (durable after ``commit``)."""
-        self.log.append(EVENT + codec.event_to_bytes(e))
+        """Record an applied event (durable after ``commit``), in its user's partition."""
+        self.log.append(EVENT + codec.event_to_bytes(e), partition_of(e.user_id, self.partitions))
 
     def log_attributes(self, user_id: str, age: int, gender: str, region: str) -> None:
         """Record an applied attribute update."""
         body = json.dumps({"user_id": user_id, "age": age, "gender": gender, "region": region})
-        self.log.append(ATTRIBUTES + body.encode())
+        self.log.append(ATTRIBUTES + body.encode(), partition_of(user_id, self.partitions))
 
-    def log_erasure(self, digest: str, at: float) -> int:
-        """Record an erasure (by digest only); returns its log offset."""
-        return self.log.append(ERASE + json.dumps({"digest": digest, "at": at}).encode())
+    def log_erasure(self, digest: str, at: float, user_id: str = "") -> int:
+        """Record an erasure (by digest only; ``user_id``, the stored id, picks the partition: the one that holds
+        the user's events); returns its log offset."""
+        return self.log.append(ERASE + json.dumps({"digest": digest, "at": at}).encode(),
+                               partition_of(user_id, self.partitions))
 
-    def log_unsuppress(self, digest: str, at: float) -> None:
+    def log_unsuppress(self, digest: str, at: float, user_id: str = "") -> None:
         """Record that a suppression was lifted."""
-        self.log.append(UNSUPPRESS + json.dumps({"digest": digest, "at": at}).encode())
+        self.log.append(UNSUPPRESS + json.dumps({"digest": digest, "at": at}).encode(),
+                        partition_of(user_id, self.partitions))
 
     async def commit(self) -> None:
         """Return once everything recorded so far is durable.
@@ -237,7 +249,8 @@ class Durability:
         await asyncio.to_thread(checkpoint.prune, self.checkpoint_dir)
         self._checkpointed_at = offset
         kept = checkpoint.checkpoints(self.checkpoint_dir)
-        self._retain(min(o for o, _ in kept) if kept else 0)  # the log from the oldest kept checkpoint on
+        # the log from the oldest kept checkpoint on (so a corrupt newest one can fall back to the previous)
+        await asyncio.to_thread(self.log.retain, min(o for o, _ in kept) if kept else 0, self.log_retention_s)
         self.checkpoint_seconds = time.perf_counter() - t0
         log.info("checkpoint at log offset %d: %d bytes in %.2f s", offset, path.stat().st_size,
                  self.checkpoint_seconds)
@@ -271,21 +284,6 @@ class Durability:
         if code != 0:
             tmp.unlink(missing_ok=True)
             raise RuntimeError(f"the checkpoint child exited with {code}")
-
-    def _retain(self, offset: int) -> None:
-        """Delete segments wholly below ``offset`` (the oldest kept checkpoint, so a corrupt newest
-        checkpoint can fall back to the previous one and replay from there), except those written to within
-        ``log_retention_s`` (kept for ``portrait replay-log``); a negative retention keeps all."""
-        if self.log_retention_s < 0:
-            return
-        cutoff = time.time() - self.log_retention_s
-        keep_from = offset
-        for first, path in self.log.segments():  # oldest first
-            if path.stat().st_mtime >= cutoff:
-                keep_from = min(keep_from, first)
-                break
-        for path in self.log.delete_before(keep_from):
-            log.info("deleted log segment %s (covered by a checkpoint)", path.name)
 
     async def run(self) -> None:
         """Checkpoint every ``checkpoint_interval_s`` while the log grows."""
@@ -323,8 +321,11 @@ class Durability:
             await self.log.roll(NOOP)
             await self._checkpoint()
             report = compaction.CompactionReport(erased_users=len(todo))
-            report.log_segments = await asyncio.to_thread(compaction.compact_log, self.log, frozen, record_user,
-                                                          TOMBSTONE)
+            if isinstance(self.log, StreamLog):  # entries deleted (XDEL), then Redis' append-only file rewritten
+                report.log_segments = await asyncio.to_thread(self.log.compact, frozen, record_user)
+            else:  # closed segments rewritten with tombstones
+                report.log_segments = await asyncio.to_thread(compaction.compact_log, self.log, frozen, record_user,
+                                                              TOMBSTONE)
             report.checkpoints = await asyncio.to_thread(
                 compaction.compact_checkpoints, self.checkpoint_dir, frozen, lambda s: self._erase_state(s, frozen))
             compaction.remove_temp_files(self.checkpoint_dir)

@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import signal
 import threading
 import time
+import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -85,10 +87,17 @@ def reference(events: list[Event]) -> PartitionWorker:
     return p
 
 
-def test_kill_9_mid_ingest_loses_no_acked_event_and_replays_exactly_once(tmp_path: Path, redis_url: str) -> None:
+@pytest.mark.parametrize("log_store", ["file", "redis"])
+def test_kill_9_mid_ingest_loses_no_acked_event_and_replays_exactly_once(tmp_path: Path, redis_url: str,
+                                                                        log_store: str) -> None:
+    """``redis``: the log lives in the embedded Redis (appendfsync always), which is SIGKILLed first."""
     events, users = make_events(50_000, 400)
     reqs = batches(events)
-    srv = ServerProcess(tmp_path / "data", redis_url, PORTRAIT_CHECKPOINT_INTERVAL_S="2")
+    own: dict[str, str] = {"PORTRAIT_LOG_STORE": log_store}
+    url: str | None = redis_url
+    if log_store == "redis":  # the server's own embedded Redis holds the log and the rows
+        url = None
+    srv = ServerProcess(tmp_path / "data", url, PORTRAIT_CHECKPOINT_INTERVAL_S="2", **own)
     srv.wait_serving()
     acked = 0
     stop = threading.Event()
@@ -111,12 +120,14 @@ def test_kill_9_mid_ingest_loses_no_acked_event_and_replays_exactly_once(tmp_pat
     deadline = time.monotonic() + 300
     while acked < 25_000 and t.is_alive() and time.monotonic() < deadline:
         time.sleep(0.01)
+    if log_store == "redis":  # the log's Redis dies first, without a shutdown: only what it fsynced survives
+        os.kill(int((tmp_path / "data" / "redis" / "redis.pid").read_text()), signal.SIGKILL)
     srv.kill()  # SIGKILL mid-stream
     stop.set()
     t.join()
     assert 25_000 <= acked < len(events), acked
 
-    srv2 = ServerProcess(tmp_path / "data", redis_url)
+    srv2 = ServerProcess(tmp_path / "data", url, **own)
     started = time.monotonic()
     srv2.wait_serving()
     recovery_s = time.monotonic() - started
@@ -304,7 +315,9 @@ def test_sigterm_drains_checkpoints_and_exits_0(tmp_path: Path, redis_url: str) 
 
 
 
-def test_replay_log_rebuilds_profiles_into_an_empty_online_store(tmp_path: Path, redis_url: str) -> None:
+@pytest.mark.parametrize("log_store", ["file", "redis"])
+def test_replay_log_rebuilds_profiles_into_an_empty_online_store(tmp_path: Path, redis_url: str,
+                                                                 log_store: str) -> None:
     import subprocess
     import sys
 
@@ -312,14 +325,15 @@ def test_replay_log_rebuilds_profiles_into_an_empty_online_store(tmp_path: Path,
     from server.store.feast import FEATURE_SERVICE, open_store, set_feast_env
     from tests.conftest import ROOT
 
-    srv = ServerProcess(tmp_path / "data", redis_url, PORTRAIT_LOG_RETENTION_S="-1")
+    srv = ServerProcess(tmp_path / "data", redis_url, PORTRAIT_LOG_RETENTION_S="-1", PORTRAIT_LOG_STORE=log_store,
+                        PORTRAIT_LOG_PREFIX=f"test:{uuid.uuid4().hex[:8]}:log")
     srv.wait_serving()
     events, users = make_events(2_000, 30, seed=21)
     with grpc.insecure_channel(srv.target) as ch:
         pb_grpc.ProfileServiceStub(ch).TrackBatch(batches(events, 2_000)[0], timeout=30)
     assert srv.terminate() == 0
     empty_db = redis_url.rsplit("/", 1)[0] + "/9"  # another database of the same Redis: nothing written there
-    env = dict(srv.env, PORTRAIT_REDIS_URL=empty_db)
+    env = dict(srv.env, PORTRAIT_FEAST_REDIS=redis_url_to_feast(empty_db))  # the log stays where it is
     out = subprocess.run([sys.executable, "-m", "server", "replay-log", "--from-start"], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr

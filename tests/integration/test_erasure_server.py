@@ -75,9 +75,10 @@ async def code_of(call: Any, request: Any) -> grpc.StatusCode:
     return grpc.StatusCode.OK
 
 
-@pytest.mark.parametrize("pseudonymized", [False, True], ids=["raw-ids", "pseudonyms"])
+@pytest.mark.parametrize(("pseudonymized", "log_store"), [(False, "file"), (True, "file"), (False, "redis")],
+                         ids=["raw-ids", "pseudonyms", "redis-log"])
 async def test_delete_user_forgets_online_in_memory_and_after_compaction_in_every_stored_byte(
-        tmp_path: Path, pseudonymized: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, pseudonymized: bool, log_store: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from server.app import PortraitServer
 
     for var in ("PORTRAIT_FEAST_REDIS", "PORTRAIT_FEAST_REDIS_TYPE", "PORTRAIT_DATA_DIR"):  # the server exports
@@ -95,9 +96,15 @@ async def test_delete_user_forgets_online_in_memory_and_after_compaction_in_ever
     stored_victim, stored_other = ids.map(victim), ids.map(other)
     # redis_url=None, feast_redis=None: the server's own embedded Redis, whose files live in the data dir
     settings = make_settings(data, None, feast_redis=None, embedded_redis_port=0,  # type: ignore[arg-type]
-                             pseudonym_key_file=key_file, checkpoint_interval_s=3600)
+                             pseudonym_key_file=key_file, checkpoint_interval_s=3600, log_store=log_store)
     srv = PortraitServer(settings)
     await srv.start()
+    if log_store == "redis":  # the log's bytes in Redis' files as written (else a compressed block may hide them)
+        import redis
+
+        assert srv.embedded is not None
+        with redis.Redis.from_url(srv.embedded.url) as r:
+            r.config_set("rdbcompression", "no")
     ch = grpc.aio.insecure_channel(f"127.0.0.1:{srv.grpc_port}")
     stub = pb_grpc.ProfileServiceStub(ch)
     try:
