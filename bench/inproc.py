@@ -356,6 +356,10 @@ def cmd_costs(a: argparse.Namespace) -> dict[str, Any]:
             "item_state_bytes_per_item": item_bytes / max(n_items, 1)}
 
 
+FILE_LOG = "log (file segments; not in the projection): encode + append + fsync per 500"
+STREAM_LOG = "log: encode + XADD to 64 Redis Streams, appendfsync always, per 500"
+
+
 def cmd_components(a: argparse.Namespace) -> dict[str, Any]:
     import asyncio
     import tempfile
@@ -413,8 +417,32 @@ def cmd_components(a: argparse.Namespace) -> dict[str, Any]:
                 await log.commit()
             return time.perf_counter() - t
 
-        out["log: encode + append + fsync per 500"] = asyncio.run(append_all()) / len(events) * 1e6
+        out[FILE_LOG] = asyncio.run(append_all()) / len(events) * 1e6
         log.close()
+    # the scaled-out design's log: one Redis Stream per partition, in a Redis fsyncing before it replies
+    with tempfile.TemporaryDirectory() as d:
+        from server.domain.partition import partition_of
+        from server.log.streams import StreamLog
+        from server.store.embedded_redis import EmbeddedRedis
+
+        log_redis = EmbeddedRedis(Path(d) / "redis", port=0, appendfsync="always")
+        log_redis.start()
+        try:
+            streams = StreamLog(log_redis.url, 64)
+            streams.open()
+
+            async def xadd_all() -> float:
+                t = time.perf_counter()
+                for i in range(0, len(events), batch):
+                    for e in events[i:i + batch]:
+                        streams.append(codec.event_to_bytes(e), partition_of(e.user_id, 64))
+                    await streams.commit()
+                return time.perf_counter() - t
+
+            out[STREAM_LOG] = asyncio.run(xadd_all()) / len(events) * 1e6
+            streams.close()
+        finally:
+            log_redis.stop()
     # rows: one build per applied event (an upper bound: the server coalesces a user's rows within a flush)
     sample = applied[:: max(1, len(applied) // 5000)]
     gc.collect()

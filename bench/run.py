@@ -204,7 +204,8 @@ class Bench:
         t0 = time.monotonic()
         srv = spawn(self.py("server", "serve"), log, env=env, cwd=self.repo)
         out: dict[str, Any] = {"redis": "given" if self.a.redis_url else "embedded", "pid": srv.pid,
-                               "trainer": os.environ.get("PORTRAIT_TRAINER", "inprocess")}
+                               "trainer": os.environ.get("PORTRAIT_TRAINER", "inprocess"),
+                               "log_store": os.environ.get("PORTRAIT_LOG_STORE", "file")}
         self.results["portrait"] = out
         try:
             target = f"127.0.0.1:{grpc_port}"
@@ -212,7 +213,7 @@ class Bench:
             out["startup_s"] = round(time.monotonic() - t0, 1)
             murl = f"http://127.0.0.1:{metrics_port}/metrics"
             self.log(f"portrait serving on {target} after {out['startup_s']} s (redis {redis_url}, "
-                     f"trainer {out['trainer']})")
+                     f"trainer {out['trainer']}, log {out['log_store']})")
             self.client("warmup", "batch", target, "warm-", "--limit", "5000", "--metrics-url", murl)
             time.sleep(1.2)  # portrait_users is refreshed every second
             rss0, users0 = procs.rss_bytes(srv.pid), sample(parse_metrics(fetch(murl)), "portrait_users") or 0
