@@ -75,6 +75,7 @@ class Materializer:
         self._metrics = metrics
         self._dirty: dict[str, None] = {}
         self._later: dict[str, None] = {}  # time alone changed them: written after the event-driven rows
+        self._inflight = self._inflight_later = 0  # users of the write in flight (online, timers)
         self._received: list[float] = []
         self._waiters: list[asyncio.Future[None]] = []
         self._future: asyncio.Future[None] | None = None
@@ -249,6 +250,8 @@ class Materializer:
         """Build and write the rows of ``users`` (changed by events) and ``later`` (by time alone); on success
         record freshness and release ``waiters``, on failure put everything back for the retry."""
         rows = [self._build_row(u) for u in users + later]
+        self._inflight, self._inflight_later = len(users), len(later)  # still waiting: counted in the depths
+        self._set_depths()
         t0 = time.perf_counter()
         try:
             if self._before_write is not None:
@@ -269,6 +272,7 @@ class Materializer:
             self._requeue_later(later)
             self._received = received + self._received
             self._waiters = waiters + self._waiters
+            self._inflight = self._inflight_later = 0
             self._set_depths()
             return False
         if not self.online_healthy:
@@ -285,7 +289,9 @@ class Materializer:
         for w in waiters:
             if not w.done():
                 w.set_result(None)
-        self._offline_rows.extend(rows)
+        # not the rows of users erased while they were written (their online rows go with the queued deletes)
+        self._offline_rows.extend(r for r in rows if r["user_id"] not in self._deletes)
+        self._inflight = self._inflight_later = 0
         self._set_depths()
         return True
 
@@ -309,8 +315,8 @@ class Materializer:
 
     def _set_depths(self) -> None:
         depth = self._metrics.queue_depth
-        depth.labels(queue="online").set(len(self._dirty))
-        depth.labels(queue="timers").set(len(self._later))
+        depth.labels(queue="online").set(len(self._dirty) + self._inflight)
+        depth.labels(queue="timers").set(len(self._later) + self._inflight_later)
         depth.labels(queue="offline").set(len(self._offline_rows))
 
     async def _maybe_flush_offline(self, force: bool = False) -> None:

@@ -244,10 +244,13 @@ async def test_forget_drops_pending_rows_and_deletes_after_the_write_in_flight(m
     gate = threading.Event()
     online = Sink(gate=gate)
     deleted: list[str] = []
-    m, _, _, state, _ = make(online=online, delete=deleted.extend)
+    m, _, _, state, metrics = make(online=online, delete=deleted.extend)
     try:
         waiter = mark(m, state, "victim")
         assert (await online.next())[1] == [{"user_id": "victim", "v": 1}]  # this write is in flight now
+        # a user whose write is in flight still waits: the queue depth counts it (a reader that awaits depth 0
+        # before reading rows must not read before this write lands)
+        assert metrics.registry.get_sample_value("portrait_queue_depth", {"queue": "online"}) == 1
         mark(m, state, "victim")  # a newer change waits in the dirty set
         gone = m.forget("victim")
         assert gone is not None and m.depth == 0
@@ -258,6 +261,8 @@ async def test_forget_drops_pending_rows_and_deletes_after_the_write_in_flight(m
     await asyncio.wait_for(waiter, TIMEOUT)
     assert deleted == ["victim"]
     assert [r["user_id"] for r in online.written] == ["victim"]  # the newer change was never written
+    assert m.snapshot() == ([], [])  # nor the offline row of the write that was in flight at the erasure
+    assert metrics.registry.get_sample_value("portrait_queue_depth", {"queue": "online"}) == 0
     m._offline_rows.append({"user_id": "victim"})
     again = m.forget("victim")
     assert m.snapshot() == ([], [])
