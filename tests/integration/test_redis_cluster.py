@@ -250,3 +250,68 @@ def test_cluster_mode_needs_a_url_and_database_0(tmp_path: Path, monkeypatch: py
     srv.terminate()  # already exited: closes its log
     assert "PORTRAIT_REDIS_CLUSTER=true needs PORTRAIT_REDIS_URL" in log
     assert not (tmp_path / "data" / "redis").exists()
+
+
+def test_the_event_log_on_the_cluster_keeps_every_acknowledged_event_through_a_kill_9(
+        cluster: Cluster, tmp_path: Path) -> None:
+    """``PORTRAIT_LOG_STORE=redis`` on the cluster: one stream per partition spread over the three masters; a
+    SIGKILL of the server mid-stream, a restart, a resend: every user's count equals the events sent, once."""
+    import threading
+    from collections import Counter
+
+    from server.domain.partition import partition_of
+    from tests.integration.test_durability import batches, make_events, profiles, wait_drained
+
+    events, users = make_events(12_000, 300, seed=5)
+    reqs = batches(events)
+    env = {"PORTRAIT_REDIS_CLUSTER": "true", "PORTRAIT_LOG_STORE": "redis", "PORTRAIT_PARTITIONS": "16",
+           "PORTRAIT_LOG_PREFIX": f"{uid('clog')}:log", "PORTRAIT_CHECKPOINT_INTERVAL_S": "1"}
+    srv = ServerProcess(tmp_path / "data", cluster.seed_url, **env)
+    srv.wait_serving()
+    acked, stop = 0, threading.Event()
+
+    def client() -> None:
+        nonlocal acked
+        with grpc.insecure_channel(srv.target) as ch:
+            stub = pb_grpc.ProfileServiceStub(ch)
+            for r in reqs:
+                try:
+                    stub.TrackBatch(r, timeout=TIMEOUT)
+                except grpc.RpcError:
+                    return
+                acked += len(r.events)
+                if stop.is_set():
+                    return
+
+    t = threading.Thread(target=client)
+    t.start()
+    deadline = time.monotonic() + 300
+    while acked < 6_000 and t.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    srv.kill()
+    stop.set()
+    t.join()
+    assert 6_000 <= acked < len(events), acked
+    prefix = env["PORTRAIT_LOG_PREFIX"]
+    with cluster.client() as rc:  # the streams of the partitions that got events, on every master
+        keys = [f"{prefix}:{p}".encode() for p in sorted({partition_of(u, 16) for u in users})]
+        assert sum(rc.xlen(k) for k in keys) >= acked - 6_000  # a checkpoint may have trimmed the older ones
+        assert {cluster.owner(k) for k in keys} == set(cluster.ports)
+
+    srv2 = ServerProcess(tmp_path / "data", cluster.seed_url, **env)
+    srv2.wait_serving()
+    try:
+        wait_drained(srv2)
+        got = profiles(srv2.target, users)
+        logged = sum(p.version for p in got.values())
+        assert logged >= acked
+        assert {u: p.version for u, p in got.items()} == dict(Counter(e.user_id for e in events[:logged]))
+        with grpc.insecure_channel(srv2.target) as ch:
+            sent = [pb_grpc.ProfileServiceStub(ch).TrackBatch(r, timeout=60) for r in reqs]
+        assert sum(r.duplicates for r in sent) == logged and sum(r.accepted for r in sent) == len(events) - logged
+        wait_drained(srv2)  # GetProfile reads the online rows
+        final = profiles(srv2.target, users)
+        assert {u: (p.version, p.features["lifetime_events"]) for u, p in final.items()} == \
+            {u: (n, float(n)) for u, n in Counter(e.user_id for e in events).items()}
+    finally:
+        assert srv2.terminate() == 0, srv2.log()
