@@ -188,3 +188,46 @@ async def test_streams_spread_over_the_masters_of_a_redis_cluster_and_read_back_
     again = StreamLog(cluster.seed_url, 16, prefix=log.prefix, cluster=True, owner="c")
     assert again.open().next_offset == 400
     again.close()
+
+
+async def test_wait_replicas_acknowledges_once_a_replica_holds_the_batch_and_fails_short_of_it(
+        own_redis: EmbeddedRedis, tmp_path: Path) -> None:
+    """``PORTRAIT_LOG_WAIT_REPLICAS``: a real replica (redis-server --replicaof) of the log's Redis."""
+    import subprocess
+
+    from server.store.embedded_redis import _executable, _free_port, die_with_parent
+
+    port = _free_port("127.0.0.1")
+    (tmp_path / "replica").mkdir()
+    proc = subprocess.Popen([_executable(), "--port", str(port), "--bind", "127.0.0.1",
+                             "--dir", str(tmp_path / "replica"), "--replicaof", "127.0.0.1", str(own_redis.port),
+                             "--save", "", "--daemonize", "no"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, preexec_fn=die_with_parent)
+    replica = redis.Redis(host="127.0.0.1", port=port)
+    try:
+        for _ in range(400):  # until the replica has synced (a condition, polled)
+            try:
+                if replica.info("replication").get("master_link_status") == "up":
+                    break
+            except redis.ConnectionError:
+                pass
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the replica did not sync")
+        log = StreamLog(own_redis.url, P, prefix=prefix(), wait_replicas=1)
+        log.open()
+        await fill(log, records(100), batch=25)
+        assert replica.xlen(log.key(partition_of("user-0", P))) > 0  # the replica holds them when acknowledged
+        log.close()
+        strict = StreamLog(own_redis.url, P, prefix=log.prefix, wait_replicas=2, wait_timeout_ms=200)
+        strict.open()
+        strict.append(b"one more", 0)
+        with pytest.raises(RuntimeError, match="event log write failed: only 1 of 2 replicas"):
+            await strict.commit()
+        with pytest.raises(RuntimeError, match="refusing writes"):  # the failure sticks: the server exits 70
+            strict.append(b"and another", 0)
+        strict.close()
+    finally:
+        replica.close()
+        proc.terminate()
+        proc.wait(10)
