@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from server.log.atomic import fsync_dir
+from server.log.groupcommit import GroupCommit
 
 log = logging.getLogger(__name__)
 
@@ -95,11 +96,8 @@ class EventLog:
         self._written = 0  # records handed to the OS
         self._durable = 0  # records known to be on disk (fsynced)
         self._buf = bytearray()
-        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
-        self._flushing = False
         self._fsync_task: asyncio.Task[None] | None = None
-        self._flush_task: asyncio.Task[None] | None = None
-        self._failed: BaseException | None = None
+        self._group = GroupCommit(self._flush_once, "eventlog-flush")
         self._roll_from: int | None = None
 
     # -- opening -----------------------------------------------------------------------------
@@ -157,8 +155,8 @@ class EventLog:
     def append(self, payload: bytes, partition: int = 0) -> int:
         """Append one record (in memory); returns its offset. Durable after ``commit``. One file log holds every
         partition: ``partition`` is not kept (``server.log.streams`` keeps one stream per partition)."""
-        if self._failed:
-            raise RuntimeError("event log failed earlier; refusing writes") from self._failed
+        if self._group.failed:
+            raise RuntimeError("event log failed earlier; refusing writes") from self._group.failed
         self._buf += HEADER.pack(len(payload), zlib.crc32(payload))
         self._buf += payload
         offset = self._next
@@ -168,48 +166,25 @@ class EventLog:
     async def commit(self) -> None:
         """Return once every record appended so far is durable (``always``: fsynced;
         ``interval``: written to the OS, fsynced within ``fsync_interval_s``)."""
-        target = self._next
-        if self.durable_offset >= target:
-            return
-        fut = asyncio.get_running_loop().create_future()
-        self._waiters.append((target, fut))
-        if not self._flushing:
-            self._flushing = True
-            self._flush_task = asyncio.create_task(self._flush_loop(), name="eventlog-flush")
-        await fut
+        await self._group.until(self._next, self.durable_offset)
 
-    async def _flush_loop(self) -> None:
+    async def _flush_once(self) -> int | None:
+        """Write (and with ``always`` fsync) everything appended; the offset durable now (None: nothing was)."""
+        if not self._buf:
+            return None
+        data, upto = bytes(self._buf), self._next
+        self._buf.clear()
         try:
-            while self._buf:
-                data, upto = bytes(self._buf), self._next
-                self._buf.clear()
-                first = self._written
-                try:
-                    await asyncio.to_thread(self._write, data, first, self.fsync == "always")
-                except BaseException as exc:  # disk full / I/O error: fail every waiter, refuse further writes
-                    self._failed = exc
-                    log.critical("event log write failed: %s", exc)
-                    for _, fut in self._waiters:
-                        if not fut.done():
-                            fut.set_exception(RuntimeError(f"event log write failed: {exc}"))
-                    self._waiters.clear()
-                    return
-                self._written = upto
-                if self.fsync == "always":
-                    self._durable = upto
-                elif self._fsync_task is None:
-                    self._fsync_task = asyncio.create_task(self._fsync_later(), name="eventlog-fsync")
-                done = self.durable_offset
-                keep = []
-                for target, fut in self._waiters:
-                    if target <= done:
-                        if not fut.done():
-                            fut.set_result(None)
-                    else:
-                        keep.append((target, fut))
-                self._waiters = keep
-        finally:
-            self._flushing = False
+            await asyncio.to_thread(self._write, data, self._written, self.fsync == "always")
+        except BaseException as exc:  # disk full / I/O error: every waiter fails, further writes are refused
+            log.critical("event log write failed: %s", exc)
+            raise
+        self._written = upto
+        if self.fsync == "always":
+            self._durable = upto
+        elif self._fsync_task is None:
+            self._fsync_task = asyncio.create_task(self._fsync_later(), name="eventlog-fsync")
+        return self.durable_offset
 
     async def _fsync_later(self) -> None:
         await asyncio.sleep(self.fsync_interval_s)

@@ -46,6 +46,7 @@ from redis.cluster import RedisCluster
 
 from server.domain.erasure import Erasures
 from server.log.eventlog import OpenInfo
+from server.log.groupcommit import GroupCommit
 from server.log.partitions import PartitionsChanged
 
 log = logging.getLogger(__name__)
@@ -126,10 +127,7 @@ class StreamLog:
         self._durable = 0
         self._buf: list[tuple[int, int, bytes]] = []
         self._pending = 0
-        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
-        self._flushing = False
-        self._flush_task: asyncio.Task[None] | None = None
-        self._failed: BaseException | None = None
+        self._group = GroupCommit(self._flush_once, "streamlog-flush")
         self._marks: deque[tuple[float, int]] = deque(maxlen=10_000)  # (wall time, next offset then)
         self.retries = 0  # batches sent again because Redis was unreachable
 
@@ -205,8 +203,8 @@ class StreamLog:
 
     def append(self, payload: bytes, partition: int = 0) -> int:
         """Append one record of ``partition`` (in memory); returns its offset. Durable after ``commit``."""
-        if self._failed:
-            raise RuntimeError("event log failed earlier; refusing writes") from self._failed
+        if self._group.failed:
+            raise RuntimeError("event log failed earlier; refusing writes") from self._group.failed
         offset = self._next
         self._next += 1
         self._buf.append((offset, partition, payload))
@@ -216,43 +214,22 @@ class StreamLog:
     async def commit(self) -> None:
         """Return once every record appended so far is in Redis (one pipeline per batch of concurrent
         callers: group commit)."""
-        target = self._next
-        if self._durable >= target:
-            return
-        fut = asyncio.get_running_loop().create_future()
-        self._waiters.append((target, fut))
-        if not self._flushing:
-            self._flushing = True
-            self._flush_task = asyncio.create_task(self._flush_loop(), name="streamlog-flush")
-        await fut
+        await self._group.until(self._next, self._durable)
 
-    async def _flush_loop(self) -> None:
+    async def _flush_once(self) -> int | None:
+        """Send everything appended in one pipeline; the offset durable now (None: nothing was appended)."""
+        if not self._buf:
+            return None
+        batch, upto = self._buf, self._next
+        self._buf = []
         try:
-            while self._buf:
-                batch, upto = self._buf, self._next
-                self._buf = []
-                try:
-                    await asyncio.to_thread(self._write, batch)
-                except BaseException as exc:  # Redis gone for good: fail every waiter, refuse further writes
-                    self._failed = exc
-                    log.critical("event log write to Redis failed: %s", exc)
-                    for _, fut in self._waiters:
-                        if not fut.done():
-                            fut.set_exception(RuntimeError(f"event log write failed: {exc}"))
-                    self._waiters.clear()
-                    return
-                self._pending -= sum(len(p) for _, _, p in batch)
-                self._durable = upto
-                keep = []
-                for target, fut in self._waiters:
-                    if target <= upto:
-                        if not fut.done():
-                            fut.set_result(None)
-                    else:
-                        keep.append((target, fut))
-                self._waiters = keep
-        finally:
-            self._flushing = False
+            await asyncio.to_thread(self._write, batch)
+        except BaseException as exc:  # Redis gone for good: every waiter fails, further writes are refused
+            log.critical("event log write to Redis failed: %s", exc)
+            raise
+        self._pending -= sum(len(p) for _, _, p in batch)
+        self._durable = upto
+        return upto
 
     def _write(self, batch: list[tuple[int, int, bytes]]) -> None:  # worker thread
         """XADD every record with its offset as ID. Retried while Redis is unreachable: an entry a lost reply

@@ -78,6 +78,42 @@ def wait_drained(srv: ServerProcess, timeout_s: float = 120.0) -> None:
     raise AssertionError("online queue did not drain")
 
 
+class Sender:
+    """A client thread sending ``reqs`` through TrackBatch in order, counting the acknowledged events, until
+    a call fails (the server was killed) or ``stop``."""
+
+    def __init__(self, target: str, reqs: list[pb.TrackBatchRequest]) -> None:
+        self.acked = 0
+        self._stop = threading.Event()
+        self._target, self._reqs = target, reqs
+        self._thread = threading.Thread(target=self._run)
+        self._thread.start()
+
+    def _run(self) -> None:
+        with grpc.insecure_channel(self._target) as ch:
+            stub = pb_grpc.ProfileServiceStub(ch)
+            for r in self._reqs:
+                try:
+                    stub.TrackBatch(r, timeout=30)
+                except grpc.RpcError:
+                    return
+                self.acked += len(r.events)
+                if self._stop.is_set():
+                    return
+
+    def wait_for(self, acked: int, timeout_s: float = 300.0) -> None:
+        """Until ``acked`` events are acknowledged (or the thread ended, or the time is up)."""
+        deadline = time.monotonic() + timeout_s
+        while self.acked < acked and self._thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    def stop(self) -> int:
+        """Stop after the call in flight; the events acknowledged."""
+        self._stop.set()
+        self._thread.join()
+        return self.acked
+
+
 def reference(events: list[Event]) -> PartitionWorker:
     """An uncrashed in-process run over the same events as the server saw them (after the proto
     round trip, which keeps event times to the nanosecond)."""
@@ -99,32 +135,12 @@ def test_kill_9_mid_ingest_loses_no_acked_event_and_replays_exactly_once(tmp_pat
         url = None
     srv = ServerProcess(tmp_path / "data", url, PORTRAIT_CHECKPOINT_INTERVAL_S="2", **own)
     srv.wait_serving()
-    acked = 0
-    stop = threading.Event()
-
-    def client() -> None:
-        nonlocal acked
-        with grpc.insecure_channel(srv.target) as ch:
-            stub = pb_grpc.ProfileServiceStub(ch)
-            for r in reqs:
-                try:
-                    stub.TrackBatch(r, timeout=30)
-                except grpc.RpcError:
-                    return
-                acked += len(r.events)
-                if stop.is_set():
-                    return
-
-    t = threading.Thread(target=client)
-    t.start()
-    deadline = time.monotonic() + 300
-    while acked < 25_000 and t.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.01)
+    sender = Sender(srv.target, reqs)
+    sender.wait_for(25_000)
     if log_store == "redis":  # the log's Redis dies first, without a shutdown: only what it fsynced survives
         os.kill(int((tmp_path / "data" / "redis" / "redis.pid").read_text()), signal.SIGKILL)
     srv.kill()  # SIGKILL mid-stream
-    stop.set()
-    t.join()
+    acked = sender.stop()
     assert 25_000 <= acked < len(events), acked
 
     srv2 = ServerProcess(tmp_path / "data", url, **own)

@@ -256,11 +256,10 @@ def test_the_event_log_on_the_cluster_keeps_every_acknowledged_event_through_a_k
         cluster: Cluster, tmp_path: Path) -> None:
     """``PORTRAIT_LOG_STORE=redis`` on the cluster: one stream per partition spread over the three masters; a
     SIGKILL of the server mid-stream, a restart, a resend: every user's count equals the events sent, once."""
-    import threading
     from collections import Counter
 
     from server.domain.partition import partition_of
-    from tests.integration.test_durability import batches, make_events, profiles, wait_drained
+    from tests.integration.test_durability import Sender, batches, make_events, profiles, wait_drained
 
     events, users = make_events(12_000, 300, seed=5)
     reqs = batches(events)
@@ -268,29 +267,10 @@ def test_the_event_log_on_the_cluster_keeps_every_acknowledged_event_through_a_k
            "PORTRAIT_LOG_PREFIX": f"{uid('clog')}:log", "PORTRAIT_CHECKPOINT_INTERVAL_S": "1"}
     srv = ServerProcess(tmp_path / "data", cluster.seed_url, **env)
     srv.wait_serving()
-    acked, stop = 0, threading.Event()
-
-    def client() -> None:
-        nonlocal acked
-        with grpc.insecure_channel(srv.target) as ch:
-            stub = pb_grpc.ProfileServiceStub(ch)
-            for r in reqs:
-                try:
-                    stub.TrackBatch(r, timeout=TIMEOUT)
-                except grpc.RpcError:
-                    return
-                acked += len(r.events)
-                if stop.is_set():
-                    return
-
-    t = threading.Thread(target=client)
-    t.start()
-    deadline = time.monotonic() + 300
-    while acked < 6_000 and t.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.01)
+    sender = Sender(srv.target, reqs)
+    sender.wait_for(6_000)
     srv.kill()
-    stop.set()
-    t.join()
+    acked = sender.stop()
     assert 6_000 <= acked < len(events), acked
     prefix = env["PORTRAIT_LOG_PREFIX"]
     with cluster.client() as rc:  # the streams of the partitions that got events, on every master
