@@ -243,7 +243,11 @@ def test_an_unknown_user_and_an_erased_user_get_a_clear_not_found_page(shop: Sho
     box = browser.find_element(By.CSS_SELECTOR, "main form.search input[name=user_id]")
     box.send_keys(shop.users[2])
     box.submit()
-    _load(browser, browser.current_url, "svg.heatmap")
+    # wait for the browser to follow the form (reading current_url right after submit() can still give "/")
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(browser, WAIT_S).until(lambda d: d.find_elements(By.CSS_SELECTOR, "svg.heatmap"))
+    assert "/users/" in browser.current_url
     assert browser.find_element(By.CSS_SELECTOR, '[data-field="user_id"]').text == shop.users[2]
 
 

@@ -14,7 +14,10 @@
 #    some fresh, some not (e.g. a node lost its volume): refuses with exit 1 -- joining or replacing a
 #    node is an operator's decision (`redis-cli --cluster add-node` / `--cluster fix`), not this script's;
 # 3. waits until every node reports cluster_state:ok and knows all the nodes, and `redis-cli --cluster check`
-#    finds them agreeing on the slots, then exits 0.
+#    finds them agreeing on the slots;
+# 4. when nodes announce host names (cluster-announce-hostname), waits until every node has heard every
+#    announced name by gossip -- until then a node hands clients an IP or an empty endpoint for the others
+#    (measured: CLUSTER SHARDS on node 0 still gave hostname None for a peer just after step 3) -- then exits 0.
 set -eu
 
 : "${REDIS_NODES:?REDIS_NODES must list every node as host:port}"
@@ -78,4 +81,17 @@ done
 first=$(echo $REDIS_NODES | cut -d' ' -f1)
 checked() { redis-cli --cluster check "$first" >/dev/null 2>&1; }
 wait_for "every node to agree on the slots (redis-cli --cluster check $first)" checked
+
+announced() { cli "$1" config get cluster-announce-hostname 2>/dev/null | tr -d '\r' | sed -n 2p; }
+n_named=0
+for node in $REDIS_NODES; do
+    if [ -n "$(announced "$node")" ]; then n_named=$((n_named + 1)); fi
+done
+# CLUSTER NODES shows a node's announced name after its address: "ip:port@cport,hostname"
+hears_names() { [ "$(cli "$1" cluster nodes 2>/dev/null | awk '{print $2}' | grep -c ',.')" -ge "$n_named" ]; }
+if [ "$n_named" -gt 0 ]; then
+    for node in $REDIS_NODES; do
+        wait_for "$node to hear the $n_named announced host names" hears_names "$node"
+    done
+fi
 echo "cluster-init: cluster_state:ok on all $total nodes; they agree on the slots"
