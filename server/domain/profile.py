@@ -38,7 +38,7 @@ RECENT_SESSIONS = 8  # session ids remembered, so a late event of a recent sessi
 REBASE_HALF_LIVES = 64.0  # decayed scores are kept relative to a reference time at most this many half-lives old
 RECENT_EVENTS = 20  # events kept per user for the explorer (``recent_events``): the latest by event time
 _WEEK_HOURS = 7 * 24
-_COUNT_MAX = 2**16 - 1  # the activity histogram's counts saturate here (array "H": 336 bytes per user)
+_COUNT_MAX = 2**16 - 1  # the activity histogram's counts saturate here (array "H", sparse while small)
 
 TYPES = tuple(EventType)
 N_TYPES = len(TYPES)
@@ -257,9 +257,7 @@ class UserProfile:
 
     def _add_activity(self, e: Event, t: float) -> None:
         """The activity histogram and the recent events (what the explorer shows; no model reads them)."""
-        k = _week_hour(t)
-        if self._week_hours[k] < _COUNT_MAX:
-            self._week_hours[k] += 1
+        _count_week_hour(self._week_hours, _week_hour(t))
         nums, names = self._recent_nums, self._recent
         n = len(names) // 2
         at = n  # the recent events stay in event-time order (a late one goes where it belongs)
@@ -400,7 +398,7 @@ class UserProfile:
         >>> len(grid), len(grid[0]), grid[0][9], sum(map(sum, grid))
         (7, 24, 1, 1)
         """
-        h = self._week_hours
+        h = _dense(self._week_hours)
         return [list(h[d * 24:(d + 1) * 24]) for d in range(7)]
 
     def recent_events(self) -> list[tuple[float, EventType, str, str, float]]:
@@ -512,7 +510,51 @@ _ADDED: dict[str, Callable[[], Any]] = {
 
 
 def _week_hours() -> array:  # type: ignore[type-arg]
-    return array("H", bytes(2 * _WEEK_HOURS))
+    """An empty activity histogram. Sparse while a user has few distinct (day, hour) cells: (cell, count)
+    pairs, 4 bytes per cell; dense (``_WEEK_HOURS`` counts, 336 bytes) once that is no bigger. The length
+    tells which: dense is exactly ``_WEEK_HOURS`` long, sparse always shorter."""
+    return array("H")
+
+
+def _count_week_hour(h: array, k: int) -> None:  # type: ignore[type-arg]
+    """One more event in cell ``k`` of the histogram ``h`` (counts saturate at ``_COUNT_MAX``).
+
+    >>> h = _week_hours()
+    >>> for k in (5, 9, 5):
+    ...     _count_week_hour(h, k)
+    >>> list(h), _dense(h)[5], _dense(h)[9]
+    ([5, 2, 9, 1], 2, 1)
+    >>> for k in range(100):
+    ...     _count_week_hour(h, k)
+    >>> len(h) == _WEEK_HOURS, h[5], h[9], h[10], h[150]
+    (True, 3, 2, 1, 0)
+    """
+    if len(h) == _WEEK_HOURS:
+        if h[k] < _COUNT_MAX:
+            h[k] += 1
+        return
+    try:
+        at = 2 * h[0::2].index(k) + 1
+    except ValueError:
+        if len(h) + 2 < _WEEK_HOURS:
+            h.extend((k, 1))
+            return
+        dense = _dense(h)
+        h[:] = dense
+        h[k] += 1
+        return
+    if h[at] < _COUNT_MAX:
+        h[at] += 1
+
+
+def _dense(h: array) -> array:  # type: ignore[type-arg]
+    """The histogram ``h`` as ``_WEEK_HOURS`` counts (``h`` itself when it is dense)."""
+    if len(h) == _WEEK_HOURS:
+        return h
+    out = array("H", bytes(2 * _WEEK_HOURS))
+    for i in range(0, len(h), 2):
+        out[h[i]] = h[i + 1]
+    return out
 
 
 def _week_hour(t: float) -> int:

@@ -10,6 +10,8 @@ import sys
 from array import array
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from server.domain.events import Event, EventType
 from server.domain.profile import (
@@ -393,3 +395,27 @@ def test_profiles_from_checkpoints_without_the_explorer_state_load_empty() -> No
     assert q.recent_events() == [] and sum(map(sum, q.activity())) == 0
     q.update(ev(C, T0 + 60))
     assert len(q.recent_events()) == 1 and q.features() == pickle.loads(pickle.dumps(q)).features()
+
+
+@given(st.lists(st.integers(0, 7 * 24 - 1), max_size=400))
+def test_the_activity_histogram_counts_like_a_plain_grid_sparse_or_dense(cells: list[int]) -> None:
+    from server.domain.profile import _count_week_hour, _dense, _week_hours
+
+    h, plain = _week_hours(), [0] * (7 * 24)
+    for k in cells:
+        _count_week_hour(h, k)
+        plain[k] += 1
+    assert list(_dense(h)) == plain
+    # sparse (4 bytes per cell seen) until that is no smaller than the dense grid (336 bytes)
+    assert (len(h) == 7 * 24) == (len(set(cells)) >= 84)
+
+
+def test_a_dense_activity_histogram_from_a_checkpoint_keeps_counting() -> None:
+    p = profile(ev(V, T0 + 9 * HOUR))
+    state = p.__getstate__()
+    state["_week_hours"] = array("H", bytes(2 * 7 * 24))  # the layout before the sparse histogram
+    state["_week_hours"][2 * 24 + 9] = 5
+    q = UserProfile.__new__(UserProfile)
+    q.__setstate__(pickle.loads(pickle.dumps(state)))
+    q.update(ev(C, T0 + 9 * HOUR + 60))
+    assert q.activity()[2][9] == 6 and sum(map(sum, q.activity())) == 6
