@@ -18,6 +18,7 @@ compare ``updated_at`` with their own clock to judge staleness).
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import math
 from array import array
@@ -205,7 +206,7 @@ class UserProfile:
         self.purchase_interval_n = 0  # intervals between purchase occasions seen
         self.purchase_interval_sum = 0.0
         self.purchase_interval_last = 0.0
-        self._transitions = array("d", bytes(8 * N_TYPES * N_TYPES))  # decayed (from, to) counts, rel. _transitions_t
+        self._transitions = array("d")  # decayed (from, to) counts, rel. _transitions_t (``_add_transition_count``)
         self._transitions_t = 0.0
         self._week_hours = _week_hours()  # events per (day of week, hour of day), UTC, not decayed
         self._recent: list[str] = []  # the latest RECENT_EVENTS events, oldest first: item id, category
@@ -291,10 +292,12 @@ class UserProfile:
 
     def _add_transition(self, a: int, b: int, t: float) -> None:
         scores = self._transitions
-        if not any(scores):
+        dense = len(scores) == _CELLS
+        if not any(scores if dense else scores[1::2]):
             self._transitions_t = t
-        ref = self._transitions_t = _rebase(scores, self._transitions_t, t, TRANSITION_HALF_LIFE_S)
-        scores[a * N_TYPES + b] += _decay(TRANSITION_HALF_LIFE_S, ref - t)
+        ref = self._transitions_t = _rebase(scores, self._transitions_t, t, TRANSITION_HALF_LIFE_S,
+                                            first=0 if dense else 1, step=1 if dense else 2)
+        _add_transition_count(scores, a * N_TYPES + b, _decay(TRANSITION_HALF_LIFE_S, ref - t))
 
     def _add_affinity(self, category: str, weight: float, t: float) -> None:
         cats, scores = self._affinity, self._affinity_w
@@ -375,7 +378,7 @@ class UserProfile:
     def sequence(self) -> dict[str, float]:
         """P(next event type | this one) for ``SEQUENCE_PAIRS`` (``SEQUENCE_FEATURES``): decayed transition counts,
         smoothed towards 1 / types (scale-free: the common decay factor cancels)."""
-        s, prior = self._transitions, TRANSITION_PRIOR
+        s, prior = _dense_transitions(self._transitions), TRANSITION_PRIOR
         out = {}
         for name, (a, b) in zip(SEQUENCE_FEATURES, _SEQUENCE_INDEX):
             row = sum(s[a * N_TYPES:(a + 1) * N_TYPES])
@@ -504,7 +507,7 @@ class UserProfile:
 #: Slots added after worker state format 1 and their defaults (a profile from such a checkpoint gets them).
 _ADDED: dict[str, Callable[[], Any]] = {
     "as_of": float, "purchase_interval_n": int, "purchase_interval_sum": float,
-    "purchase_interval_last": float, "_transitions": lambda: array("d", bytes(8 * N_TYPES * N_TYPES)),
+    "purchase_interval_last": float, "_transitions": lambda: array("d"),
     "_transitions_t": float, "_week_hours": lambda: _week_hours(), "_recent": list, "_recent_nums": lambda: array("d"),
 }
 
@@ -568,13 +571,62 @@ def _week_hour(t: float) -> int:
 _SEQUENCE_INDEX = tuple((_TYPE_INDEX[int(a)], _TYPE_INDEX[int(b)]) for a, b in SEQUENCE_PAIRS)
 
 
-def _rebase(scores: array, ref: float, t: float, half_life: float) -> float:  # type: ignore[type-arg]
+def _rebase(scores: array, ref: float, t: float, half_life: float,  # type: ignore[type-arg]
+            first: int = 0, step: int = 1) -> float:
     """The reference time for a decayed score at ``t``: ``ref``, or ``t`` (``scores`` rescaled to it) once
     ``t`` is more than ``REBASE_HALF_LIVES`` half-lives later (so that ``2 ** ((t - ref) / half_life)``
-    stays far from overflowing)."""
+    stays far from overflowing). ``first``, ``step``: where the scores are in ``scores`` (every other item
+    of a sparse (cell, score) array)."""
     if t - ref <= REBASE_HALF_LIVES * half_life:
         return ref
     f = _decay(half_life, t - ref)
-    for i, v in enumerate(scores):
-        scores[i] = v * f
+    for i in range(first, len(scores), step):
+        scores[i] = scores[i] * f
     return t
+
+
+_CELLS = N_TYPES * N_TYPES  # (from, to) event types
+
+
+def _add_transition_count(s: array, cell: int, inc: float) -> None:  # type: ignore[type-arg]
+    """Add ``inc`` to ``cell`` of the transition counts ``s``: sparse (cell, count) pairs sorted by cell while
+    fewer than half the cells are set (a user has ~5 of 49: ~140 bytes against 456 dense), then dense
+    (``_CELLS`` counts; the length tells which: sparse lengths are even, ``_CELLS`` is odd). The values are
+    the same floats either way.
+
+    >>> s = array("d")
+    >>> for cell, inc in ((8, 1.0), (1, 0.5), (8, 0.25)):
+    ...     _add_transition_count(s, cell, inc)
+    >>> list(s), _dense_transitions(s)[8]
+    ([1.0, 0.5, 8.0, 1.25], 1.25)
+    >>> for cell in range(_CELLS):
+    ...     _add_transition_count(s, cell, 1.0)
+    >>> len(s) == _CELLS, s[0], s[1], s[8]
+    (True, 1.0, 1.5, 2.25)
+    """
+    if len(s) == _CELLS:
+        s[cell] += inc
+        return
+    cells = s[0::2]
+    try:
+        i = cells.index(float(cell))
+    except ValueError:
+        if len(s) + 2 < _CELLS:
+            at = bisect.bisect(cells, cell)
+            s[2 * at:2 * at] = array("d", (cell, inc))
+        else:
+            dense = _dense_transitions(s)
+            dense[cell] += inc
+            s[:] = dense
+        return
+    s[2 * i + 1] += inc
+
+
+def _dense_transitions(s: array) -> array:  # type: ignore[type-arg]
+    """The transition counts ``s`` as ``_CELLS`` floats (``s`` itself when dense)."""
+    if len(s) == _CELLS:
+        return s
+    out = array("d", bytes(8 * _CELLS))
+    for i in range(0, len(s), 2):
+        out[int(s[i])] = s[i + 1]
+    return out

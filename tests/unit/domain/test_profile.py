@@ -19,6 +19,7 @@ from server.domain.profile import (
     CYCLE_FEATURES,
     FEATURE_NAMES,
     MAX_CATEGORIES,
+    N_TYPES,
     RECENT_EVENTS,
     SCALAR_FEATURES,
     SEQUENCE_FEATURES,
@@ -419,3 +420,31 @@ def test_a_dense_activity_histogram_from_a_checkpoint_keeps_counting() -> None:
     q.__setstate__(pickle.loads(pickle.dumps(state)))
     q.update(ev(C, T0 + 9 * HOUR + 60))
     assert q.activity()[2][9] == 6 and sum(map(sum, q.activity())) == 6
+
+
+@given(st.lists(st.tuples(st.integers(0, N_TYPES * N_TYPES - 1), st.floats(0.0, 1.0)), max_size=200))
+def test_transition_counts_equal_a_dense_grid_sparse_or_dense(adds: list[tuple[int, float]]) -> None:
+    from server.domain.profile import _add_transition_count, _dense_transitions
+
+    s, plain = array("d"), [0.0] * (N_TYPES * N_TYPES)
+    for cell, inc in adds:
+        _add_transition_count(s, cell, inc)
+        plain[cell] += inc
+    assert list(_dense_transitions(s)) == plain  # the same floats, bit for bit
+    # sparse while fewer than half of the cells were touched (a dense grid is 49 floats)
+    assert (len(s) == N_TYPES * N_TYPES) == (len({c for c, _ in adds}) >= 25)
+
+
+def test_a_dense_transition_grid_from_a_checkpoint_keeps_counting() -> None:
+    events = [ev(V, T0), ev(C, T0 + 60), ev(V, T0 + 120), ev(BUY, T0 + 180, price=2.0)]
+    sparse = profile(*events)
+    state = profile(*events[:2]).__getstate__()
+    dense = array("d", bytes(8 * N_TYPES * N_TYPES))  # the layout before the sparse grid
+    for i in range(0, len(state["_transitions"]), 2):
+        dense[int(state["_transitions"][i])] = state["_transitions"][i + 1]
+    state["_transitions"] = dense
+    q = UserProfile.__new__(UserProfile)
+    q.__setstate__(pickle.loads(pickle.dumps(state)))
+    for e in events[2:]:
+        q.update(e)
+    assert len(q._transitions) == N_TYPES * N_TYPES and q.sequence() == sparse.sequence()
