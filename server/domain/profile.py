@@ -378,11 +378,22 @@ class UserProfile:
     def sequence(self) -> dict[str, float]:
         """P(next event type | this one) for ``SEQUENCE_PAIRS`` (``SEQUENCE_FEATURES``): decayed transition counts,
         smoothed towards 1 / types (scale-free: the common decay factor cancels)."""
-        s, prior = _dense_transitions(self._transitions), TRANSITION_PRIOR
+        s, prior = self._transitions, TRANSITION_PRIOR
+        held: dict[int, float]
+        if len(s) == _CELLS:
+            rows = [sum(s[a * N_TYPES:(a + 1) * N_TYPES]) for a in range(N_TYPES)]
+            held = dict(enumerate(s))
+        else:  # sparse: the non-zero cells in cell order, so each row sums the same floats in the same order
+            rows = [0.0] * N_TYPES
+            held = {}
+            for i in range(0, len(s), 2):
+                c, v = int(s[i]), s[i + 1]
+                rows[c // N_TYPES] += v
+                held[c] = v
         out = {}
         for name, (a, b) in zip(SEQUENCE_FEATURES, _SEQUENCE_INDEX):
-            row = sum(s[a * N_TYPES:(a + 1) * N_TYPES])
-            out[name] = (s[a * N_TYPES + b] + prior / N_TYPES) / (row + prior) if row else 1.0 / N_TYPES
+            row = rows[a]
+            out[name] = (held.get(a * N_TYPES + b, 0.0) + prior / N_TYPES) / (row + prior) if row else 1.0 / N_TYPES
         return out
 
     def top_categories(self, n: int = 3) -> list[str]:
