@@ -532,7 +532,8 @@ async def test_client_and_cli_send_the_api_key_over_tls(secured: Secured) -> Non
     assert rc == 0 and '"version": "2"' in out, err
     rc, out, err = await cli("profile", user, key=None)
     assert rc == 1 and "UNAUTHENTICATED" in err
-    rc, out, err = await cli("profile", user, "--api-key", keys.ingest, key=None)
+    # "--api-key=KEY": a token_urlsafe key starts with "-" once in 64, which argparse would read as an option
+    rc, out, err = await cli("profile", user, f"--api-key={keys.ingest}", key=None)
     assert rc == 1 and "PERMISSION_DENIED" in err and keys.ingest not in err
     rc, out, err = await cli("workers", "--json", key=keys.read)  # pids and hosts: the admin role only
     assert rc == 1 and "PERMISSION_DENIED" in err
