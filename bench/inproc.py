@@ -360,6 +360,35 @@ FILE_LOG = "log (file segments; not in the projection): encode + append + fsync 
 STREAM_LOG = "log: encode + XADD to 64 Redis Streams, appendfsync always, per 500"
 
 
+RAY_CALL = "front end -> worker: Ray actor call, 500 events per call (pickled both ways)"
+
+
+def ray_call_us(events: list[Event], batch: int) -> float:
+    """µs per event of handing events to a worker actor on a local Ray: ``ray.get(actor.take.remote(batch))``,
+    one call at a time, the actor only counting them (what the scaled-out front end adds per event; the
+    worker's own work is measured apart). Ray with usage stats off, no dashboard, 2 CPUs."""
+    import os
+
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        @ray.remote
+        class Sink:
+            def take(self, items: list[Event]) -> int:
+                return len(items)
+
+        sink = Sink.remote()  # type: ignore[attr-defined]
+        batches = [events[i:i + batch] for i in range(0, len(events), batch)]
+        ray.get(sink.take.remote(batches[0]))  # the actor's process is up
+        t0 = time.perf_counter()
+        n = sum(ray.get(sink.take.remote(b)) for b in batches)
+        return (time.perf_counter() - t0) / n * 1e6
+    finally:
+        ray.shutdown()
+
+
 def cmd_components(a: argparse.Namespace) -> dict[str, Any]:
     import asyncio
     import tempfile
@@ -443,6 +472,7 @@ def cmd_components(a: argparse.Namespace) -> dict[str, Any]:
             streams.close()
         finally:
             log_redis.stop()
+    out[RAY_CALL] = ray_call_us(events, batch)
     # rows: one build per applied event (an upper bound: the server coalesces a user's rows within a flush)
     sample = applied[:: max(1, len(applied) // 5000)]
     gc.collect()

@@ -154,9 +154,31 @@ def rows(doc: dict[str, Any]) -> list[list[str]]:
     cp = doc.get("components")
     if cp:
         out += component_rows(cp["us_per_event"])
+    wk = doc.get("workers")
+    if wk:
+        out += worker_rows(wk)
     ab = doc.get("abuse")
     if ab:
         out += abuse_rows(ab)
+    return out
+
+
+def worker_rows(wk: dict[str, Any]) -> list[list[str]]:
+    """The workers phase (bench/workers.py): events/s through 1, 2, 4 partition-worker actors on Ray.
+
+    >>> rows = worker_rows({"cores": 2, "rows": [
+    ...     {"workers": 1, "events_per_s": 4000.0, "driver_cpu_s": 0.3, "worker_cpu_s": [6.0]},
+    ...     {"workers": 2, "events_per_s": 6000.0, "driver_cpu_s": 0.4, "worker_cpu_s": [3.5, 3.5]}]})
+    >>> [(r[0], r[1], r[4]) for r in rows]
+    [('partition workers on Ray: 1', '4,000/s', '1.00×'), ('partition workers on Ray: 2', '6,000/s', '1.50×')]
+    """
+    out = []
+    base = wk["rows"][0]["events_per_s"] if wk["rows"] else 0.0
+    for r in wk["rows"]:
+        out.append([f"partition workers on Ray: {r['workers']}", f"{r['events_per_s']:,.0f}/s", "—", "—",
+                    f"{r['events_per_s'] / base:.2f}×" if base else "—",
+                    f"worker CPU {sum(r['worker_cpu_s']):,.1f} s, driver {r['driver_cpu_s']:,.1f} s "
+                    f"({wk['cores']} cores; apply only: no gRPC, log, rows or learning)"])
     return out
 
 
@@ -175,7 +197,8 @@ def projection(us: dict[str, float], cores: int) -> tuple[float, str]:
 
     One core runs the trainer (the single writer of the shared models: it caps the whole system); every other
     component scales with partitions over the remaining cores. An upper bound: one row per event (the server
-    coalesces a user's rows within a flush), no Ray call overhead, Redis's own CPU not counted.
+    coalesces a user's rows within a flush), Ray's actor call counted per event at 500 events per call, Redis's
+    own CPU not counted.
 
     >>> eps, how = projection({TRAINER: 50.0, "worker": 150.0, "online write": 100.0}, 8)
     >>> round(eps), how

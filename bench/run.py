@@ -410,6 +410,13 @@ class Bench:
         self.results["components"] = r
         self.log("components: " + ", ".join(f"{k} {v:,.1f}" for k, v in r["us_per_event"].items()) + " µs/event")
 
+    def workers(self) -> None:
+        """1, 2 and 4 partition workers as Ray actors on this machine, the driver routing by partition
+        (bench/workers.py; issue #16): how the worker part scales over actors here, Ray's calls included."""
+        r = self.child("workers", "bench.workers", "--events", str(self.events_file), timeout_s=1800)
+        self.results["workers"] = r
+        self.log("workers: " + ", ".join(f"{w['workers']} -> {w['events_per_s']:,.0f}/s" for w in r["rows"]))
+
     def abuse(self) -> None:
         """Track p99 at rest vs while 20k idle TCP connections and 256 idle TrackStreams are held (bench/abuse.py)."""
         from bench.abuse import run_phase
@@ -556,7 +563,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                          "server's embedded Redis on a free port)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--only", default="",
-                    help="comma-separated phases: limit,portrait,naive,memory,scaling,timers,costs,components,abuse")
+                    help="comma-separated phases: limit,portrait,naive,memory,scaling,timers,costs,components,workers,"
+                         "abuse")
     ap.add_argument("--profile", action="store_true", help="py-spy (via uvx) the limit loop and the server during "
                     "the first TrackBatch round (cProfile for the limit loop if py-spy is missing)")
     ap.add_argument("--repo", default=str(ROOT), help=argparse.SUPPRESS)
@@ -566,7 +574,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return a
 
 
-PHASES = ("limit", "portrait", "naive", "memory", "scaling", "timers", "costs", "components", "abuse")
+PHASES = ("limit", "portrait", "naive", "memory", "scaling", "timers", "costs", "components", "workers", "abuse")
 
 
 def main(argv: list[str] | None = None) -> int:
