@@ -204,6 +204,7 @@ class LocalNode:
     port: int
     dir: Path
     proc: subprocess.Popen[bytes] | None = None
+    source: list[str] = field(default_factory=list)  # the manifest's argv (before localize)
 
     @property
     def addr(self) -> str:
@@ -238,6 +239,16 @@ def localize(argv: list[str], port: int, bus_port: int, data_dir: Path) -> list[
     return [*out, "--bind", "127.0.0.1", "--daemonize", "no", "--logfile", str(data_dir / "redis.log")]
 
 
+class NodeExited(AssertionError):
+    """A local redis-server exited while we waited for it to answer."""
+
+
+def _answering(n: LocalNode) -> bool:
+    if n.proc is None or n.proc.poll() is not None:
+        raise NodeExited(f"redis-server {n.name} on {n.port} exited (see {n.dir / 'redis.log'})")
+    return bool(n.client().ping())
+
+
 @dataclass
 class LocalCluster:
     plan: Plan
@@ -247,17 +258,31 @@ class LocalCluster:
 
     def start_node(self, name: str, argv: list[str], root: Path) -> LocalNode:
         d = root / re.sub(r"[^\w.-]", "_", name)
-        d.mkdir()
+        d.mkdir(exist_ok=True)
         port = free_port()
-        node = LocalNode(name, localize(argv, port, free_port(), d), port, d)
+        node = LocalNode(name, localize(argv, port, free_port(), d), port, d, source=argv)
         node.proc = subprocess.Popen(node.argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      preexec_fn=die_with_parent)
         return node
 
-    def wait_answering(self, nodes: list[LocalNode]) -> None:
+    def wait_answering(self, nodes: list[LocalNode], tries: int = 5) -> None:
+        """Wait until every node answers PING. A node that exited because its port was taken between
+        ``free_port()`` and its bind (an outgoing connection can get the same ephemeral port; met in CI:
+        "bind: Address already in use") is started again on other ports, up to ``tries`` times."""
         for n in nodes:
-            wait_redis(lambda n=n: n.proc is not None and n.proc.poll() is None and n.client().ping(),
-                       f"redis-server {n.name} on {n.port}")
+            for _ in range(tries):
+                try:
+                    wait_redis(lambda n=n: _answering(n), f"redis-server {n.name} on {n.port}")
+                    break
+                except NodeExited:
+                    log = n.dir / "redis.log"
+                    if "Address already in use" not in (log.read_text(errors="replace") if log.exists() else ""):
+                        raise
+                    log.unlink()
+                    fresh = self.start_node(n.name, n.source, n.dir.parent)
+                    n.argv, n.port, n.proc = fresh.argv, fresh.port, fresh.proc
+            else:
+                raise AssertionError(f"redis-server {n.name}: its port was taken {tries} times")
 
     def init_env(self, nodes: list[LocalNode] | None = None) -> dict[str, str]:
         """The manifest's env, REDIS_NODES mapped host by host to the local nodes (order kept)."""
