@@ -367,13 +367,11 @@ def ray_call_us(events: list[Event], batch: int) -> float:
     """µs per event of handing events to a worker actor on a local Ray: ``ray.get(actor.take.remote(batch))``,
     one call at a time, the actor only counting them (what the scaled-out front end adds per event; the
     worker's own work is measured apart). Ray with usage stats off, no dashboard, 2 CPUs."""
-    import os
+    from bench.workers import local_ray
 
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    import ray
+    with local_ray(2):  # sets Ray's environment before Ray is imported
+        import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    try:
         @ray.remote
         class Sink:
             def take(self, items: list[Event]) -> int:
@@ -385,8 +383,6 @@ def ray_call_us(events: list[Event], batch: int) -> float:
         t0 = time.perf_counter()
         n = sum(ray.get(sink.take.remote(b)) for b in batches)
         return (time.perf_counter() - t0) / n * 1e6
-    finally:
-        ray.shutdown()
 
 
 def cmd_components(a: argparse.Namespace) -> dict[str, Any]:

@@ -22,6 +22,8 @@ import os
 import sys
 import time
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from bench import stream
@@ -31,6 +33,19 @@ from server.domain.partition import partition_of
 PARTITIONS = 64
 BATCH = 500
 IN_FLIGHT = 2  # calls outstanding per worker: the next batch is on its way while one is applied
+
+
+@contextmanager
+def local_ray(cpus: int) -> Iterator[None]:
+    """A local Ray for the bench, stopped on exit: usage stats off, no dashboard, its logs not on ours."""
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    import ray
+
+    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
 
 
 class PartitionWorkerActor:
@@ -108,14 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", default="1,2,4")
     a = ap.parse_args(argv)
     events = stream.load(a.events)
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    import ray
-
-    ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    try:
+    with local_ray(os.cpu_count() or 1):
         rows = [run(events, int(n)) for n in a.workers.split(",")]
-    finally:
-        ray.shutdown()
     json.dump({"cores": os.cpu_count(), "batch": BATCH, "partitions": PARTITIONS, "rows": rows}, sys.stdout)
     return 0
 

@@ -18,7 +18,6 @@ compare ``updated_at`` with their own clock to judge staleness).
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 import math
 from array import array
@@ -26,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from server.domain import sparse
 from server.domain.events import Event, EventType
 from server.domain.names import shared
 from server.domain.units import DAY, HOUR, MINUTE
@@ -206,7 +206,7 @@ class UserProfile:
         self.purchase_interval_n = 0  # intervals between purchase occasions seen
         self.purchase_interval_sum = 0.0
         self.purchase_interval_last = 0.0
-        self._transitions = array("d")  # decayed (from, to) counts, rel. _transitions_t (``_add_transition_count``)
+        self._transitions = array("d")  # decayed (from, to) counts, rel. _transitions_t; sparse while few are set
         self._transitions_t = 0.0
         self._week_hours = _week_hours()  # events per (day of week, hour of day), UTC, not decayed
         self._recent: list[str] = []  # the latest RECENT_EVENTS events, oldest first: item id, category
@@ -258,7 +258,7 @@ class UserProfile:
 
     def _add_activity(self, e: Event, t: float) -> None:
         """The activity histogram and the recent events (what the explorer shows; no model reads them)."""
-        _count_week_hour(self._week_hours, _week_hour(t))
+        sparse.add(self._week_hours, _week_hour(t), 1, _WEEK_HOURS, cap=_COUNT_MAX)
         nums, names = self._recent_nums, self._recent
         n = len(names) // 2
         at = n  # the recent events stay in event-time order (a late one goes where it belongs)
@@ -297,7 +297,7 @@ class UserProfile:
             self._transitions_t = t
         ref = self._transitions_t = _rebase(scores, self._transitions_t, t, TRANSITION_HALF_LIFE_S,
                                             first=0 if dense else 1, step=1 if dense else 2)
-        _add_transition_count(scores, a * N_TYPES + b, _decay(TRANSITION_HALF_LIFE_S, ref - t))
+        sparse.add(scores, a * N_TYPES + b, _decay(TRANSITION_HALF_LIFE_S, ref - t), _CELLS)
 
     def _add_affinity(self, category: str, weight: float, t: float) -> None:
         cats, scores = self._affinity, self._affinity_w
@@ -379,17 +379,11 @@ class UserProfile:
         """P(next event type | this one) for ``SEQUENCE_PAIRS`` (``SEQUENCE_FEATURES``): decayed transition counts,
         smoothed towards 1 / types (scale-free: the common decay factor cancels)."""
         s, prior = self._transitions, TRANSITION_PRIOR
-        held: dict[int, float]
-        if len(s) == _CELLS:
-            rows = [sum(s[a * N_TYPES:(a + 1) * N_TYPES]) for a in range(N_TYPES)]
-            held = dict(enumerate(s))
-        else:  # sparse: the non-zero cells in cell order, so each row sums the same floats in the same order
-            rows = [0.0] * N_TYPES
-            held = {}
-            for i in range(0, len(s), 2):
-                c, v = int(s[i]), s[i + 1]
-                rows[c // N_TYPES] += v
-                held[c] = v
+        rows = [0.0] * N_TYPES  # each row sums its non-zero cells in cell order: the same floats, dense or sparse
+        held = {}
+        for c, v in sparse.items(s, _CELLS):
+            rows[c // N_TYPES] += v
+            held[c] = v
         out = {}
         for name, (a, b) in zip(SEQUENCE_FEATURES, _SEQUENCE_INDEX):
             row = rows[a]
@@ -412,7 +406,7 @@ class UserProfile:
         >>> len(grid), len(grid[0]), grid[0][9], sum(map(sum, grid))
         (7, 24, 1, 1)
         """
-        h = _dense(self._week_hours)
+        h = sparse.dense(self._week_hours, _WEEK_HOURS)
         return [list(h[d * 24:(d + 1) * 24]) for d in range(7)]
 
     def recent_events(self) -> list[tuple[float, EventType, str, str, float]]:
@@ -524,51 +518,8 @@ _ADDED: dict[str, Callable[[], Any]] = {
 
 
 def _week_hours() -> array:  # type: ignore[type-arg]
-    """An empty activity histogram. Sparse while a user has few distinct (day, hour) cells: (cell, count)
-    pairs, 4 bytes per cell; dense (``_WEEK_HOURS`` counts, 336 bytes) once that is no bigger. The length
-    tells which: dense is exactly ``_WEEK_HOURS`` long, sparse always shorter."""
+    """An empty activity histogram: ``_WEEK_HOURS`` counts, sparse while few are set (``server.domain.sparse``)."""
     return array("H")
-
-
-def _count_week_hour(h: array, k: int) -> None:  # type: ignore[type-arg]
-    """One more event in cell ``k`` of the histogram ``h`` (counts saturate at ``_COUNT_MAX``).
-
-    >>> h = _week_hours()
-    >>> for k in (5, 9, 5):
-    ...     _count_week_hour(h, k)
-    >>> list(h), _dense(h)[5], _dense(h)[9]
-    ([5, 2, 9, 1], 2, 1)
-    >>> for k in range(100):
-    ...     _count_week_hour(h, k)
-    >>> len(h) == _WEEK_HOURS, h[5], h[9], h[10], h[150]
-    (True, 3, 2, 1, 0)
-    """
-    if len(h) == _WEEK_HOURS:
-        if h[k] < _COUNT_MAX:
-            h[k] += 1
-        return
-    try:
-        at = 2 * h[0::2].index(k) + 1
-    except ValueError:
-        if len(h) + 2 < _WEEK_HOURS:
-            h.extend((k, 1))
-            return
-        dense = _dense(h)
-        h[:] = dense
-        h[k] += 1
-        return
-    if h[at] < _COUNT_MAX:
-        h[at] += 1
-
-
-def _dense(h: array) -> array:  # type: ignore[type-arg]
-    """The histogram ``h`` as ``_WEEK_HOURS`` counts (``h`` itself when it is dense)."""
-    if len(h) == _WEEK_HOURS:
-        return h
-    out = array("H", bytes(2 * _WEEK_HOURS))
-    for i in range(0, len(h), 2):
-        out[h[i]] = h[i + 1]
-    return out
 
 
 def _week_hour(t: float) -> int:
@@ -597,47 +548,3 @@ def _rebase(scores: array, ref: float, t: float, half_life: float,  # type: igno
 
 
 _CELLS = N_TYPES * N_TYPES  # (from, to) event types
-
-
-def _add_transition_count(s: array, cell: int, inc: float) -> None:  # type: ignore[type-arg]
-    """Add ``inc`` to ``cell`` of the transition counts ``s``: sparse (cell, count) pairs sorted by cell while
-    fewer than half the cells are set (a user has ~5 of 49: ~140 bytes against 456 dense), then dense
-    (``_CELLS`` counts; the length tells which: sparse lengths are even, ``_CELLS`` is odd). The values are
-    the same floats either way.
-
-    >>> s = array("d")
-    >>> for cell, inc in ((8, 1.0), (1, 0.5), (8, 0.25)):
-    ...     _add_transition_count(s, cell, inc)
-    >>> list(s), _dense_transitions(s)[8]
-    ([1.0, 0.5, 8.0, 1.25], 1.25)
-    >>> for cell in range(_CELLS):
-    ...     _add_transition_count(s, cell, 1.0)
-    >>> len(s) == _CELLS, s[0], s[1], s[8]
-    (True, 1.0, 1.5, 2.25)
-    """
-    if len(s) == _CELLS:
-        s[cell] += inc
-        return
-    cells = s[0::2]
-    try:
-        i = cells.index(float(cell))
-    except ValueError:
-        if len(s) + 2 < _CELLS:
-            at = bisect.bisect(cells, cell)
-            s[2 * at:2 * at] = array("d", (cell, inc))
-        else:
-            dense = _dense_transitions(s)
-            dense[cell] += inc
-            s[:] = dense
-        return
-    s[2 * i + 1] += inc
-
-
-def _dense_transitions(s: array) -> array:  # type: ignore[type-arg]
-    """The transition counts ``s`` as ``_CELLS`` floats (``s`` itself when dense)."""
-    if len(s) == _CELLS:
-        return s
-    out = array("d", bytes(8 * _CELLS))
-    for i in range(0, len(s), 2):
-        out[int(s[i])] = s[i + 1]
-    return out

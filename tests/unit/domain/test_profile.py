@@ -400,13 +400,14 @@ def test_profiles_from_checkpoints_without_the_explorer_state_load_empty() -> No
 
 @given(st.lists(st.integers(0, 7 * 24 - 1), max_size=400))
 def test_the_activity_histogram_counts_like_a_plain_grid_sparse_or_dense(cells: list[int]) -> None:
-    from server.domain.profile import _count_week_hour, _dense, _week_hours
+    from server.domain import sparse
+    from server.domain.profile import _week_hours
 
     h, plain = _week_hours(), [0] * (7 * 24)
     for k in cells:
-        _count_week_hour(h, k)
+        sparse.add(h, k, 1, 7 * 24, cap=2**16 - 1)
         plain[k] += 1
-    assert list(_dense(h)) == plain
+    assert list(sparse.dense(h, 7 * 24)) == plain
     # sparse (4 bytes per cell seen) until that is no smaller than the dense grid (336 bytes)
     assert (len(h) == 7 * 24) == (len(set(cells)) >= 84)
 
@@ -424,13 +425,13 @@ def test_a_dense_activity_histogram_from_a_checkpoint_keeps_counting() -> None:
 
 @given(st.lists(st.tuples(st.integers(0, N_TYPES * N_TYPES - 1), st.floats(0.0, 1.0)), max_size=200))
 def test_transition_counts_equal_a_dense_grid_sparse_or_dense(adds: list[tuple[int, float]]) -> None:
-    from server.domain.profile import _add_transition_count, _dense_transitions
+    from server.domain import sparse
 
     s, plain = array("d"), [0.0] * (N_TYPES * N_TYPES)
     for cell, inc in adds:
-        _add_transition_count(s, cell, inc)
+        sparse.add(s, cell, inc, N_TYPES * N_TYPES)
         plain[cell] += inc
-    assert list(_dense_transitions(s)) == plain  # the same floats, bit for bit
+    assert list(sparse.dense(s, N_TYPES * N_TYPES)) == plain  # the same floats, bit for bit
     # sparse while fewer than half of the cells were touched (a dense grid is 49 floats)
     assert (len(s) == N_TYPES * N_TYPES) == (len({c for c, _ in adds}) >= 25)
 
