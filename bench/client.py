@@ -30,7 +30,7 @@ from typing import Any
 import grpc
 
 from bench import stream
-from bench.stats import latency_summary, parse_metrics, sample
+from bench.stats import latency_summary, parse_metrics, total
 from server._gen.portrait.v1 import portrait_pb2 as pb
 from server._gen.portrait.v1 import portrait_pb2_grpc as pb_grpc
 from server.api import convert
@@ -75,7 +75,7 @@ async def queue_drained(metrics_url: str, timeout_s: float = 60.0) -> float:
     loop = asyncio.get_running_loop()
     while time.perf_counter() - t0 < timeout_s:
         text = await loop.run_in_executor(None, fetch, metrics_url)
-        depth = sample(parse_metrics(text), "portrait_queue_depth", queue="online")
+        depth = total(parse_metrics(text), "portrait_queue_depth", queue="online")  # over workers, if several
         if not depth:
             break
         await asyncio.sleep(0.005)

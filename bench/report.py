@@ -157,9 +157,30 @@ def rows(doc: dict[str, Any]) -> list[list[str]]:
     wk = doc.get("workers")
     if wk:
         out += worker_rows(wk)
+    sv = doc.get("servers")
+    if sv:
+        out += server_rows(sv)
     ab = doc.get("abuse")
     if ab:
         out += abuse_rows(ab)
+    return out
+
+
+def server_rows(sv: dict[str, Any]) -> list[list[str]]:
+    """The servers phase: the whole server with PORTRAIT_WORKERS = 1, 2, 4, TrackBatch until visible.
+
+    >>> rows = server_rows({"cores": 2, "rows": [{"workers": 1, "events_per_s": 3000.0, "startup_s": 9.0},
+    ...                                          {"workers": 2, "events_per_s": 3300.0, "startup_s": 70.0}]})
+    >>> [(r[0], r[1], r[4]) for r in rows]
+    [('server, PORTRAIT_WORKERS=1', '3,000/s', '1.00×'), ('server, PORTRAIT_WORKERS=2', '3,300/s', '1.10×')]
+    """
+    out = []
+    base = sv["rows"][0]["events_per_s"] if sv["rows"] else 0.0
+    for r in sv["rows"]:
+        out.append([f"server, PORTRAIT_WORKERS={r['workers']}", f"{r['events_per_s']:,.0f}/s", "—", "—",
+                    f"{r['events_per_s'] / base:.2f}×" if base else "—",
+                    f"TrackBatch until visible; start {r['startup_s']:,.0f} s ({sv['cores']} cores; "
+                    f"{'one process' if r['workers'] == 1 else 'Ray actors'})"])
     return out
 
 

@@ -417,6 +417,38 @@ class Bench:
         self.results["workers"] = r
         self.log("workers: " + ", ".join(f"{w['workers']} -> {w['events_per_s']:,.0f}/s" for w in r["rows"]))
 
+    def servers(self) -> None:
+        """The whole server (gRPC, logs, rows, learning) with PORTRAIT_WORKERS = 1, 2 and 4 on this machine: the
+        bench stream through TrackBatch until visible, one fresh server and data dir per count (issue #16)."""
+        rows = []
+        for n in (1, 2, 4):
+            data = self.work / f"servers-{n}"
+            grpc_port, metrics_port, redis_port = free_port(), free_port(), free_port()
+            env = dict(self.env, PORTRAIT_GRPC_PORT=str(grpc_port), PORTRAIT_METRICS_PORT=str(metrics_port),
+                       PORTRAIT_UI_PORT="0", PORTRAIT_DATA_DIR=str(data), PORTRAIT_BIND="127.0.0.1",
+                       PORTRAIT_WORKERS=str(n), PORTRAIT_REDIS_URL="", PORTRAIT_FEAST_REDIS="",
+                       PORTRAIT_EMBEDDED_REDIS_PORT=str(redis_port),
+                       PORTRAIT_LOG_LEVEL=os.environ.get("BENCH_SERVER_LOG_LEVEL", "WARNING"))
+            log = self.work / f"servers-{n}.log"
+            t0 = time.monotonic()
+            srv = spawn(self.py("server", "serve"), log, env=env, cwd=self.repo)
+            try:
+                target = f"127.0.0.1:{grpc_port}"
+                wait_serving(target, srv, log, timeout_s=600.0)
+                startup = time.monotonic() - t0
+                murl = f"http://127.0.0.1:{metrics_port}/metrics"
+                self.client(f"servers-{n}-warmup", "batch", target, f"sw{n}-", "--limit", "5000")
+                r = self.client(f"servers-{n}", "batch", target, f"s{n}-", "--batch", str(self.s.batch),
+                                "--window", str(2 * n), "--metrics-url", murl)
+                rows.append({"workers": n, "events_per_s": r["eps"], "events": r["events"],
+                             "accepted": r["accepted"], "seconds": r["seconds"], "startup_s": round(startup, 1)})
+                self.log(f"servers: {n} workers -> {r['eps']:,.0f} events/s (startup {startup:.0f} s)")
+            finally:
+                rc = stop(srv, grace_s=60.0)
+                if rc not in (0, None):
+                    self.log(f"portrait server ({n} workers) exited with {rc}; see {log}")
+        self.results["servers"] = {"cores": os.cpu_count(), "rows": rows}
+
     def abuse(self) -> None:
         """Track p99 at rest vs while 20k idle TCP connections and 256 idle TrackStreams are held (bench/abuse.py)."""
         from bench.abuse import run_phase
@@ -574,7 +606,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return a
 
 
-PHASES = ("limit", "portrait", "naive", "memory", "scaling", "timers", "costs", "components", "workers", "abuse")
+PHASES = ("limit", "portrait", "naive", "memory", "scaling", "timers", "costs", "components", "workers", "servers",
+          "abuse")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -59,6 +59,18 @@ def sample(metrics: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: 
     return metrics.get((name, tuple(sorted(labels.items()))))
 
 
+def total(metrics: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float | None:
+    """The sum of ``name``'s samples carrying ``labels`` (among others: e.g. one per ``worker``), or None.
+
+    >>> m = {("q", (("queue", "online"), ("worker", "0"))): 2.0, ("q", (("queue", "online"), ("worker", "1"))): 3.0}
+    >>> total(m, "q", queue="online"), total(m, "q", queue="log")
+    (5.0, None)
+    """
+    want = set(labels.items())
+    found = [v for (n, ls), v in metrics.items() if n == name and want <= set(ls)]
+    return sum(found) if found else None
+
+
 def buckets(metrics: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str,
             **labels: str) -> list[tuple[float, float]]:
     """Cumulative ``(le, count)`` of histogram ``name`` (without ``_bucket``), sorted by ``le``."""

@@ -25,76 +25,39 @@ from server._gen.portrait.v1 import portrait_pb2, portrait_pb2_grpc
 from server.api.interceptors import ServerInterceptor
 from server.api.security import AuthInterceptor, SecurityConfigError, access_policy
 from server.api.servicer import ProfileServicer
-from server.cluster.status import ProcessStatus, in_process
+from server.cluster.actors import RayWorkers
+from server.cluster.metrics import WorkerMetrics
+from server.cluster.routed import RoutedCore
+from server.cluster.status import ProcessStatus, in_process, ray_processes
 from server.config import Settings
 from server.domain.pseudonym import Pseudonymizer, PseudonymKeyError
 from server.log.compaction import load_salt
-from server.log.eventlog import EventLog
 from server.log.partitions import PartitionsChanged, ensure_partitions
-from server.log.streams import LogOwnedElsewhere, StreamLog, owner_id
+from server.log.streams import LogOwnedElsewhere
 from server.metrics import Metrics, serve_metrics
-from server.models.remote import RemoteTrainer, TrainerProcess
-from server.models.trainer import TrainerConfig
+from server.models.remote import TrainerProcess
 from server.store.embedded_redis import EmbeddedRedis, online_redis
-from server.store.feast import (
-    OfflineLog,
-    OnlineStore,
-    apply_definitions,
-    feast_env,
-    offline_dir,
-    open_store,
-    set_feast_env,
-    upgrade_offline,
-)
-from server.store.writer import WriterProcess
+from server.store.feast import OnlineStore, apply_definitions, open_store, set_feast_env, upgrade_offline
 from server.ui.data import Explorer
 from server.ui.http import ExplorerServer, check_ui_policy
 from server.worker.core import ProfileCore
 from server.worker.durability import Durability, RecoveryReport
-from server.worker.materialize import Materializer, RowSink
-from server.worker.partition import PartitionWorker, WorkerConfig
+from server.worker.runtime import WorkerRuntime, event_log, worker_config
 
 log = logging.getLogger("portrait")
 
 SERVICE_NAME = portrait_pb2.DESCRIPTOR.services_by_name["ProfileService"].full_name
 #: Health-check name that is NOT_SERVING while online-store writes fail (ingest keeps working).
 ONLINE_STORE_HEALTH = "portrait.online_store"
-#: SERVING while every partition has a live owner (one in-process worker today: while the server runs)
+#: SERVING while every partition has a live owner (one in-process worker: while the server runs; several: while
+#: every worker actor answers)
 WORKERS_HEALTH = "portrait.workers"
 GAUGE_REFRESH_S = 1.0
 # gc.get_freeze_count() walks the frozen objects' list while holding the GIL: 30 ms at 3M objects, measured. Every
 # second that was a 30-140 ms pause of the loop (the freshness tail, docs/benchmarks.md); now once in 5 minutes.
 GC_COUNT_EVERY_S = 300.0
-QUALITY_EVERY = 15  # gauge refreshes between exact AUC/log-loss recomputations (8.6 % of a stream run)
-
-
-def event_log(settings: Settings, data_dir: Path, embedded_url: str | None = None) -> EventLog | StreamLog:
-    """The event log of ``data_dir`` per ``PORTRAIT_LOG_STORE`` (not opened yet): segment files, or one Redis
-    Stream per partition in the Redis of ``PORTRAIT_REDIS_URL`` (else ``embedded_url``). The one place the server
-    and ``portrait replay-log`` choose, so both read the same log."""
-    if settings.log_store == "file":
-        return EventLog(data_dir / "log", segment_bytes=settings.log_segment_bytes, fsync=settings.fsync)
-    url = settings.redis_url or embedded_url
-    if not url:
-        raise ValueError("PORTRAIT_LOG_STORE=redis needs PORTRAIT_REDIS_URL or the embedded Redis")
-    return StreamLog(url, settings.partitions, prefix=settings.log_prefix, cluster=settings.redis_cluster,
-                     owner=owner_id(data_dir), wait_replicas=settings.log_wait_replicas)
-
-
-def worker_config(s: Settings) -> WorkerConfig:
-    """The partition worker's (and its in-process trainer's) part of the settings."""
-    return WorkerConfig(
-        propensity_horizon_s=s.propensity_horizon_s, decision_interval_s=s.decision_interval_s,
-        allowed_lateness_s=s.allowed_lateness_s, max_pending_labels=s.max_pending_labels,
-        dedupe_capacity=s.dedupe_capacity,
-        item_horizon_s=s.item_horizon_s, item_decision_interval_s=s.item_decision_interval_s,
-        max_pending_item_labels=s.max_pending_item_labels, item_decision_sample=s.item_decision_sample,
-        item_history=s.item_history, item_counts=s.item_counts, risk_threshold=s.risk_threshold,
-        labels_per_event=s.labels_per_event, timers_per_event=s.timers_per_event,
-        erasure_salt=load_salt(s.data_dir),
-        trainer=TrainerConfig(segments=s.segments, quality_window=s.quality_window, max_items=s.max_items),
-    )
-
+WORKER_PING_TIMEOUT_S = 5.0  # a worker actor that does not answer its status in this long counts as down
+__all__ = ["PortraitServer", "event_log", "grpc_server_options", "serve", "worker_config"]
 
 def grpc_server_options(s: Settings, max_connections: int | None = None) -> list[tuple[str, int]]:
     """The gRPC server's channel arguments: message size, keepalive and ping enforcement, connection age,
@@ -144,11 +107,14 @@ class PortraitServer:
         self._http: Any = None
         self._health = health.aio.HealthServicer()
         self._tasks: list[asyncio.Task[None]] = []
-        self.core: ProfileCore | None = None
+        self.core: ProfileCore | None = None  # PORTRAIT_WORKERS=1; with more: ``routed``
+        self.routed: RoutedCore | None = None
+        self.ray_workers: RayWorkers | None = None
+        self.runtime: WorkerRuntime | None = None
         self.durability: Durability | None = None
         self.recovery: RecoveryReport | None = None
-        self._writer: WriterProcess | None = None
         self._trainer: TrainerProcess | None = None  # PORTRAIT_TRAINER=process
+        self._worker_metrics: list[bytes] = []  # PORTRAIT_WORKERS>1: each worker's latest /metrics text
 
     async def start(self) -> None:
         """Bring everything up; when this returns the server answers on ``grpc_port``."""
@@ -170,7 +136,9 @@ class PortraitServer:
             log.info("user ids are stored as pseudonyms (key version %s of %d)", ids.keys[-1][0], len(ids.keys))
         data_dir = Path(s.data_dir).resolve()
         data_dir.mkdir(parents=True, exist_ok=True)
-        ensure_partitions(data_dir, s.partitions)  # before anything is written: a changed count refuses to start
+        # before anything is written: a changed count refuses to start
+        ensure_partitions(data_dir, s.partitions, s.workers)
+        load_salt(data_dir)  # created once, here, before any worker reads it
         self.feast_redis, self.embedded = online_redis(s.configured_feast_redis(), data_dir, s.embedded_redis_port,
                                                        cluster=s.redis_cluster, holds_log=s.log_store == "redis")
         if self.embedded is not None:
@@ -181,58 +149,29 @@ class PortraitServer:
             log.info("online store: a Redis Cluster, seed node %s (the other nodes and the slots are discovered)",
                      self.feast_redis.split(",")[0])
         set_feast_env(data_dir, self.feast_redis, s.feast_redis_type())
-        if s.online_writer == "process":  # it imports Feast on the other core while this process applies
-            self._writer = WriterProcess(s.feature_repo, env=feast_env(data_dir, self.feast_redis,
-                                                                       s.feast_redis_type()),
-                                         timeout_s=s.online_write_timeout_s)
-            await self._writer.spawn()
+        embedded_url = self.embedded.url if self.embedded else None
+        runtime: WorkerRuntime | None = None
+        if s.workers == 1:
+            runtime = self.runtime = WorkerRuntime(s, self.metrics, data_dir, data_dir, self.feast_redis,
+                                                   s.feast_redis_type(), embedded_url, ids=ids)
+            await runtime.spawn_writer()  # it imports Feast on the other core while this process applies
         upgraded = await asyncio.to_thread(upgrade_offline, data_dir)
         if upgraded:
             log.info("rewrote %d offline parts written before the schema gained columns (new columns null)", upgraded)
         writer_store = await asyncio.to_thread(apply_definitions, s.feature_repo, data_dir)
         reader_store = await asyncio.to_thread(open_store, s.feature_repo)
         log.info("applied Feast definitions from %s", Path(s.feature_repo).resolve())
-
-        writer = OnlineStore(writer_store)
-        online_write: RowSink = writer.write
-        if self._writer is not None:
-            await self._writer.open()  # the first write waits until the child has opened the store
-            online_write = self._writer.write
-        offline = OfflineLog(data_dir)
-        config = worker_config(s)
-        remote = RemoteTrainer(config.trainer, s.model_publish_s) if s.trainer == "process" else None
-        worker = PartitionWorker(config, self.metrics, remote)
-
-        async def log_durable() -> None:
-            await durability.commit()
-
-        materializer = Materializer(
-            worker.row, online_write, offline.append, self.metrics, delete=writer.delete, before_write=log_durable,
-            flush_interval_s=s.flush_interval_s, flush_max_rows=s.flush_max_rows,
-            offline_roll_s=s.offline_roll_s, offline_roll_rows=s.offline_roll_rows,
-            max_backoff_s=s.retry_max_backoff_s, later_rows_per_flush=s.timer_rows_per_flush,
-        )
-        worker.on_timer = materializer.mark_later  # time alone changed a profile: write it again, after events
-        # while a flush's worth of such rows still waits, events fire no more timers (firing costs the loop
-        # and its rows could not be written sooner); idle ticks still fire every due timer
-        worker.timers_held = lambda: materializer.later_depth >= s.timer_rows_per_flush
-        durability = Durability(data_dir, worker, materializer, checkpoint_interval_s=s.checkpoint_interval_s,
-                                log_retention_s=s.log_retention_s, fork_checkpoints=s.checkpoint_fork,
-                                log_=event_log(s, data_dir, self.embedded.url if self.embedded else None),
-                                partitions=s.partitions)
-        self.recovery = await asyncio.to_thread(durability.recover)
-        self.durability = durability
-        if remote is not None:  # after the recovery: the child starts from the recovered models + the replay's messages
-            self._trainer = TrainerProcess(remote)
-            await self._trainer.start()
-            log.info("the shared models learn in a trainer process (pid %d), published every %.2f s",
-                     self._trainer.pid, s.model_publish_s)
-        self.core = ProfileCore(worker, materializer, OnlineStore(reader_store), durability,
-                                max_log_backlog_bytes=s.max_log_backlog_bytes, ids=ids,
-                                max_trainer_backlog=s.max_trainer_backlog,
-                                offline_dir=offline_dir(data_dir), erase_timeout_s=s.erase_timeout_s,
-                                # the embedded Redis keeps its files in the data dir: rewrite them too
-                                rewrite_online=writer.rewrite_persistence if self.embedded else None)
+        if runtime is not None:
+            self.core = await runtime.start(writer_store, reader_store)
+            self.durability, self.recovery = runtime.durability, runtime.recovery
+            self._trainer = runtime.trainer_process
+            service_core: ProfileCore | RoutedCore = self.core
+        else:
+            self.ray_workers = RayWorkers(s, self.feast_redis, s.feast_redis_type(), embedded_url)
+            self.ray_workers.start()  # on the main thread: Ray installs its signal handlers there
+            statuses = await self.ray_workers.wait_ready()
+            log.info("%d partition workers on Ray: pids %s", s.workers, [st["pid"] for st in statuses])
+            self.routed = service_core = RoutedCore(self.ray_workers, OnlineStore(reader_store), ids)
 
         # Outermost first: metrics, errors and time limits see every call, including refused ones.
         interceptors: list[grpc.aio.ServerInterceptor] = [ServerInterceptor(
@@ -242,13 +181,7 @@ class PortraitServer:
         if policy.keys is not None:
             interceptors.append(AuthInterceptor(policy.keys, self.metrics))
         server = grpc.aio.server(interceptors=interceptors, options=grpc_server_options(s, self.max_connections))
-        core = self.core
-
-        def workers() -> tuple[int, list[ProcessStatus]]:  # one process: it owns every partition and the models
-            return s.partitions, in_process(core.worker.trainer, durability.log.next_offset, s.partitions,
-                                            trainer_pid=self._trainer.pid if self._trainer else None)
-
-        portrait_pb2_grpc.add_ProfileServiceServicer_to_server(ProfileServicer(self.core, workers), server)
+        portrait_pb2_grpc.add_ProfileServiceServicer_to_server(ProfileServicer(service_core, self._workers), server)
         service = portrait_pb2.DESCRIPTOR.services_by_name["ProfileService"]
         self.metrics.export_rpcs([("client_stream" if m.client_streaming else "unary", service.full_name, m.name)
                                   for m in service.methods])
@@ -261,9 +194,16 @@ class PortraitServer:
             self.grpc_port = server.add_insecure_port(address)
         else:
             self.grpc_port = server.add_secure_port(address, credentials)
-        self._http = serve_metrics(s.metrics_port, s.bind, self.metrics.registry)
+        served = self.metrics.registry
+        if self.ray_workers is not None:  # the workers' metrics beside the front end's, labelled by worker
+            served = CollectorRegistry()
+            served.register(WorkerMetrics(self.metrics.registry, lambda: self._worker_metrics))
+        self._http = serve_metrics(s.metrics_port, s.bind, served)
         self.metrics_port = self._http.server_port
-        if s.ui_port:
+        if s.ui_port and self.core is None:
+            log.warning("the explorer (PORTRAIT_UI_PORT) reads a worker's memory: not served with PORTRAIT_WORKERS>1 "
+                        "yet")
+        elif s.ui_port and self.core is not None:
             self.explorer = Explorer(self.core, s.ui_history_interval_s)
             self._ui = ExplorerServer(s, policy, self.explorer, asyncio.get_running_loop())
             self.ui_port = self._ui.port
@@ -272,7 +212,8 @@ class PortraitServer:
         # (a full collection walked them all, pausing the loop; measured in docs/decisions.md)
         gc.collect()
         gc.freeze()
-        materializer.start()
+        if runtime is not None:
+            runtime.run()
         await server.start()
         self._server = server
         if s.health_port:
@@ -282,9 +223,8 @@ class PortraitServer:
             health_pb2_grpc.add_HealthServicer_to_server(self._health, self._health_server)
             self.health_port = self._health_server.add_insecure_port(f"{s.bind}:{s.health_port}")
             await self._health_server.start()
-        self._tasks.append(asyncio.create_task(self._refresh_gauges(), name="gauges"))
-        self._tasks.append(asyncio.create_task(durability.run(), name="checkpoints"))
-        self._tasks.append(asyncio.create_task(self._compact_periodically(), name="compaction"))
+        self._tasks.append(asyncio.create_task(self._refresh_gauges() if runtime else self._watch_workers(),
+                                               name="gauges"))
         for name in ("", SERVICE_NAME, ONLINE_STORE_HEALTH, WORKERS_HEALTH):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("serving portrait.v1.ProfileService on %s:%d (at most %d connections), metrics on "
@@ -295,43 +235,69 @@ class PortraitServer:
             log.info("explorer on %s://%s:%d/%s", self._ui.scheme, s.bind, self.ui_port,
                      " (sign in with a read key)" if policy.keys is not None else "")
 
-    async def _refresh_gauges(self) -> None:
+    def _workers(self) -> tuple[int, list[ProcessStatus]] | Any:
+        """Every process' status (``rpc Workers``): computed here with one worker, asked of the actors with more."""
+        s = self.settings
+        if self.ray_workers is not None:
+            return self._ray_statuses()
         assert self.core is not None and self.durability is not None
+        return s.partitions, in_process(self.core.worker.trainer, self.durability.log.next_offset, s.partitions,
+                                        trainer_pid=self._trainer.pid if self._trainer else None)
+
+    async def _ray_statuses(self) -> tuple[int, list[ProcessStatus]]:
+        assert self.ray_workers is not None
+        s = self.settings
+        statuses = await asyncio.gather(*(self.ray_workers.call(i, "status", timeout_s=WORKER_PING_TIMEOUT_S)
+                                          for i in range(self.ray_workers.n)), return_exceptions=True)
+        return s.partitions, ray_processes([st for st in statuses if isinstance(st, dict)])
+
+    async def _watch_workers(self) -> None:
+        """With worker actors: health ``portrait.workers`` NOT_SERVING while one does not answer (its partitions
+        have no live owner), ``portrait.online_store`` while one cannot write rows; their metrics fetched."""
+        assert self.ray_workers is not None
+        workers = self.ray_workers
+        up = {WORKERS_HEALTH: True, ONLINE_STORE_HEALTH: True}
+        while True:
+            statuses = await asyncio.gather(*(workers.call(i, "status", timeout_s=WORKER_PING_TIMEOUT_S)
+                                              for i in range(workers.n)), return_exceptions=True)
+            alive = [st for st in statuses if isinstance(st, dict)]
+            now = {WORKERS_HEALTH: len(alive) == workers.n,
+                   ONLINE_STORE_HEALTH: all(st["online_healthy"] for st in alive)}
+            self.metrics.online_store_up.set(1 if now[ONLINE_STORE_HEALTH] else 0)
+            for name, ok in now.items():
+                if ok != up[name]:
+                    up[name] = ok
+                    if name == WORKERS_HEALTH:
+                        down = [i for i, st in enumerate(statuses) if not isinstance(st, dict)]
+                        log.warning("workers %s do not answer: their partitions have no live owner", down) \
+                            if not ok else log.info("every partition has a live owner again")
+                    await self._health.set(name, health_pb2.HealthCheckResponse.SERVING if ok else
+                                           health_pb2.HealthCheckResponse.NOT_SERVING)
+            texts = await asyncio.gather(*(workers.call(i, "metrics", timeout_s=WORKER_PING_TIMEOUT_S)
+                                           for i in range(workers.n)), return_exceptions=True)
+            self._worker_metrics = [t if isinstance(t, bytes) else b"" for t in texts]
+            await asyncio.sleep(GAUGE_REFRESH_S)
+
+    async def _refresh_gauges(self) -> None:
+        assert self.runtime is not None
         online_up = True
-        tick = 0
         frozen_at = time.monotonic()
         counted_at = -math.inf
         every = self.settings.gc_freeze_interval_s
         while True:
-            await self.core.advance_time(self.settings.watermark_idle_s)
-            self.core.worker.refresh_gauges(quality=tick % QUALITY_EVERY == 0)
-            tick += 1
+            healthy = await self.runtime.tick()
             if every and time.monotonic() - frozen_at >= every:  # see Settings.gc_freeze_interval_s
                 gc.freeze()
                 frozen_at = time.monotonic()
             if time.monotonic() - counted_at >= GC_COUNT_EVERY_S:
                 self.metrics.gc_frozen_objects.set(gc.get_freeze_count())
                 counted_at = time.monotonic()
-            self.metrics.queue_depth.labels(queue="log").set(self.durability.log.pending_bytes)
-            self.metrics.queue_depth.labels(queue="trainer").set(self.core.worker.trainer.backlog())
-            healthy = self.core.materializer.online_healthy
-            self.metrics.online_store_up.set(1 if healthy else 0)
             if healthy != online_up:  # degraded: ingest still works, the online store lags
                 online_up = healthy
                 status = health_pb2.HealthCheckResponse.SERVING if healthy else \
                     health_pb2.HealthCheckResponse.NOT_SERVING
                 await self._health.set(ONLINE_STORE_HEALTH, status)
             await asyncio.sleep(GAUGE_REFRESH_S)
-
-    async def _compact_periodically(self) -> None:
-        assert self.core is not None
-        while True:
-            await asyncio.sleep(self.settings.compact_interval_s)
-            if self.core.worker.erasures.pending:
-                try:
-                    await self.core.compact()
-                except Exception:
-                    log.exception("compaction failed; erased users stay pending for the next one")
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Health NOT_SERVING, stop accepting, finish in-flight RPCs, flush pending rows,
@@ -346,20 +312,10 @@ class PortraitServer:
             await self._health_server.stop(0)  # probes read NOT_SERVING until the main port closed
         for t in self._tasks:
             t.cancel()
-        if self.core:
-            try:
-                await asyncio.wait_for(self.core.materializer.stop(), timeout=max(grace, 1.0))
-            except TimeoutError:
-                log.error("gave up flushing %d pending profile rows after %.1f s (they are in the log "
-                          "and the checkpoint, and will be written after the next start)",
-                          self.core.materializer.depth, grace)
-        if self._trainer:  # its last models in before the final checkpoint (what it has not learnt is kept anyway)
-            await self._trainer.drain(timeout_s=max(grace, 1.0))
-            await self._trainer.close()
-        if self.durability:
-            await self.durability.close()
-        if self._writer:
-            await self._writer.close()
+        if self.runtime:
+            await self.runtime.stop(grace)
+        if self.ray_workers:
+            await self.ray_workers.stop(grace)
         if self._http:
             self._http.shutdown()
         if self.embedded:

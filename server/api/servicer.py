@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import grpc
 
 from server._gen.portrait.v1 import portrait_pb2 as pb
 from server._gen.portrait.v1 import portrait_pb2_grpc as pb_grpc
 from server.api import convert
-from server.cluster.status import ProcessStatus
 from server.domain.events import Event
 from server.worker.core import ProfileCore
 from server.worker.partition import DEFAULT_RECOMMEND
@@ -18,9 +19,10 @@ from server.worker.partition import DEFAULT_RECOMMEND
 class ProfileServicer(pb_grpc.ProfileServiceServicer):
     """The ``portrait.v1.ProfileService`` implementation."""
 
-    def __init__(self, core: ProfileCore, workers: Callable[[], tuple[int, list[ProcessStatus]]] | None = None) -> None:
+    def __init__(self, core: ProfileCore | Any, workers: Callable[[], Any] | None = None) -> None:
         self.core = core
-        self.workers = workers  # (partitions, every process' status): the runner's report
+        # (partitions, every process' status), or an awaitable of it: the runner's report
+        self.workers = workers
 
     async def Track(self, request: pb.TrackRequest, context: grpc.aio.ServicerContext) -> pb.TrackResponse:
         out = await self.core.track(convert.event_from_proto(request.event), request.wait_visible)
@@ -76,5 +78,6 @@ class ProfileServicer(pb_grpc.ProfileServiceServicer):
         if self.workers is None:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this server reports no workers")
         assert self.workers is not None
-        partitions, processes = self.workers()
+        report = self.workers()
+        partitions, processes = await report if inspect.isawaitable(report) else report
         return convert.workers_response(partitions, processes)

@@ -61,3 +61,26 @@ def in_process(trainer: Any, log_offset: int, partitions: int, pid: int | None =
     owned = [PartitionStatus(p, log_offset, 0) for p in range(partitions)]
     return [ProcessStatus("frontend", pid, host), ProcessStatus("worker", pid, host, owned, versions),
             ProcessStatus("trainer", pid if trainer_pid is None else trainer_pid, host, [], versions)]
+
+
+def ray_processes(statuses: list[dict[str, Any]], pid: int | None = None,
+                  host: str | None = None) -> list[ProcessStatus]:
+    """Several workers (``PORTRAIT_WORKERS>1``): this front end, then per worker actor that answered
+    (``WorkerActor.status``) its worker entry and its trainer's (its own child process with
+    ``PORTRAIT_TRAINER=process``, else the worker's pid: each worker holds its own models for now). A worker
+    applies before it acknowledges, so its partitions lag 0; ``applied_offset`` is its own log's.
+
+    >>> st = {"pid": 11, "host": "h", "partitions": [0, 2], "applied_offset": 5, "model_versions": {"risk": 3},
+    ...       "trainer_pid": None}
+    >>> [(p.role, p.pid, [q.partition for q in p.partitions]) for p in ray_processes([st], pid=7, host="h")]
+    [('frontend', 7, []), ('worker', 11, [0, 2]), ('trainer', 11, [])]
+    """
+    pid = os.getpid() if pid is None else pid
+    host = socket.gethostname() if host is None else host
+    out = [ProcessStatus("frontend", pid, host)]
+    for st in statuses:
+        versions = dict(st["model_versions"])
+        owned = [PartitionStatus(p, st["applied_offset"], 0) for p in st["partitions"]]
+        out.append(ProcessStatus("worker", st["pid"], st["host"], owned, versions))
+        out.append(ProcessStatus("trainer", st["trainer_pid"] or st["pid"], st["host"], [], versions))
+    return out

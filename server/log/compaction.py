@@ -53,19 +53,20 @@ class CompactionReport:
     seconds: float = 0.0
 
 
-def remove_temp_files(directory: Path) -> int:
-    """Delete leftover temp files (a crash mid-write may leave one holding anybody); call only while no
-    writer of ``directory`` runs."""
-    gone = list(Path(directory).glob("*.tmp"))
+def remove_temp_files(directory: Path, pattern: str = "*.tmp") -> int:
+    """Delete leftover temp files matching ``pattern`` (a crash mid-write may leave one holding anybody); call
+    only while no writer of those files runs."""
+    gone = list(Path(directory).glob(pattern))
     for p in gone:
         p.unlink(missing_ok=True)
     return len(gone)
 
 
-def compact_offline(directory: Path, erasures: Erasures) -> int:
-    """Rewrite (or delete, when nothing else is left) every parquet part holding a doomed row."""
+def compact_offline(directory: Path, erasures: Erasures, pattern: str = "*.parquet") -> int:
+    """Rewrite (or delete, when nothing else is left) every parquet part (matching ``pattern``) holding a doomed
+    row."""
     changed = 0
-    for path in sorted(Path(directory).glob("*.parquet")):
+    for path in sorted(Path(directory).glob(pattern)):
         users = pq.read_table(path, columns=["user_id"]).column("user_id").to_pylist()
         if not any(erasures.digest(u) in erasures.pending for u in set(users)):
             continue

@@ -44,14 +44,22 @@ def recorded_partitions(data_dir: Path) -> int | None:
     return int(json.loads(path.read_text())["partitions"])
 
 
-def ensure_partitions(data_dir: Path, partitions: int) -> int:
-    """Record ``partitions`` in a store that has no record yet; raise ``PartitionsChanged`` if it has another.
+def ensure_partitions(data_dir: Path, partitions: int, workers: int = 1) -> int:
+    """Record ``partitions`` (and ``workers``, ``PORTRAIT_WORKERS``) in a store that has no record yet; raise
+    ``PartitionsChanged`` if it has others.
 
     A data dir written before partitions were recorded (one process, every user in it) takes the number of
-    this start: nothing in it depends on the count yet."""
+    this start: nothing in it depends on the count yet. A record without ``workers`` was written by one worker.
+    The worker count is fixed like the partitions: each worker's state (log, checkpoints) covers the partitions
+    it owned, and moving partitions between workers is not built yet."""
     path = Path(data_dir) / FILE
     if path.exists():
         rec = json.loads(path.read_text())
+        if int(rec.get("workers", 1)) != workers and int(rec["partitions"]) == partitions:
+            raise PartitionsChanged(
+                f"the data dir {Path(data_dir).resolve()} was written by PORTRAIT_WORKERS={rec.get('workers', 1)}; "
+                f"this start asks for {workers}. Moving partitions between workers is not supported yet: start "
+                f"with PORTRAIT_WORKERS={rec.get('workers', 1)}, or replay the events into a new data dir")
         if int(rec["partitions"]) != partitions or rec.get("hash", HASH) != HASH:
             raise PartitionsChanged(
                 f"the data dir {Path(data_dir).resolve()} was created with PORTRAIT_PARTITIONS={rec['partitions']} "
@@ -60,5 +68,5 @@ def ensure_partitions(data_dir: Path, partitions: int) -> int:
                 "(portrait replay)")
         return partitions
     Path(data_dir).mkdir(parents=True, exist_ok=True)
-    write_atomic(path, json.dumps({"partitions": partitions, "hash": HASH}).encode())
+    write_atomic(path, json.dumps({"partitions": partitions, "hash": HASH, "workers": workers}).encode())
     return partitions

@@ -165,10 +165,12 @@ class OnlineStore:
 
 
 class OfflineLog:
-    """Appends rows as new parquet files: ``part-<unix ms>-<pid>-<seq>.parquet``."""
+    """Appends rows as new parquet files: ``part-<unix ms>[-<tag>]-<pid>-<seq>.parquet`` (``tag``: the worker's,
+    with several workers: their parts never clash, whichever machine they run on)."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, tag: str = "") -> None:
         self.dir = offline_dir(data_dir)
+        self.tag = f"-{tag}" if tag else ""
         self.dir.mkdir(parents=True, exist_ok=True)
         self._seq = itertools.count()
 
@@ -182,7 +184,7 @@ class OfflineLog:
                            [r[key] for r in rows] if i < APPENDED_FROM else [r.get(key) for r in rows],
                            type=c.kind.arrow) for i, c in enumerate(COLUMNS)]
         table = pa.Table.from_arrays(arrays, schema=ARROW_SCHEMA)
-        name = f"part-{created // 1000:013d}-{os.getpid()}-{next(self._seq):06d}"
+        name = f"part-{created // 1000:013d}{self.tag}-{os.getpid()}-{next(self._seq):06d}"
         final = self.dir / f"{name}.parquet"
         with atomic_file(final) as fh:
             pq.write_table(table, fh)

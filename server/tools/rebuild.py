@@ -33,9 +33,13 @@ CHUNK = 2000
 
 def rebuild(settings: Settings, from_start: bool = False) -> int:
     """Rebuild and write every profile; returns a process exit code."""
-    from server.app import event_log, worker_config
+    from server.worker.runtime import event_log, worker_config
 
     data_dir = Path(settings.data_dir).resolve()
+    if settings.workers > 1:
+        log.error("refusing to rebuild: replay-log reads one worker's log; with PORTRAIT_WORKERS>1 each worker "
+                  "replays its own log at its start (restart the server) — a per-worker replay-log is not built yet")
+        return 2
     try:
         ensure_partitions(data_dir, settings.partitions)
     except PartitionsChanged as exc:

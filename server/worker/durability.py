@@ -134,8 +134,13 @@ class Durability:
     def __init__(self, data_dir: Path, worker: PartitionWorker, materializer: Materializer,
                  fsync: str = "always", segment_bytes: int = 64 * 1024 * 1024,
                  checkpoint_interval_s: float = 60.0, log_retention_s: float = 0.0,
-                 fork_checkpoints: bool = True, log_: EventLog | StreamLog | None = None, partitions: int = 1) -> None:
+                 fork_checkpoints: bool = True, log_: EventLog | StreamLog | None = None, partitions: int = 1,
+                 offline_tag: str = "") -> None:
         self.worker = worker
+        # with several workers each compacts only its own offline parts (its users' rows are only there) and
+        # its own temp files: the others' are being written meanwhile
+        self.offline_parts = f"part-*-{offline_tag}-*.parquet" if offline_tag else "*.parquet"
+        self.offline_temps = f".part-*-{offline_tag}-*.tmp" if offline_tag else "*.tmp"
         self.partitions = partitions
         self.materializer = materializer
         self.checkpoint_interval_s = checkpoint_interval_s
@@ -162,6 +167,8 @@ class Durability:
         done = restore(self.worker, self.log, self.checkpoint_dir, on_user=materializer.mark_quiet,
                        on_erase=materializer.forget, on_snapshot=restored)
         replayed, start = done.replayed, done.start
+        if done.snapshot or replayed:
+            self.worker.guard_row_times()
         if start > self.log.next_offset and isinstance(self.log, StreamLog):
             log.error("the checkpoint covers the log up to offset %d but the log in Redis ends at %d: Redis lost "
                       "records (no append-only file, or flushed); new records go on after the checkpoint",
@@ -330,8 +337,9 @@ class Durability:
                 compaction.compact_checkpoints, self.checkpoint_dir, frozen, lambda s: self._erase_state(s, frozen))
             compaction.remove_temp_files(self.checkpoint_dir)
             async with self.materializer.offline_lock:
-                report.offline_files = await asyncio.to_thread(compaction.compact_offline, offline_dir, frozen)
-                compaction.remove_temp_files(offline_dir)
+                report.offline_files = await asyncio.to_thread(compaction.compact_offline, offline_dir, frozen,
+                                                               self.offline_parts)
+                compaction.remove_temp_files(offline_dir, self.offline_temps)
             if rewrite_online is not None:
                 await asyncio.to_thread(rewrite_online)
             for d, v in todo.items():  # done, unless erased again meanwhile

@@ -16,7 +16,7 @@ def test_a_start_with_another_partition_count_is_refused(redis_url: str, tmp_pat
     finally:
         assert first.terminate() == 0
     recorded = (data / "partitions.json").read_bytes()
-    assert json.loads(recorded) == {"partitions": 16, "hash": "crc32"}
+    assert json.loads(recorded) == {"partitions": 16, "hash": "crc32", "workers": 1}
 
     second = ServerProcess(data, redis_url, PORTRAIT_PARTITIONS="64")
     code = second.proc.wait(timeout=120)

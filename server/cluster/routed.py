@@ -1,0 +1,180 @@
+"""The front end with several workers: the same calls as ``ProfileCore``, routed to the owning worker actor.
+
+User ids are mapped to stored ids here (pseudonyms, when on), then each call goes to the worker owning the
+stored id's partition (``server.cluster.actors``). A batch is split by owner keeping each worker's events in
+the batch's order, the parts are sent at once, and the answers merged with the batch's own indices. Events
+whose user id is invalid still go to a worker (the owner of the raw id), which rejects them: every event is
+validated and counted where it would be applied. A worker that is down makes the whole call fail with
+UNAVAILABLE; the parts other workers applied are durable in their logs, so the client's retry of the whole
+batch counts them as duplicates (by ``event_id``) and applies the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+from server.cluster.actors import RayWorkers
+from server.domain.errors import InvalidArgument, NotFound, Unavailable
+from server.domain.events import MAX_BATCH, MAX_ID_LEN, BatchResult, Event
+from server.domain.pseudonym import Pseudonymizer
+from server.log.compaction import CompactionReport
+from server.store.feast import OnlineStore
+from server.worker.partition import Outcome
+
+STREAM_CHUNK = 500  # events of a TrackStream sent to the workers at a time
+
+
+def merge(parts: list[tuple[list[int], BatchResult]]) -> BatchResult:
+    """One batch's result from its parts' (``indices``: the batch index of each part's events).
+
+    >>> from server.domain.events import FieldError
+    >>> a, b = BatchResult(accepted=1), BatchResult(duplicates=1)
+    >>> b.reject(1, "e3", FieldError("price", "bad"))
+    >>> r = merge([([0, 2], a), ([1, 3], b)])
+    >>> r.accepted, r.duplicates, [(i, e) for i, e, _ in r.rejected], r.rejected_count
+    (1, 1, [(3, 'e3')], 1)
+    """
+    out = BatchResult()
+    for indices, r in parts:
+        out.accepted += r.accepted
+        out.duplicates += r.duplicates
+        out.suppressed += r.suppressed
+        out.rejected_count += r.rejected_count
+        out.rejected.extend((indices[i], event_id, err) for i, event_id, err in r.rejected)
+    out.rejected.sort(key=lambda x: x[0])
+    return out
+
+
+class RoutedCore:
+    """What the gRPC servicer delegates to when ``PORTRAIT_WORKERS`` > 1."""
+
+    def __init__(self, workers: RayWorkers, reader: OnlineStore, ids: Pseudonymizer | None = None) -> None:
+        self.workers = workers
+        self.reader = reader
+        self.ids = ids if ids is not None else Pseudonymizer.identity()
+
+    def _user(self, user_id: str) -> str:
+        """Validate a raw user id and map it to the stored one (the pseudonym, when enabled)."""
+        if not user_id or len(user_id) > MAX_ID_LEN:
+            raise InvalidArgument(f"user_id must be 1..{MAX_ID_LEN} characters", field="user_id")
+        return self.ids.map(user_id)
+
+    def _stored(self, e: Event) -> Event:
+        if self.ids.enabled and e.user_id and len(e.user_id) <= MAX_ID_LEN:
+            e.user_id = self.ids.map(e.user_id)
+        return e
+
+    async def track(self, e: Event, wait_visible: bool = False) -> Outcome:
+        """One event, applied by its owner; ``InvalidArgument`` names the bad field."""
+        e = self._stored(e)
+        out: Outcome = await self.workers.call(self.workers.owner_of(e.user_id), "track", e, wait_visible)
+        return out
+
+    async def _split(self, events: list[Event], wait_visible: bool) -> BatchResult:
+        shares: dict[int, tuple[list[int], list[Event]]] = {}
+        for i, e in enumerate(events):
+            e = self._stored(e)
+            indices, part = shares.setdefault(self.workers.owner_of(e.user_id), ([], []))
+            indices.append(i)
+            part.append(e)
+        owners = list(shares)
+        results = await asyncio.gather(*(self.workers.call(w, "track_many", shares[w][1], wait_visible)
+                                         for w in owners), return_exceptions=True)
+        parts: list[tuple[list[int], BatchResult]] = []
+        for w, r in zip(owners, results, strict=True):  # every part answered (or failed) before any error is raised
+            if isinstance(r, BaseException):
+                raise r
+            parts.append((shares[w][0], r))
+        return merge(parts)
+
+    async def track_many(self, events: Iterable[Event], wait_visible: bool = False) -> BatchResult:
+        """A batch of at most ``MAX_BATCH`` events, split by owner; invalid ones reported by index."""
+        events = list(events)
+        if len(events) > MAX_BATCH:
+            raise InvalidArgument(f"a batch holds at most {MAX_BATCH} events, got {len(events)}", field="events")
+        return await self._split(events, wait_visible)
+
+    async def track_stream(self, events: AsyncIterator[Event]) -> BatchResult:
+        """A stream of any length, sent on in chunks of ``STREAM_CHUNK``; one summary at the end."""
+        parts: list[tuple[list[int], BatchResult]] = []
+        chunk: list[Event] = []
+        offset = 0
+
+        async def send() -> None:
+            nonlocal chunk, offset
+            r = await self._split(chunk, False)
+            parts.append((list(range(offset, offset + len(chunk))), r))
+            offset += len(chunk)
+            chunk = []
+
+        async for e in events:
+            chunk.append(e)
+            if len(chunk) >= STREAM_CHUNK:
+                await send()
+        if chunk:
+            await send()
+        return merge(parts)
+
+    async def update_attributes(self, user_id: str, age: int, gender: str, region: str) -> int:
+        """Replace a user's attributes; returns the new profile version."""
+        stored = self._user(user_id)
+        version: int = await self.workers.call(self.workers.owner_of(stored), "update_attributes", stored, age,
+                                               gender, region)
+        return version
+
+    async def get_profile(self, user_id: str) -> dict[str, Any]:
+        """The user's row as the online store serves it (what every other service sees)."""
+        stored = self._user(user_id)
+        try:
+            row = await asyncio.to_thread(self.reader.read, stored)
+        except Exception as exc:
+            raise Unavailable(f"online store unavailable: {type(exc).__name__}") from exc
+        if row is None:
+            raise NotFound("no profile for this user_id", field="user_id")
+        row["user_id"] = user_id
+        return row
+
+    async def score(self, user_id: str, candidates: list[tuple[str, str, float]]) -> list[tuple[str, float]]:
+        """Rank candidates for a user with its owner's models (unknown user: cold start)."""
+        stored = self._user(user_id)
+        ranked: list[tuple[str, float]] = await self.workers.call(self.workers.owner_of(stored), "score", stored,
+                                                                  candidates)
+        return ranked
+
+    async def recommend(self, user_id: str, k: int) -> list[tuple[str, float]]:
+        """The top ``k`` items for a user from its owner."""
+        stored = self._user(user_id)
+        ranked: list[tuple[str, float]] = await self.workers.call(self.workers.owner_of(stored), "recommend",
+                                                                  stored, k)
+        return ranked
+
+    async def delete_user(self, user_id: str) -> bool:
+        """Erase a user under every pseudonym key, each stored id by its owner."""
+        self._user(user_id)
+        existed = False
+        for stored in self.ids.all(user_id):
+            existed = await self.workers.call(self.workers.owner_of(stored), "delete_user", stored) or existed
+        return existed
+
+    async def unsuppress_user(self, user_id: str) -> bool:
+        """Accept an erased user's events again; True if they were suppressed."""
+        self._user(user_id)
+        lifted = False
+        for stored in self.ids.all(user_id):
+            lifted = await self.workers.call(self.workers.owner_of(stored), "unsuppress_user", stored) or lifted
+        return lifted
+
+    async def compact(self) -> CompactionReport:
+        """Every worker compacts its own files, one after the other (each asks the online store's Redis to rewrite
+        its files, which Redis does one at a time); the reports added up."""
+        out = CompactionReport()
+        for i in range(self.workers.n):
+            r = await self.workers.call(i, "compact", timeout_s=600.0)
+            out.offline_files += r.offline_files
+            out.log_segments += r.log_segments
+            out.checkpoints += r.checkpoints
+            out.erased_users += r.erased_users
+            out.seconds += r.seconds
+        return out
