@@ -36,6 +36,7 @@ from server.log.partitions import PartitionsChanged, ensure_partitions
 from server.log.streams import LogOwnedElsewhere
 from server.metrics import Metrics, serve_metrics
 from server.models.remote import TrainerProcess
+from server.models.shared import TrainerLink
 from server.store.embedded_redis import EmbeddedRedis, online_redis
 from server.store.feast import OnlineStore, apply_definitions, open_store, set_feast_env, upgrade_offline
 from server.ui.data import Explorer
@@ -113,7 +114,7 @@ class PortraitServer:
         self.runtime: WorkerRuntime | None = None
         self.durability: Durability | None = None
         self.recovery: RecoveryReport | None = None
-        self._trainer: TrainerProcess | None = None  # PORTRAIT_TRAINER=process
+        self._trainer: TrainerProcess | TrainerLink | None = None  # PORTRAIT_TRAINER=process
         self._worker_metrics: list[bytes] = []  # PORTRAIT_WORKERS>1: each worker's latest /metrics text
 
     async def start(self) -> None:
@@ -249,7 +250,8 @@ class PortraitServer:
         s = self.settings
         statuses = await asyncio.gather(*(self.ray_workers.call(i, "status", timeout_s=WORKER_PING_TIMEOUT_S)
                                           for i in range(self.ray_workers.n)), return_exceptions=True)
-        return s.partitions, ray_processes([st for st in statuses if isinstance(st, dict)])
+        trainer = await self.ray_workers.trainer_status(WORKER_PING_TIMEOUT_S)
+        return s.partitions, ray_processes([st for st in statuses if isinstance(st, dict)], trainer)
 
     async def _watch_workers(self) -> None:
         """With worker actors: health ``portrait.workers`` NOT_SERVING while one does not answer (its partitions

@@ -62,16 +62,17 @@ class Settings(BaseSettings):
     supported: replay the events into a new data dir."""
     workers: int = Field(default=1, ge=1, le=1024)
     """Partition workers. 1: one worker inside the server process (no Ray). N > 1: N Ray actors, worker i owning
-    the partitions p with p % N == i, each with its own log and checkpoints under ``<data_dir>/workers/<i>/``
-    and, for now, its own models (see README "Scaling out"), on a local Ray the server starts and stops, or on
-    the cluster at ray_address. Fixed when a data dir is first used (recorded beside the partitions)."""
+    the partitions p with p % N == i, each with its own log and checkpoints under ``<data_dir>/workers/<i>/``,
+    and one trainer actor learning the shared models from all of them (README "Scaling out"), on a local Ray the
+    server starts and stops, or on the cluster at ray_address. Fixed when a data dir is first used (recorded
+    beside the partitions)."""
     ray_address: str | None = None
     """A running Ray cluster to place the workers on (``ray://host:10001`` or ``host:6379``); unset: a local Ray
     (usage stats off, no dashboard), started and stopped by the server. Only with workers > 1."""
     worker_cpus: float = Field(default=0.0, ge=0)
     """CPUs each worker actor asks Ray for. 0: any node may host it, the front end's too (a local Ray: the
     workers share this machine's cores). On a cluster, 1 with the front end's node started with
-    ``--num-cpus=0`` places every worker on a worker node (deploy/compose.ray.yaml, deploy/k8s/ray/)."""
+    ``--num-cpus=0`` places every worker on a worker node (deploy/compose.ray.yaml, deploy/k8s-ray/)."""
     worker_call_timeout_s: float = Field(default=30.0, gt=0)
     """A call to a worker actor not answered in this long fails with UNAVAILABLE (the worker is restarting or
     stuck; the client retries; acknowledged events are in the worker's log)."""

@@ -67,7 +67,7 @@ class WorkerActor:
     them again at its edge, where they map to status codes."""
 
     def __init__(self, settings: Settings, index: int, workers: int, feast_redis: str, redis_type: str,
-                 embedded_url: str | None) -> None:
+                 embedded_url: str | None, trainer: Any = None) -> None:
         logging.basicConfig(level=settings.log_level, format=f"%(asctime)s %(levelname)s worker-{index}: %(message)s")
         self.settings = settings
         self.index = index
@@ -75,6 +75,7 @@ class WorkerActor:
         self.feast_redis = feast_redis
         self.redis_type = redis_type
         self.embedded_url = embedded_url
+        self.trainer = trainer  # the shared trainer actor
         self.started = time.time()
         self._runtime: Any = None
         self._ready: asyncio.Task[None] | None = None
@@ -98,9 +99,14 @@ class WorkerActor:
         set_feast_env(data_dir, self.feast_redis, self.redis_type)
         metrics = Metrics(CollectorRegistry())
         ProcessCollector(registry=metrics.registry)
+        from server.models.shared import TrainerStream, stream_key
+
+        url = s.redis_url or self.embedded_url
+        assert url, "the trainer stream needs a Redis"
+        shared = (self.trainer, TrainerStream(url, s.redis_cluster, stream_key(s.log_prefix)), self.index)
         runtime = WorkerRuntime(s, metrics, data_dir, state_dir(data_dir, self.index), self.feast_redis,
                                 self.redis_type, self.embedded_url, log_prefix=f"{s.log_prefix}:w{self.index}",
-                                tag=f"w{self.index}", fork_checkpoints=False)
+                                tag=f"w{self.index}", fork_checkpoints=False, shared_trainer=shared)
         await runtime.spawn_writer()
         writer_store = await asyncio.to_thread(open_store, s.feature_repo)
         reader_store = await asyncio.to_thread(open_store, s.feature_repo)
@@ -161,7 +167,6 @@ class WorkerActor:
                 "partitions": owned(self.index, self.workers, self.settings.partitions),
                 "applied_offset": rt.durability.log.next_offset,
                 "model_versions": dict(core.worker.trainer.versions),
-                "trainer_pid": rt.trainer_process.pid if rt.trainer_process else None,
                 "online_healthy": core.materializer.online_healthy, "users": len(core.worker.profiles)}
 
     async def metrics(self) -> bytes:
@@ -200,6 +205,7 @@ class RayWorkers:
         self.redis_type = redis_type
         self.embedded_url = embedded_url
         self.actors: list[Any] = []
+        self.trainer: Any = None
         self._started_ray = False
 
     def start(self) -> None:
@@ -220,13 +226,33 @@ class RayWorkers:
         # absolute paths: an actor's working directory is Ray's, not ours
         absolute = s.model_copy(update={"data_dir": Path(s.data_dir).resolve(),
                                         "feature_repo": Path(s.feature_repo).resolve()})
+        from server.cluster.trainer import TrainerActor
+        from server.models.shared import stream_key
+        from server.worker.runtime import worker_config
+
+        url = s.redis_url or self.embedded_url
+        assert url, "the trainer stream needs a Redis"
+        trainer = ray.remote(max_restarts=-1, max_task_retries=0, num_cpus=s.worker_cpus)(TrainerActor)
+        self.trainer = trainer.options(name="portrait-trainer").remote(  # type: ignore[attr-defined]
+            worker_config(s).trainer, url, s.redis_cluster, stream_key(s.log_prefix),
+            Path(absolute.data_dir) / "trainer", s.checkpoint_interval_s, s.log_retention_s < 0, s.log_level)
         remote = ray.remote(max_restarts=-1, max_task_retries=0, num_cpus=s.worker_cpus)(WorkerActor)
         self.actors = [remote.options(name=f"portrait-worker-{i}-of-{self.n}").remote(  # type: ignore[attr-defined]
-            absolute, i, self.n, self.feast_redis, self.redis_type, self.embedded_url) for i in range(self.n)]
+            absolute, i, self.n, self.feast_redis, self.redis_type, self.embedded_url, self.trainer)
+            for i in range(self.n)]
 
     async def wait_ready(self, timeout_s: float = 300.0) -> list[dict[str, Any]]:
-        """Wait until every worker recovered; their statuses."""
+        """Wait until the trainer and every worker recovered; the workers' statuses."""
+        await asyncio.wait_for(self.trainer.status.remote(), timeout_s)
         return list(await asyncio.wait_for(asyncio.gather(*(a.status.remote() for a in self.actors)), timeout_s))
+
+    async def trainer_status(self, timeout_s: float) -> dict[str, Any] | None:
+        """The trainer's status, or None if it does not answer in ``timeout_s``."""
+        try:
+            status: dict[str, Any] = await asyncio.wait_for(self.trainer.status.remote(), timeout_s)
+        except Exception:
+            return None
+        return status
 
     def owner_of(self, stored_id: str) -> int:
         """The worker owning a stored user id."""
@@ -260,5 +286,12 @@ class RayWorkers:
                 log.error("workers did not stop within %.0f s; their logs hold every acknowledged event", grace_s)
             for a in self.actors:
                 ray.kill(a, no_restart=True)
+        if self.trainer is not None:  # after the workers: they handed it every message (their drain)
+            try:
+                await asyncio.wait_for(self.trainer.stop.remote(), grace_s + 30.0)
+            except Exception as exc:
+                log.error("the trainer did not checkpoint at stop (%s): it restarts from its last checkpoint and "
+                          "learns the stream after it again", type(exc).__name__)
+            ray.kill(self.trainer, no_restart=True)
         if self._started_ray:
             ray.shutdown()

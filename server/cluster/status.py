@@ -63,17 +63,17 @@ def in_process(trainer: Any, log_offset: int, partitions: int, pid: int | None =
             ProcessStatus("trainer", pid if trainer_pid is None else trainer_pid, host, [], versions)]
 
 
-def ray_processes(statuses: list[dict[str, Any]], pid: int | None = None,
+def ray_processes(statuses: list[dict[str, Any]], trainer: dict[str, Any] | None, pid: int | None = None,
                   host: str | None = None) -> list[ProcessStatus]:
-    """Several workers (``PORTRAIT_WORKERS>1``): this front end, then per worker actor that answered
-    (``WorkerActor.status``) its worker entry and its trainer's (its own child process with
-    ``PORTRAIT_TRAINER=process``, else the worker's pid: each worker holds its own models for now). A worker
-    applies before it acknowledges, so its partitions lag 0; ``applied_offset`` is its own log's.
+    """Several workers (``PORTRAIT_WORKERS>1``): this front end, every worker actor that answered
+    (``WorkerActor.status``: the model versions it scores with) and the shared trainer actor, if it answered
+    (the versions it has learnt). A worker applies before it acknowledges, so its partitions lag 0;
+    ``applied_offset`` is its own log's.
 
-    >>> st = {"pid": 11, "host": "h", "partitions": [0, 2], "applied_offset": 5, "model_versions": {"risk": 3},
-    ...       "trainer_pid": None}
-    >>> [(p.role, p.pid, [q.partition for q in p.partitions]) for p in ray_processes([st], pid=7, host="h")]
-    [('frontend', 7, []), ('worker', 11, [0, 2]), ('trainer', 11, [])]
+    >>> st = {"pid": 11, "host": "h", "partitions": [0, 2], "applied_offset": 5, "model_versions": {"risk": 3}}
+    >>> tr = {"pid": 12, "host": "h", "model_versions": {"risk": 4}}
+    >>> [(p.role, p.pid, [q.partition for q in p.partitions]) for p in ray_processes([st], tr, pid=7, host="h")]
+    [('frontend', 7, []), ('worker', 11, [0, 2]), ('trainer', 12, [])]
     """
     pid = os.getpid() if pid is None else pid
     host = socket.gethostname() if host is None else host
@@ -82,5 +82,6 @@ def ray_processes(statuses: list[dict[str, Any]], pid: int | None = None,
         versions = dict(st["model_versions"])
         owned = [PartitionStatus(p, st["applied_offset"], 0) for p in st["partitions"]]
         out.append(ProcessStatus("worker", st["pid"], st["host"], owned, versions))
-        out.append(ProcessStatus("trainer", st["trainer_pid"] or st["pid"], st["host"], [], versions))
+    if trainer is not None:
+        out.append(ProcessStatus("trainer", trainer["pid"], trainer["host"], [], dict(trainer["model_versions"])))
     return out

@@ -52,6 +52,9 @@ SEND_EVERY_S = 0.005  # the worker hands its queued messages to the child this o
 NICE = 10  # the child's CPU priority below the server's and the writer's: learning can wait, ingest and rows cannot
 
 
+UNLEARNT_FROM = "unlearnt_from"
+"""The number of a state's first unlearnt message, counting every message fed since the first start (the shared
+trainer, ``server.cluster.trainer``, learns each number once)."""
 _WINDOW = ("_replay_x", "_replay_y")  # the propensity's replay window: published as the rows that changed
 
 
@@ -109,11 +112,13 @@ class RemoteTrainer(Trainer):
         self.sent = 0  # of ``unlearnt``, how many the child has been sent
         self._sent_at: deque[tuple[int, float]] = deque()  # (messages sent so far, when) per send
         self.covered = 0  # messages the models held cover (counted since this object was loaded)
+        self.origin = 0  # the number of unlearnt[0] at the load, counting every message fed since the first start
 
     def publish(self, covered: int, versions: dict[str, int], models: dict[str, Any]) -> None:
-        """Swap in models the child published, covering the first ``covered`` messages since the load."""
+        """Swap in models the child published, covering the first ``covered`` messages since the load (the
+        shared trainer also publishes models that moved with other workers' messages alone: ``covered`` unchanged)."""
         drop = covered - self.covered
-        if drop <= 0:
+        if drop < 0:
             return
         for name, model in models.items():
             setattr(self, name, _patched(self.propensity, *model) if name == "propensity" else model)
@@ -162,12 +167,13 @@ class RemoteTrainer(Trainer):
 
     def state(self) -> dict[str, Any]:
         """The models held, the worker's own statistics, and the messages they do not cover yet."""
-        return {**super().state(), UNLEARNT: list(self.unlearnt)}
+        return {**super().state(), UNLEARNT: list(self.unlearnt), UNLEARNT_FROM: self.origin + self.covered}
 
     def load_state(self, state: dict[str, Any]) -> None:
         """Models and statistics from ``state``; its unlearnt messages queued for the (next) child."""
         self.unlearnt.clear()
         self.sent, self.covered = 0, 0
+        self.origin = int(state.get(UNLEARNT_FROM, 0))
         self._sent_at.clear()
         super().load_state(state)
 

@@ -23,6 +23,7 @@ from server.log.eventlog import EventLog
 from server.log.streams import StreamLog, owner_id
 from server.metrics import Metrics
 from server.models.remote import RemoteTrainer, TrainerProcess
+from server.models.shared import TrainerLink
 from server.models.trainer import TrainerConfig
 from server.store.feast import OfflineLog, OnlineStore, feast_env, offline_dir
 from server.store.writer import WriterProcess
@@ -78,7 +79,8 @@ class WorkerRuntime:
 
     def __init__(self, settings: Settings, metrics: Metrics, data_dir: Path, state_dir: Path, feast_redis: str,
                  redis_type: str, embedded_url: str | None = None, log_prefix: str | None = None, tag: str = "",
-                 ids: Pseudonymizer | None = None, fork_checkpoints: bool | None = None) -> None:
+                 ids: Pseudonymizer | None = None, fork_checkpoints: bool | None = None,
+                 shared_trainer: tuple[Any, Any, int] | None = None) -> None:
         self.settings = settings
         self.metrics = metrics
         self.data_dir = Path(data_dir)
@@ -90,11 +92,13 @@ class WorkerRuntime:
         self.tag = tag
         self.ids = ids
         self.fork = settings.checkpoint_fork if fork_checkpoints is None else fork_checkpoints
+        # several workers: (the trainer actor, a TrainerStream, this worker's index) -- server.cluster.trainer
+        self.shared_trainer = shared_trainer
         self.core: ProfileCore | None = None
         self.durability: Durability | None = None
         self.recovery: RecoveryReport | None = None
         self.online: OnlineStore | None = None
-        self.trainer_process: TrainerProcess | None = None
+        self.trainer_process: TrainerProcess | TrainerLink | None = None
         self._writer: WriterProcess | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._ticks = 0
@@ -122,7 +126,8 @@ class WorkerRuntime:
             online_write = self._writer.write
         offline = OfflineLog(self.data_dir, tag=self.tag)
         config = worker_config(s)
-        remote = RemoteTrainer(config.trainer, s.model_publish_s) if s.trainer == "process" else None
+        shared = self.shared_trainer is not None
+        remote = RemoteTrainer(config.trainer, s.model_publish_s) if s.trainer == "process" or shared else None
         worker = PartitionWorker(config, self.metrics, remote)
 
         async def log_durable() -> None:
@@ -144,7 +149,11 @@ class WorkerRuntime:
                                 partitions=s.partitions, offline_tag=self.tag)
         self.recovery = await asyncio.to_thread(durability.recover)
         self.durability = durability
-        if remote is not None:  # after the recovery: the child starts from the recovered models + the replay's messages
+        if remote is not None and self.shared_trainer is not None:  # after the recovery, as below
+            actor, stream, index = self.shared_trainer
+            self.trainer_process = TrainerLink(remote, stream, index, actor, s.model_publish_s)
+            await self.trainer_process.start()
+        elif remote is not None:  # after the recovery: the child starts from the models + the replay's messages
             self.trainer_process = TrainerProcess(remote)
             await self.trainer_process.start()
             log.info("the shared models learn in a trainer process (pid %d), published every %.2f s",

@@ -18,11 +18,13 @@ ALLOWED = {
     "log": ("server.domain", "server.logs"),
     "store": ("server.domain", "server.log.atomic", "server.config", "server.logs", "server.childproc"),
     "worker": ("server.domain", "server.models", "server.log", "server.store", "server.metrics", "server.logs",
-               "server.fdlimit"),
+               "server.fdlimit", "server.config"),
     # the explorer is an edge like api/: it reads the worker (through ProfileCore) and the models, and takes
     # the API keys' checks and the segment report from where they live
-    # what runners report (``portrait workers``): no transport, no worker internals
-    "cluster": ("server.domain",),
+    # workers across processes (Ray actors, the front end's routing, the shared trainer, what runners report):
+    # above the worker, below the API edge; no transport
+    "cluster": ("server.domain", "server.models", "server.worker", "server.store", "server.log", "server.metrics",
+                "server.config"),
     "ui": ("server.domain", "server.models", "server.worker", "server.metrics", "server.config",
            "server.api.security", "server.tools.segments"),
 }
