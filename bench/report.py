@@ -174,14 +174,16 @@ def server_rows(sv: dict[str, Any]) -> list[list[str]]:
     >>> [(r[0], r[1], r[4]) for r in rows]
     [('server, PORTRAIT_WORKERS=1', '3,000/s', '1.00×'), ('server, PORTRAIT_WORKERS=2', '3,300/s', '1.10×')]
     """
-    out = []
-    base = sv["rows"][0]["events_per_s"] if sv["rows"] else 0.0
-    for r in sv["rows"]:
-        out.append([f"server, PORTRAIT_WORKERS={r['workers']}", f"{r['events_per_s']:,.0f}/s", "—", "—",
-                    f"{r['events_per_s'] / base:.2f}×" if base else "—",
-                    f"TrackBatch until visible; start {r['startup_s']:,.0f} s ({sv['cores']} cores; "
-                    f"{'one process' if r['workers'] == 1 else 'Ray actors'})"])
-    return out
+    return _scaling_rows(sv["rows"], "server, PORTRAIT_WORKERS=", lambda r: (
+        f"TrackBatch until visible; start {r['startup_s']:,.0f} s ({sv['cores']} cores; "
+        f"{'one process' if r['workers'] == 1 else 'Ray actors'})"))
+
+
+def _scaling_rows(rows: list[dict[str, Any]], label: str, note: Any) -> list[list[str]]:
+    """One row per worker count: events/s and the ratio to the first row; ``note(row)`` the last column."""
+    base = rows[0]["events_per_s"] if rows else 0.0
+    return [[f"{label}{r['workers']}", f"{r['events_per_s']:,.0f}/s", "—", "—",
+             f"{r['events_per_s'] / base:.2f}×" if base else "—", note(r)] for r in rows]
 
 
 def worker_rows(wk: dict[str, Any]) -> list[list[str]]:
@@ -193,14 +195,9 @@ def worker_rows(wk: dict[str, Any]) -> list[list[str]]:
     >>> [(r[0], r[1], r[4]) for r in rows]
     [('partition workers on Ray: 1', '4,000/s', '1.00×'), ('partition workers on Ray: 2', '6,000/s', '1.50×')]
     """
-    out = []
-    base = wk["rows"][0]["events_per_s"] if wk["rows"] else 0.0
-    for r in wk["rows"]:
-        out.append([f"partition workers on Ray: {r['workers']}", f"{r['events_per_s']:,.0f}/s", "—", "—",
-                    f"{r['events_per_s'] / base:.2f}×" if base else "—",
-                    f"worker CPU {sum(r['worker_cpu_s']):,.1f} s, driver {r['driver_cpu_s']:,.1f} s "
-                    f"({wk['cores']} cores; apply only: no gRPC, log, rows or learning)"])
-    return out
+    return _scaling_rows(wk["rows"], "partition workers on Ray: ", lambda r: (
+        f"worker CPU {sum(r['worker_cpu_s']):,.1f} s, driver {r['driver_cpu_s']:,.1f} s "
+        f"({wk['cores']} cores; apply only: no gRPC, log, rows or learning)"))
 
 
 TRAINER = "trainer: learn every model"

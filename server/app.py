@@ -43,7 +43,7 @@ from server.ui.data import Explorer
 from server.ui.http import ExplorerServer, check_ui_policy
 from server.worker.core import ProfileCore
 from server.worker.durability import Durability, RecoveryReport
-from server.worker.runtime import WorkerRuntime, event_log, worker_config
+from server.worker.runtime import WorkerRuntime
 
 log = logging.getLogger("portrait")
 
@@ -58,7 +58,7 @@ GAUGE_REFRESH_S = 1.0
 # second that was a 30-140 ms pause of the loop (the freshness tail, docs/benchmarks.md); now once in 5 minutes.
 GC_COUNT_EVERY_S = 300.0
 WORKER_PING_TIMEOUT_S = 5.0  # a worker actor that does not answer its status in this long counts as down
-__all__ = ["PortraitServer", "event_log", "grpc_server_options", "serve", "worker_config"]
+
 
 def grpc_server_options(s: Settings, max_connections: int | None = None) -> list[tuple[str, int]]:
     """The gRPC server's channel arguments: message size, keepalive and ping enforcement, connection age,

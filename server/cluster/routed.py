@@ -16,11 +16,12 @@ from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 from server.cluster.actors import RayWorkers
-from server.domain.errors import InvalidArgument, NotFound, Unavailable
+from server.domain.errors import InvalidArgument
 from server.domain.events import MAX_BATCH, MAX_ID_LEN, BatchResult, Event
 from server.domain.pseudonym import Pseudonymizer
 from server.log.compaction import CompactionReport
 from server.store.feast import OnlineStore
+from server.worker.core import read_profile
 from server.worker.partition import Outcome
 
 STREAM_CHUNK = 500  # events of a TrackStream sent to the workers at a time
@@ -126,15 +127,7 @@ class RoutedCore:
 
     async def get_profile(self, user_id: str) -> dict[str, Any]:
         """The user's row as the online store serves it (what every other service sees)."""
-        stored = self._user(user_id)
-        try:
-            row = await asyncio.to_thread(self.reader.read, stored)
-        except Exception as exc:
-            raise Unavailable(f"online store unavailable: {type(exc).__name__}") from exc
-        if row is None:
-            raise NotFound("no profile for this user_id", field="user_id")
-        row["user_id"] = user_id
-        return row
+        return await read_profile(self.reader, self._user(user_id), user_id)
 
     async def score(self, user_id: str, candidates: list[tuple[str, str, float]]) -> list[tuple[str, float]]:
         """Rank candidates for a user with its owner's models (unknown user: cold start)."""

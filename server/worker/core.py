@@ -26,6 +26,19 @@ YIELD_EVERY = 64  # events processed between yields to the event loop in batches
 STREAM_COMMIT_EVERY = 2000  # events of a stream between log commits
 
 
+async def read_profile(reader: OnlineStore, stored: str, user_id: str) -> dict[str, Any]:
+    """The row of the stored id ``stored`` as the online store serves it, under the caller's ``user_id`` (not the
+    pseudonym); ``Unavailable`` if the store cannot be read, ``NotFound`` if it has no row."""
+    try:
+        row = await asyncio.to_thread(reader.read, stored)
+    except Exception as exc:
+        raise Unavailable(f"online store unavailable: {type(exc).__name__}") from exc
+    if row is None:
+        raise NotFound("no profile for this user_id", field="user_id")
+    row["user_id"] = user_id
+    return row
+
+
 class ProfileCore:
     """What the gRPC servicer delegates to."""
 
@@ -177,15 +190,7 @@ class ProfileCore:
 
     async def get_profile(self, user_id: str) -> dict[str, Any]:
         """The user's row as the online store serves it (what every other service sees)."""
-        stored = self._user(user_id)
-        try:
-            row = await asyncio.to_thread(self.reader.read, stored)
-        except Exception as exc:
-            raise Unavailable(f"online store unavailable: {type(exc).__name__}") from exc
-        if row is None:
-            raise NotFound("no profile for this user_id", field="user_id")
-        row["user_id"] = user_id  # the caller's id, not the pseudonym
-        return row
+        return await read_profile(self.reader, self._user(user_id), user_id)
 
     async def score(self, user_id: str, candidates: list[tuple[str, str, float]]) -> list[tuple[str, float]]:
         """Rank (item_id, category, price) candidates for a user, best first (unknown user: cold start)."""
