@@ -16,6 +16,7 @@ Against a server with TLS and API keys (docs/security.md):
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -71,8 +72,44 @@ class _ApiKey(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientIntercepto
         return continuation(self._details(details), request_iterator)
 
 
+class _Retrying:
+    """A stub whose unary calls are tried again on UNAVAILABLE until ``retry_s`` has passed (backoff 0.1 s
+    doubling to 2 s): a worker restarting (``PORTRAIT_WORKERS>1``) refuses its users' events for seconds, longer
+    than gRPC's own retry policy waits (5 attempts, well under a second of backoff). Safe for writes: an event
+    the server acknowledged is deduplicated by ``event_id``. ``TrackStream`` is not retried (its events are
+    consumed)."""
+
+    def __init__(self, stub: Any, retry_s: float) -> None:
+        self._stub = stub
+        self.retry_s = retry_s
+        self.retried = 0  # calls tried again
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._stub, name)
+        if name == "TrackStream" or self.retry_s <= 0:
+            return method
+
+        def call(request: Any, **kw: Any) -> Any:
+            deadline = time.monotonic() + self.retry_s
+            pause = 0.1
+            while True:
+                try:
+                    return method(request, **kw)
+                except grpc.RpcError as exc:
+                    if exc.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() + pause > deadline:
+                        raise
+                self.retried += 1
+                time.sleep(pause)
+                pause = min(2 * pause, 2.0)
+
+        return call
+
+
 class PortraitClient:
     """Blocking client; ``timeout_s`` is the deadline of each call.
+
+    ``retry_unavailable_s``: unary calls refused with UNAVAILABLE are tried again for this long (0: only gRPC's
+    own quick retries) — e.g. while a partition worker restarts; ``retried`` counts them.
 
     ``api_key``: sent as ``authorization: Bearer KEY``. TLS when ``tls`` is true or any
     certificate is given: ``root_certificates`` (PEM bytes; default: the system CAs),
@@ -83,7 +120,8 @@ class PortraitClient:
     def __init__(self, target: str = "127.0.0.1:50051", timeout_s: float = 10.0,
                  max_message_bytes: int = 16 * 1024 * 1024, *, api_key: str | None = None, tls: bool = False,
                  root_certificates: bytes | None = None, client_certificate: bytes | None = None,
-                 client_key: bytes | None = None, server_name: str | None = None) -> None:
+                 client_key: bytes | None = None, server_name: str | None = None,
+                 retry_unavailable_s: float = 0.0) -> None:
         self.target = target
         self.timeout_s = timeout_s
         options: list[tuple[str, Any]] = [
@@ -101,7 +139,13 @@ class PortraitClient:
         else:
             self._channel = grpc.insecure_channel(target, options=options)
         channel = grpc.intercept_channel(self._channel, _ApiKey(api_key)) if api_key else self._channel
-        self.stub = pb_grpc.ProfileServiceStub(channel)
+        self._retrying = _Retrying(pb_grpc.ProfileServiceStub(channel), retry_unavailable_s)
+        self.stub: Any = self._retrying
+
+    @property
+    def retried(self) -> int:
+        """Calls tried again after UNAVAILABLE (``retry_unavailable_s``)."""
+        return self._retrying.retried
 
     def __enter__(self) -> PortraitClient:
         return self

@@ -346,7 +346,8 @@ def replay(
         bar = tqdm(total=_count_rows(events_path), initial=state.rows_done, unit="ev", unit_scale=True,
                    dynamic_ncols=True, file=out if out is not None else sys.stdout, smoothing=0.1, leave=True)
     started = time.monotonic()
-    client = PortraitClient(target, timeout_s=timeout_s)
+    # a batch refused with UNAVAILABLE (a partition worker restarting) is tried again for up to --timeout
+    client = PortraitClient(target, timeout_s=timeout_s, retry_unavailable_s=timeout_s)
     try:
         windows = _windows(events_path, state.rows_done, effective_batch)
         try:
@@ -415,7 +416,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--restart", action="store_true", help="ignore the state file and replay from row 1")
     parser.add_argument("--wait-visible", action="store_true",
                         help="acknowledge each batch only once it is readable online (the last one always is)")
-    parser.add_argument("--timeout", type=float, default=60.0, help="deadline of each TrackBatch call, seconds")
+    parser.add_argument("--timeout", type=float, default=60.0, help="deadline of each TrackBatch call, seconds; a "
+                        "batch refused with UNAVAILABLE (a worker restarting) is tried again for as long")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
 
 

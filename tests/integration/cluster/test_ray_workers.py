@@ -1,14 +1,14 @@
 """Three partition workers on a real local Ray over a real 3-master Redis Cluster (issue #16: exact under failure).
 
-A real ``portrait serve`` with ``PORTRAIT_WORKERS=3`` (three worker actors and the shared trainer actor), the
-event log and the trainer's input as Redis Streams and the online rows on a Redis Cluster that the test starts
-(redis-server's cluster mode). 30,000 events of 1,500 users go through TrackBatch in 500-event batches; one
-worker process is SIGKILLed mid-stream (found with ``portrait workers --json``), later the trainer; the client
-keeps sending, retrying UNAVAILABLE. Then every user's version, lifetime events and window counts, read back
-through GetProfile, equal what was sent; 2,000 events sent again change nothing; the killed processes were
-replaced. Then the whole server is SIGKILLed and started again on the same data dir and cluster: every count is
-the same; after SIGTERM no process of the run is left, and the trainer's final models equal those of a trainer
-that learnt its whole input stream once, without a kill.
+A real ``portrait serve`` with ``PORTRAIT_WORKERS=3`` (three worker actors and the shared trainer actor), the event
+log and the trainer's input as Redis Streams and the online rows on a Redis Cluster that the test starts
+(redis-server's cluster mode). 30,000 events of 1,500 users go through TrackBatch in 500-event batches; one worker
+process is SIGKILLed mid-stream (found with ``portrait workers --json``), later the trainer; the typed client
+(``server.api.client``) keeps sending, retrying UNAVAILABLE. Then every user's version, lifetime events and window
+counts, read back through GetProfile, equal what was sent; 2,000 events sent again change nothing; the killed
+processes were replaced. Then the whole server is SIGKILLed and started again on the same data dir and cluster:
+every count is the same; after SIGTERM no process of the run is left, and the trainer's final models equal those of
+a trainer that learnt its whole input stream once, without a kill.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import pytest
 
 from server._gen.portrait.v1 import portrait_pb2 as pb
 from server._gen.portrait.v1 import portrait_pb2_grpc as pb_grpc
+from server.api.client import PortraitClient
 from tests.conftest import ROOT, ServerProcess, uid
 from tests.integration.test_redis_cluster import Cluster, cluster  # noqa: F401 (the module fixture)
 
@@ -94,26 +95,12 @@ def _workers(srv: ServerProcess) -> list[dict[str, Any]]:
     return list(json.loads(p.stdout)["processes"])
 
 
-class Sender:
-    """TrackBatch with the client's retry of UNAVAILABLE (the worker restarting), counting what it saw."""
-
-    def __init__(self, stub: Any) -> None:
-        self.stub = stub
-        self.unavailable = 0
-
-    async def send(self, events: list[pb.Event], wait_visible: bool = False) -> pb.TrackBatchResponse:
-        deadline = time.monotonic() + TIMEOUT_S
-        while True:
-            try:
-                r = await self.stub.TrackBatch(pb.TrackBatchRequest(events=events, wait_visible=wait_visible),
-                                               timeout=60)
-                assert r.rejected_count == 0, r.rejected
-                return r
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
-                    raise
-                self.unavailable += 1
-                await asyncio.sleep(0.5)
+async def _send(client: PortraitClient, events: list[pb.Event], wait_visible: bool = False) -> pb.TrackBatchResponse:
+    """TrackBatch through the typed client, which tries a call refused with UNAVAILABLE again (a worker
+    restarting) for ``retry_unavailable_s``."""
+    r = await asyncio.to_thread(client.track_encoded, events, wait_visible, 60.0)
+    assert r.rejected_count == 0, r.rejected
+    return r
 
 
 async def _check_profiles(stub: Any, run: str, users: range) -> None:
@@ -224,19 +211,20 @@ async def test_three_workers_stay_exact_when_a_worker_a_trainer_and_the_server_a
         batches = [events[i:i + BATCH] for i in range(0, len(events), BATCH)]
         async with grpc.aio.insecure_channel(srv.target) as ch:
             stub = pb_grpc.ProfileServiceStub(ch)
-            sender = Sender(stub)
+            client = PortraitClient(srv.target, retry_unavailable_s=TIMEOUT_S)
             killed_worker, killed_trainer = workers[1]["pid"], trainers[0]["pid"]
             for i, b in enumerate(batches):
                 if i == len(batches) // 4:
                     os.kill(killed_worker, signal.SIGKILL)
                 if i == len(batches) // 2:
                     os.kill(killed_trainer, signal.SIGKILL)
-                await sender.send(b, wait_visible=i >= len(batches) - USERS // BATCH)
-            assert sender.unavailable > 0  # the killed worker's users were refused while it restarted
+                await _send(client, b, wait_visible=i >= len(batches) - USERS // BATCH)
+            assert client.retried > 0  # the killed worker's users were refused while it restarted
             await _check_profiles(stub, run, range(USERS))
-            again = await sender.send(events[:2_000])
+            again = await _send(client, events[:2_000])
             assert (again.accepted, again.duplicates) == (0, 2_000)
             await _check_profiles(stub, run, range(0, USERS, 7))
+            client.close()
         after = _workers(srv)
         pids = {p["pid"] for p in after}
         assert killed_worker not in pids and killed_trainer not in pids
@@ -261,7 +249,8 @@ async def test_three_workers_stay_exact_when_a_worker_a_trainer_and_the_server_a
         async with grpc.aio.insecure_channel(srv.target) as ch:
             stub = pb_grpc.ProfileServiceStub(ch)
             await _check_profiles(stub, run, range(USERS))
-            again = await Sender(stub).send(events[-2_000:])
+            with PortraitClient(srv.target, retry_unavailable_s=TIMEOUT_S) as again_client:
+                again = await _send(again_client, events[-2_000:])
             assert (again.accepted, again.duplicates) == (0, 2_000)
         run_pids = _descendants(srv.proc.pid)
         assert srv.terminate(timeout_s=120) == 0
