@@ -32,6 +32,7 @@ from server._gen.portrait.v1 import portrait_pb2 as pb
 from server._gen.portrait.v1 import portrait_pb2_grpc as pb_grpc
 from server.api.client import PortraitClient
 from tests.conftest import ROOT, ServerProcess, uid
+from tests.integration.cluster.canon import canon
 from tests.integration.test_redis_cluster import Cluster, cluster  # noqa: F401 (the module fixture)
 
 USERS, PER_USER, BATCH = 1_500, 20, 500
@@ -144,46 +145,9 @@ def _check_trainer(cluster: Cluster, data_dir: Path, prefix: str) -> None:  # no
     learnt_models = [name for name in LEARNT if ref.versions[version[name]] > 0]
     assert {"propensity", "item_model", "segmenter", "risk"} <= set(learnt_models)
     for name in LEARNT:
-        assert _canon(state[name]) == _canon(getattr(ref, name)), name
+        assert canon(state[name]) == canon(getattr(ref, name)), name
     for name in learnt_models:  # the comparison sees learning
-        assert _canon(getattr(fresh, name)) != _canon(getattr(ref, name)), name
-
-
-def _canon(o: Any, depth: int = 0) -> Any:
-    """A model's learnt state as plain values, to compare two models exactly (floats by repr, arrays by bytes,
-    random generators by state). Not pickle bytes: those differ with object sharing (an unpickled model
-    learning on pickles longer than one that never was; measured: 5,570 vs 5,626 bytes, equal weights)."""
-    import random
-
-    import numpy as np
-
-    if depth > 60:
-        raise AssertionError("too deep")
-    if isinstance(o, float):
-        return ("f", repr(o))
-    if o is None or isinstance(o, (int, str, bytes, bool)):
-        return o
-    if isinstance(o, np.ndarray):
-        return ("nd", o.dtype.str, o.shape, o.tobytes())
-    if isinstance(o, np.generic):
-        return ("np", repr(o.item()))
-    if isinstance(o, random.Random):
-        return ("rng", o.getstate())
-    if hasattr(o, "bit_generator"):
-        return ("gen", repr(o.bit_generator.state))
-    if isinstance(o, dict):
-        return ("d", sorted((repr(k), _canon(v, depth + 1)) for k, v in o.items()))
-    if isinstance(o, (list, tuple)) or type(o).__name__ == "deque":
-        return ("l", [_canon(v, depth + 1) for v in o])
-    if isinstance(o, (set, frozenset)):
-        return ("s", sorted(repr(v) for v in o))
-    if type(o).__name__ == "VectorDict":  # River's weights (a compiled type)
-        return ("vd", _canon(o.to_dict(), depth + 1))
-    if hasattr(o, "__dict__"):
-        return (type(o).__qualname__, _canon(vars(o), depth + 1))
-    if hasattr(o, "__slots__"):
-        return (type(o).__qualname__, [_canon(getattr(o, n, None), depth + 1) for n in o.__slots__])
-    raise AssertionError(f"cannot compare a {type(o).__qualname__}")
+        assert canon(getattr(fresh, name)) != canon(getattr(ref, name)), name
 
 
 @pytest.fixture
