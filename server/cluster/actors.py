@@ -35,6 +35,7 @@ from server.domain.partition import partition_of
 log = logging.getLogger("portrait")
 
 RAY_NAMESPACE = "portrait"
+TRAINER_NAME = "portrait-trainer"  # the shared trainer actor's name in RAY_NAMESPACE
 TICK_S = 1.0
 
 
@@ -67,7 +68,7 @@ class WorkerActor:
     them again at its edge, where they map to status codes."""
 
     def __init__(self, settings: Settings, index: int, workers: int, feast_redis: str, redis_type: str,
-                 embedded_url: str | None, trainer: Any = None) -> None:
+                 embedded_url: str | None, trainer: str = TRAINER_NAME) -> None:
         logging.basicConfig(level=settings.log_level, format=f"%(asctime)s %(levelname)s worker-{index}: %(message)s")
         self.settings = settings
         self.index = index
@@ -75,7 +76,9 @@ class WorkerActor:
         self.feast_redis = feast_redis
         self.redis_type = redis_type
         self.embedded_url = embedded_url
-        self.trainer = trainer  # the shared trainer actor
+        # the shared trainer actor, looked up by name at the start: a handle among the constructor's arguments made
+        # Ray warn that they live in its object store, where a restart may not find them (ray-project/ray#53727)
+        self.trainer_name = trainer
         self.started = time.time()
         self._runtime: Any = None
         self._ready: asyncio.Task[None] | None = None
@@ -103,7 +106,10 @@ class WorkerActor:
 
         url = s.redis_url or self.embedded_url
         assert url, "the trainer stream needs a Redis"
-        shared = (self.trainer, TrainerStream(url, s.redis_cluster, stream_key(s.log_prefix)), self.index)
+        import ray
+
+        trainer = ray.get_actor(self.trainer_name)
+        shared = (trainer, TrainerStream(url, s.redis_cluster, stream_key(s.log_prefix)), self.index)
         runtime = WorkerRuntime(s, metrics, data_dir, state_dir(data_dir, self.index), self.feast_redis,
                                 self.redis_type, self.embedded_url, log_prefix=f"{s.log_prefix}:w{self.index}",
                                 tag=f"w{self.index}", fork_checkpoints=False, shared_trainer=shared)
@@ -233,12 +239,12 @@ class RayWorkers:
         url = s.redis_url or self.embedded_url
         assert url, "the trainer stream needs a Redis"
         trainer = ray.remote(max_restarts=-1, max_task_retries=0, num_cpus=s.worker_cpus)(TrainerActor)
-        self.trainer = trainer.options(name="portrait-trainer").remote(  # type: ignore[attr-defined]
+        self.trainer = trainer.options(name=TRAINER_NAME).remote(  # type: ignore[attr-defined]
             worker_config(s).trainer, url, s.redis_cluster, stream_key(s.log_prefix),
             Path(absolute.data_dir) / "trainer", s.checkpoint_interval_s, s.log_retention_s < 0, s.log_level)
         remote = ray.remote(max_restarts=-1, max_task_retries=0, num_cpus=s.worker_cpus)(WorkerActor)
         self.actors = [remote.options(name=f"portrait-worker-{i}-of-{self.n}").remote(  # type: ignore[attr-defined]
-            absolute, i, self.n, self.feast_redis, self.redis_type, self.embedded_url, self.trainer)
+            absolute, i, self.n, self.feast_redis, self.redis_type, self.embedded_url, TRAINER_NAME)
             for i in range(self.n)]
 
     async def wait_ready(self, timeout_s: float = 300.0) -> list[dict[str, Any]]:
