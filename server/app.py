@@ -263,6 +263,7 @@ class PortraitServer:
             statuses = await asyncio.gather(*(workers.call(i, "status", timeout_s=WORKER_PING_TIMEOUT_S)
                                               for i in range(workers.n)), return_exceptions=True)
             alive = [st for st in statuses if isinstance(st, dict)]
+            workers.down = {i for i, st in enumerate(statuses) if not isinstance(st, dict)}
             now = {WORKERS_HEALTH: len(alive) == workers.n,
                    ONLINE_STORE_HEALTH: all(st["online_healthy"] for st in alive)}
             self.metrics.online_store_up.set(1 if now[ONLINE_STORE_HEALTH] else 0)

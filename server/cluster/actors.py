@@ -212,6 +212,7 @@ class RayWorkers:
         self.embedded_url = embedded_url
         self.actors: list[Any] = []
         self.trainer: Any = None
+        self.down: set[int] = set()  # workers the front end's health check found not answering
         self._started_ray = False
 
     def start(self) -> None:
@@ -266,9 +267,14 @@ class RayWorkers:
 
     async def call(self, index: int, method: str, *args: Any, timeout_s: float | None = None) -> Any:
         """Call a worker's method; its domain errors raised again here; a dead or restarting worker (or one
-        that does not answer in ``timeout_s``, default ``PORTRAIT_WORKER_CALL_TIMEOUT_S``) -> ``Unavailable``."""
+        that does not answer in ``timeout_s``, default ``PORTRAIT_WORKER_CALL_TIMEOUT_S``) -> ``Unavailable``.
+        While the health check finds the worker not answering (``down``), its calls are refused at once (a
+        call Ray would hold for the restarted actor would otherwise wait out the restart)."""
         import ray.exceptions
 
+        if index in self.down and method not in ("status", "metrics"):
+            raise errors.Unavailable(f"partition worker {index} is restarting; retry: what it acknowledged is in "
+                                     "its log, a retried event is deduplicated by event_id")
         timeout = self.settings.worker_call_timeout_s if timeout_s is None else timeout_s
         try:
             out = await asyncio.wait_for(getattr(self.actors[index], method).remote(*args), timeout)

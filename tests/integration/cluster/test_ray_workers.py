@@ -27,6 +27,7 @@ from typing import Any
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from server._gen.portrait.v1 import portrait_pb2 as pb
 from server._gen.portrait.v1 import portrait_pb2_grpc as pb_grpc
@@ -55,6 +56,18 @@ def _events(run: str) -> list[pb.Event]:
             e.event_time.FromSeconds(t0 + SPACING_S * n)
             out.append(e)
     return out
+
+
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+async def _health_is(srv: ServerProcess, service: str, status: int) -> None:
+    async with grpc.aio.insecure_channel(srv.target) as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
+        deadline = time.monotonic() + TIMEOUT_S
+        while (await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)).status != status:
+            assert time.monotonic() < deadline, f"health {service} never became {status}"
+            await asyncio.sleep(0.1)
 
 
 def _descendants(pid: int) -> set[int]:
@@ -180,6 +193,7 @@ async def test_three_workers_stay_exact_when_a_worker_a_trainer_and_the_server_a
             for i, b in enumerate(batches):
                 if i == len(batches) // 4:
                     os.kill(killed_worker, signal.SIGKILL)
+                    await _health_is(srv, "portrait.workers", NOT_SERVING)  # the front end saw it: refused now
                 if i == len(batches) // 2:
                     os.kill(killed_trainer, signal.SIGKILL)
                 await _send(client, b, wait_visible=i >= len(batches) - USERS // BATCH)
