@@ -24,7 +24,6 @@ import asyncio
 import logging
 import os
 import socket
-import time
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +78,6 @@ class WorkerActor:
         # the shared trainer actor, looked up by name at the start: a handle among the constructor's arguments made
         # Ray warn that they live in its object store, where a restart may not find them (ray-project/ray#53727)
         self.trainer_name = trainer
-        self.started = time.time()
         self._runtime: Any = None
         self._ready: asyncio.Task[None] | None = None
         self._ticker: asyncio.Task[None] | None = None
@@ -166,7 +164,7 @@ class WorkerActor:
 
     # -- operations ---------------------------------------------------------------------------------
     async def status(self) -> dict[str, Any]:
-        """pid, host, owned partitions, the log offset applied, model versions, trainer pid, online health."""
+        """pid, host, owned partitions, the log offset applied, the model versions it scores with, online health."""
         core = await self._core()
         rt = self._runtime
         return {"index": self.index, "pid": os.getpid(), "host": socket.gethostname(),
@@ -285,6 +283,10 @@ class RayWorkers:
         if isinstance(out, tuple) and len(out) == 4 and out[0] == "error":
             raise_error(out[1], out[2], out[3])
         return out[1] if isinstance(out, tuple) and len(out) == 2 and out[0] == "ok" else out
+
+    async def call_owner(self, stored_id: str, method: str, *args: Any) -> Any:
+        """``method(stored_id, *args)`` on the worker owning ``stored_id``."""
+        return await self.call(self.owner_of(stored_id), method, stored_id, *args)
 
     async def stop(self, grace_s: float) -> None:
         """A final checkpoint in every worker, then the actors and the Ray this started are stopped."""

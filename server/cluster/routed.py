@@ -121,8 +121,7 @@ class RoutedCore:
     async def update_attributes(self, user_id: str, age: int, gender: str, region: str) -> int:
         """Replace a user's attributes; returns the new profile version."""
         stored = self._user(user_id)
-        version: int = await self.workers.call(self.workers.owner_of(stored), "update_attributes", stored, age,
-                                               gender, region)
+        version: int = await self.workers.call_owner(stored, "update_attributes", age, gender, region)
         return version
 
     async def get_profile(self, user_id: str) -> dict[str, Any]:
@@ -132,32 +131,30 @@ class RoutedCore:
     async def score(self, user_id: str, candidates: list[tuple[str, str, float]]) -> list[tuple[str, float]]:
         """Rank candidates for a user with its owner's models (unknown user: cold start)."""
         stored = self._user(user_id)
-        ranked: list[tuple[str, float]] = await self.workers.call(self.workers.owner_of(stored), "score", stored,
-                                                                  candidates)
+        ranked: list[tuple[str, float]] = await self.workers.call_owner(stored, "score", candidates)
         return ranked
 
     async def recommend(self, user_id: str, k: int) -> list[tuple[str, float]]:
         """The top ``k`` items for a user from its owner."""
         stored = self._user(user_id)
-        ranked: list[tuple[str, float]] = await self.workers.call(self.workers.owner_of(stored), "recommend",
-                                                                  stored, k)
+        ranked: list[tuple[str, float]] = await self.workers.call_owner(stored, "recommend", k)
         return ranked
 
-    async def delete_user(self, user_id: str) -> bool:
-        """Erase a user under every pseudonym key, each stored id by its owner."""
+    async def _every_key(self, user_id: str, method: str) -> bool:
+        """``method`` on the user's stored id under every pseudonym key, each by its owner; True if any was."""
         self._user(user_id)
-        existed = False
+        found = False
         for stored in self.ids.all(user_id):
-            existed = await self.workers.call(self.workers.owner_of(stored), "delete_user", stored) or existed
-        return existed
+            found = bool(await self.workers.call_owner(stored, method)) or found
+        return found
+
+    async def delete_user(self, user_id: str) -> bool:
+        """Erase a user under every pseudonym key; True if anything was held."""
+        return await self._every_key(user_id, "delete_user")
 
     async def unsuppress_user(self, user_id: str) -> bool:
         """Accept an erased user's events again; True if they were suppressed."""
-        self._user(user_id)
-        lifted = False
-        for stored in self.ids.all(user_id):
-            lifted = await self.workers.call(self.workers.owner_of(stored), "unsuppress_user", stored) or lifted
-        return lifted
+        return await self._every_key(user_id, "unsuppress_user")
 
     async def compact(self) -> CompactionReport:
         """Every worker compacts its own files, one after the other (each asks the online store's Redis to rewrite

@@ -18,12 +18,10 @@ import pickle
 import time
 from typing import Any
 
-from server.models.remote import LEARNT, RemoteTrainer
+from server.models.remote import LEARNT, SEND_EVERY_S, RemoteTrainer
 from server.models.trainer import Trainer
 
 log = logging.getLogger("portrait")
-
-SEND_EVERY_S = 0.005  # a worker appends its queued messages this often
 
 
 def stream_key(log_prefix: str) -> str:

@@ -97,7 +97,6 @@ class WorkerRuntime:
         self.core: ProfileCore | None = None
         self.durability: Durability | None = None
         self.recovery: RecoveryReport | None = None
-        self.online: OnlineStore | None = None
         self.trainer_process: TrainerProcess | TrainerLink | None = None
         self._writer: WriterProcess | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -119,7 +118,7 @@ class WorkerRuntime:
         The periodic tasks start with ``run``."""
         s = self.settings
         await self.spawn_writer()
-        self.online = writer = OnlineStore(writer_store)
+        writer = OnlineStore(writer_store)
         online_write: RowSink = writer.write
         if self._writer is not None:
             await self._writer.open()  # the first write waits until the child has opened the store
