@@ -3,7 +3,8 @@
 Each worker keeps its own registry (its events, users, models, queues, process); the front end fetches their
 text every second (``server.app``) and serves them merged into its own families, every worker sample labelled
 ``worker="<i>"``. A family a worker has samples of is served from the workers (the front end's copy of it is
-idle: it applies nothing), except ``process_*`` / ``python_*``, which the front end has of its own
+idle: it applies nothing), except ``process_*`` / ``python_*`` and ``portrait_rejected`` (requests its
+interceptors refuse: undecodable, over the time limit, too many in flight), which the front end has of its own
 (``worker="frontend"``). So ``sum(portrait_users)`` is the deployment's users and the dashboards work as with one
 worker.
 """
@@ -18,7 +19,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-OWN = ("process_", "python_")  # families every process has: the front end's kept beside the workers'
+OWN = ("process_", "python_", "portrait_rejected")  # families the front end adds to: kept beside the workers'
 
 
 def _labelled(fam: Metric, worker: str) -> list[Sample]:
@@ -35,6 +36,20 @@ class WorkerMetrics:
     >>> served = CollectorRegistry(); served.register(WorkerMetrics(own, lambda: [worker, worker]))
     >>> [l for l in generate_latest(served).decode().splitlines() if not l.startswith("#")]
     ['portrait_users{worker="0"} 5.0', 'portrait_users{worker="1"} 5.0']
+
+    What the front end's interceptors refuse is counted beside the workers' refusals:
+
+    >>> from prometheus_client import Counter
+    >>> Counter("portrait_rejected", "refused", ["reason"], registry=own).labels(reason="inflight").inc()
+    >>> theirs = CollectorRegistry()
+    >>> Counter("portrait_rejected", "refused", ["reason"], registry=theirs).labels(reason="inflight").inc(2)
+    >>> worker = generate_latest(theirs)
+    >>> for line in generate_latest(served).decode().splitlines():
+    ...     if line.startswith("portrait_rejected_total"):
+    ...         print(line)
+    portrait_rejected_total{reason="inflight",worker="frontend"} 1.0
+    portrait_rejected_total{reason="inflight",worker="0"} 2.0
+    portrait_rejected_total{reason="inflight",worker="1"} 2.0
     """
 
     def __init__(self, own: CollectorRegistry, texts: Callable[[], list[bytes]]) -> None:
