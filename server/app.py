@@ -201,11 +201,8 @@ class PortraitServer:
             served.register(WorkerMetrics(self.metrics.registry, lambda: self._worker_metrics))
         self._http = serve_metrics(s.metrics_port, s.bind, served)
         self.metrics_port = self._http.server_port
-        if s.ui_port and self.core is None:
-            log.warning("the explorer (PORTRAIT_UI_PORT) reads a worker's memory: not served with PORTRAIT_WORKERS>1 "
-                        "yet")
-        elif s.ui_port and self.core is not None:
-            self.explorer = Explorer(self.core, s.ui_history_interval_s)
+        if s.ui_port:  # with workers, what only a worker holds is asked of its actor (server.worker.inspect)
+            self.explorer = Explorer(service_core, served, s.ui_history_interval_s)
             self._ui = ExplorerServer(s, policy, self.explorer, asyncio.get_running_loop())
             self.ui_port = self._ui.port
             self._tasks.append(asyncio.create_task(self.explorer.run_sampler(), name="explorer-history"))

@@ -162,6 +162,16 @@ class WorkerActor:
     async def compact(self) -> Any:
         return await self._do("compact")
 
+    # -- what the explorer reads (server.worker.inspect) ---------------------------------------------
+    async def inspect_user(self, stored: str, row: dict[str, Any]) -> Any:
+        return await self._do("inspect_user", stored, row)
+
+    async def inspect_population(self, show_ids: bool) -> Any:
+        return await self._do("inspect_population", show_ids)
+
+    async def inspect_system(self) -> Any:
+        return await self._do("inspect_system")
+
     # -- operations ---------------------------------------------------------------------------------
     async def status(self) -> dict[str, Any]:
         """pid, host, owned partitions, the log offset applied, the model versions it scores with, online health."""

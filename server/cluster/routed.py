@@ -22,9 +22,12 @@ from server.domain.pseudonym import Pseudonymizer
 from server.log.compaction import CompactionReport
 from server.store.feast import OnlineStore
 from server.worker.core import read_profile
+from server.worker.inspect import PopulationPart, SystemPart, UserDetail, merge_population, merge_system
 from server.worker.partition import Outcome
 
 STREAM_CHUNK = 500  # events of a TrackStream sent to the workers at a time
+PING_S = 5.0  # a worker's counters for the explorer: a worker that does not answer in this is counted as such
+INSPECT_S = 60.0  # a worker's population summary (it summarizes 1,000 profiles between two yields)
 
 
 def merge(parts: list[tuple[list[int], BatchResult]]) -> BatchResult:
@@ -139,6 +142,26 @@ class RoutedCore:
         stored = self._user(user_id)
         ranked: list[tuple[str, float]] = await self.workers.call_owner(stored, "recommend", k)
         return ranked
+
+    # -- what the explorer reads: the owner's detail, every worker's part merged --------------------------
+    async def inspect_user(self, stored: str, row: dict[str, Any]) -> UserDetail | None:
+        """A user's activity, recent events and radar inputs, from its owner; None if erased."""
+        detail: UserDetail | None = await self.workers.call_owner(stored, "inspect_user", row)
+        return detail
+
+    async def inspect_population(self, show_ids: bool) -> PopulationPart:
+        """Every worker's population summary, merged (``Unavailable`` if one does not answer: a partial
+        population would misstate the segments)."""
+        parts = await asyncio.gather(*(self.workers.call(i, "inspect_population", show_ids, timeout_s=INSPECT_S)
+                                       for i in range(self.workers.n)))
+        return merge_population(list(parts))
+
+    async def inspect_system(self) -> SystemPart:
+        """Every answering worker's counters, merged; the others counted in ``unanswered``."""
+        parts = await asyncio.gather(*(self.workers.call(i, "inspect_system", timeout_s=PING_S)
+                                       for i in range(self.workers.n)), return_exceptions=True)
+        answered = [p for p in parts if isinstance(p, SystemPart)]
+        return merge_system(answered, unanswered=len(parts) - len(answered))
 
     async def _every_key(self, user_id: str, method: str) -> bool:
         """``method`` on the user's stored id under every pseudonym key, each by its owner; True if any was."""

@@ -18,7 +18,8 @@ move but keep their index. For each segment with users this reports, from the us
 >>> from server.domain.events import Event, EventType
 >>> from server.metrics import Metrics
 >>> from server.models.trainer import TrainerConfig
->>> from server.worker.partition import PartitionWorker, WorkerConfig
+>>> from server.worker.inspect import profile_summary
+from server.worker.partition import PartitionWorker, WorkerConfig
 >>> p = PartitionWorker(WorkerConfig(trainer=TrainerConfig(segments=2)), Metrics())
 >>> for i in range(40):
 ...     kind = EventType.PURCHASE if i % 2 else EventType.VIEW
@@ -36,9 +37,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from server.domain.profile import UserProfile
 from server.domain.units import DAY
 from server.metrics import Metrics
+from server.worker.inspect import profile_summary
 from server.worker.partition import PartitionWorker, WorkerConfig
 
 NAME_RATIO = 1.5
@@ -93,22 +94,6 @@ def from_checkpoint(data_dir: str) -> PartitionWorker | None:
 
 def _mean(xs: list[float]) -> float | None:
     return sum(xs) / len(xs) if xs else None
-
-
-def profile_summary(p: UserProfile) -> dict[str, Any] | None:
-    """What the report takes from one profile (None: not segmented yet); times are absolute (``summarize``
-    makes them relative to the latest event seen)."""
-    if p.segment < 0 or p.last_event is None:
-        return None
-    f = p.features()
-    cats = p.top_categories(1)
-    return {
-        "segment": p.segment, "last": p.updated_at, "last_purchase": p.last_purchase,
-        "events": sum(f[f"{kind}_30d"] for kind in
-                      ("views", "clicks", "carts", "remove_from_carts", "favorites", "purchases", "searches")),
-        "sessions": f["sessions_7d"], "purchases": f["purchases_30d"], "spend": f["spend_30d"],
-        "aov": f["avg_order_value"] if p.lifetime_purchases else None, "top": cats[0] if cats else None,
-    }
 
 
 def segment_report(worker: PartitionWorker, top: int = 3) -> list[Segment]:

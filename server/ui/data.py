@@ -6,38 +6,35 @@ servicer does. The profile card is ``ProfileCore.get_profile`` — the row GetPr
 Feast's online store — and Score and Recommend results are ``ProfileCore.score`` and
 ``ProfileCore.recommend``, the functions the gRPC servicer calls:
 one source for every number a client also sees. What GetProfile does not carry (the activity histogram,
-the recent events, the category breadth for the radar) comes from the worker's in-memory profile of the
-same user.
+the recent events, the category breadth for the radar) comes from the in-memory profile of the same user in
+the worker that owns it (``server.worker.inspect``): in this process with one worker, asked of the owning
+worker actor with ``PORTRAIT_WORKERS`` > 1 (``RoutedCore``), which is the only difference between the two.
 
-Population figures (segments in words, tag counts) need every profile: ``Population`` builds them a slice
-of ``SLICE`` profiles at a time with the loop free in between, at most every ``max(POPULATION_TTL_S,
-20 x the last build's duration)`` (so even a huge population costs the loop under 5 %), and pages show
-the time they are as of.
+Population figures (segments in words, tag counts) need every profile: each worker summarizes a slice of
+1,000 profiles at a time with its loop free in between, at most every ``max(POPULATION_TTL_S, 20 x the last
+build's duration)`` (so even a huge population costs the loop under 5 %), and pages show the time they are
+as of. Counters (users, segment sizes, watermark, queues) are read live, summed over the workers.
 """
 
 from __future__ import annotations
 
 import asyncio
-import heapq
-import math
 import time
-from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
+
+from prometheus_client import CollectorRegistry
 
 from server.domain.errors import NotFound
 from server.domain.events import EventType
-from server.domain.profile import FEATURE_NAMES
+from server.domain.pseudonym import Pseudonymizer
 from server.metrics import QUEUES
-from server.models.trainer import ITEM, PROPENSITY
-from server.models.user import SEGMENT_INPUTS, Segmenter
-from server.tools.segments import Segment, profile_summary, summarize
-from server.ui.history import History, Sample, read
-from server.worker.core import ProfileCore
+from server.models.user import SEGMENT_INPUTS
+from server.tools.segments import Segment, summarize
+from server.ui.history import History, Sample, collect, read, total
+from server.worker.inspect import PopulationPart, SystemPart, UserDetail
 
-SLICE = 1000
 POPULATION_TTL_S = 30.0
-RECENT_USERS = 12
 RADAR_AXES = ("recent purchase", "events 30d", "spend 30d", "order value", "categories", "sessions 7d",
               "purchases 30d")
 """The radar's axes: the segment inputs (``SEGMENT_INPUTS``) in words; the first is flipped (days since the
@@ -61,6 +58,25 @@ def radar_radius(z: float) -> float:
 
 def _oriented(z: list[float]) -> list[float]:
     return [-z[0], *z[1:]]  # days since the last purchase: fewer is "more", like every other axis
+
+
+class Source(Protocol):
+    """What the explorer reads: ``server.worker.core.ProfileCore`` (one worker, in this process) or
+    ``server.cluster.routed.RoutedCore`` (worker actors)."""
+
+    ids: Pseudonymizer
+
+    async def get_profile(self, user_id: str) -> dict[str, Any]: ...
+
+    async def score(self, user_id: str, candidates: list[tuple[str, str, float]]) -> list[tuple[str, float]]: ...
+
+    async def recommend(self, user_id: str, k: int) -> list[tuple[str, float]]: ...
+
+    async def inspect_user(self, stored: str, row: dict[str, Any]) -> UserDetail | None: ...
+
+    async def inspect_population(self, show_ids: bool) -> PopulationPart: ...
+
+    async def inspect_system(self) -> SystemPart: ...
 
 
 @dataclass
@@ -120,6 +136,8 @@ class SystemView:
     rejected: float
     started: float
     suppressed: int
+    workers: int = 1
+    workers_answering: int = 1
 
 
 @dataclass
@@ -133,11 +151,12 @@ class _Built:
 
 
 class Explorer:
-    """The explorer's reads of one server (``core``), and its own small state: the history of samples and the
-    population summary's cache."""
+    """The explorer's reads of one server (``core``; its metrics in ``registry``, the one ``/metrics`` serves), and
+    its own small state: the history of samples and the population summary's cache."""
 
-    def __init__(self, core: ProfileCore, history_interval_s: float = 60.0) -> None:
+    def __init__(self, core: Source, registry: CollectorRegistry, history_interval_s: float = 60.0) -> None:
         self.core = core
+        self.registry = registry
         self.history = History()
         self.history_interval_s = history_interval_s
         self.started = time.time()
@@ -145,15 +164,18 @@ class Explorer:
         self._building: asyncio.Task[_Built] | None = None
 
     # -- sampling ---------------------------------------------------------------------------------
-    def sample(self) -> Sample:
+    async def _now(self) -> tuple[Sample, SystemPart]:
+        counters = await self.core.inspect_system()
+        return read(collect(self.registry), time.time(), counters.trainer_version), counters
+
+    async def sample(self) -> Sample:
         """The server's metrics now (not kept)."""
-        w = self.core.worker
-        return read(w.metrics.registry, time.time(), w.trainer.version)
+        return (await self._now())[0]
 
     async def run_sampler(self) -> None:
         """Sample every ``history_interval_s`` (the first at once), for ever (cancelled at stop)."""
         while True:
-            self.history.add(self.sample())
+            self.history.add(await self.sample())
             await asyncio.sleep(self.history_interval_s)
 
     def live_rate(self, now: Sample) -> float | None:
@@ -167,29 +189,22 @@ class Explorer:
     # -- one user ---------------------------------------------------------------------------------
     async def user(self, user_id: str) -> UserView:
         """The user page's data; ``NotFound`` for an unknown or erased user, ``InvalidArgument`` for a bad id,
-        ``Unavailable`` when the online store cannot be read (GetProfile's errors)."""
+        ``Unavailable`` when the online store (or the user's worker) cannot be read (GetProfile's errors)."""
         core = self.core
         row = await core.get_profile(user_id)  # what GetProfile returns (validates and maps the id)
-        stored = core.ids.map(user_id)
-        worker = core.worker
-        if worker.erasures.suppressed and worker.erasures.is_suppressed(stored):
+        detail = await core.inspect_user(core.ids.map(user_id), row)
+        if detail is None:
             raise NotFound("no profile for this user_id", field="user_id")  # erased meanwhile
-        p = worker.profiles.get(stored)
-        activity = p.activity() if p is not None else [[0] * 24 for _ in range(7)]
-        recent = p.recent_events() if p is not None else []
-        segmenter = worker.trainer.segmenter
-        features = {n: float(row.get(n) or 0.0) for n in FEATURE_NAMES}
-        as_of = float(row.get("as_of_ts") or row.get("updated_at_ts") or 0.0)
-        z_user = _oriented(segmenter.scale(Segmenter.vector(features, p.category_count() if p else 0, as_of)))
+        z_user = _oriented(detail.scaled)
         seg = int(row["segment"]) if row.get("segment") is not None else -1
         radar_z = {"population": [0.0] * len(RADAR_AXES), "user": z_user}
         series = [("population (mean)", "population", [radar_radius(0.0)] * len(RADAR_AXES))]
-        if 0 <= seg < len(segmenter.centers):
-            radar_z["segment"] = _oriented(segmenter.centers[seg])
+        if detail.center is not None:
+            radar_z["segment"] = _oriented(detail.center)
             series.append((f"segment {seg} centre", "segment", [radar_radius(z) for z in radar_z["segment"]]))
         series.append(("this user", "user", [radar_radius(z) for z in z_user]))
         candidates: dict[str, tuple[str, str, float]] = {}
-        for _, _, item, category, price in recent:
+        for _, _, item, category, price in detail.recent:
             if item and item not in candidates and len(candidates) < MAX_SCORED:
                 candidates[item] = (item, category, price)
         scores = await core.score(user_id, list(candidates.values())) if candidates else []
@@ -197,16 +212,15 @@ class Explorer:
         segment = None
         if self._built is not None:
             segment = next((s for s in self._built.segments if s.id == seg), None)
-        return UserView(row=row, segment=segment, activity=activity, recent=recent, radar=series, radar_z=radar_z,
-                        scores=scores, scored_from=len(candidates), recommended=recommended)
+        return UserView(row=row, segment=segment, activity=detail.activity, recent=detail.recent, radar=series,
+                        radar_z=radar_z, scores=scores, scored_from=len(candidates), recommended=recommended)
 
     # -- the population ---------------------------------------------------------------------------
     async def population(self) -> PopulationView:
         """The home page's data (the population summary may be up to its time-to-live old)."""
         built = await self._population()
-        w = self.core.worker
-        now = self.sample()
-        return PopulationView(users=len(w.profiles), segments=built.segments, segment_sizes=list(w.segment_sizes),
+        now, counters = await self._now()
+        return PopulationView(users=counters.users, segments=built.segments, segment_sizes=counters.segment_sizes,
                               tags=built.tags, recent_users=built.recent_users, as_of=built.as_of,
                               built_in_s=built.seconds, events_per_s=self.live_rate(now), events_total=now.events,
                               pseudonymized=self.core.ids.enabled)
@@ -226,63 +240,34 @@ class Explorer:
         return await asyncio.shield(self._building)
 
     async def _build(self) -> _Built:
-        w = self.core.worker
         t0 = time.monotonic()
         as_of = time.time()
-        users = list(w.profiles.items())
-        rules = w.config.tag_rules
-        summaries: list[dict[str, Any]] = []
-        tags: Counter[str] = Counter()
-        recent: list[tuple[float, str]] = []
-        show_ids = not self.core.ids.enabled  # pseudonyms are never shown: the raw id is not known here
-        for start in range(0, len(users), SLICE):
-            for user, p in users[start:start + SLICE]:
-                if w.profiles.get(user) is not p:
-                    continue  # erased (or replaced) since the slice began
-                s = profile_summary(p)
-                if s is None:
-                    continue
-                summaries.append(s)
-                current = p.current
-                row_tags = p.tags(p.features(current), rules, current)
-                if w.risk.user_risk(user, current) >= w.risk.threshold:
-                    row_tags.append("suspicious")
-                tags.update(row_tags)
-                if show_ids:
-                    item = (p.updated_at, user)
-                    if len(recent) < RECENT_USERS:
-                        heapq.heappush(recent, item)
-                    elif item > recent[0]:
-                        heapq.heapreplace(recent, item)
-            await asyncio.sleep(0)
-        built = _Built(segments=summarize(summaries), tags=sorted(tags.items(), key=lambda kv: (-kv[1], kv[0])),
-                       recent_users=sorted(recent, reverse=True), users=len(summaries), as_of=as_of,
+        # pseudonyms are never shown: the raw id is not known here
+        part = await self.core.inspect_population(show_ids=not self.core.ids.enabled)
+        built = _Built(segments=summarize(part.summaries),
+                       tags=sorted(part.tags.items(), key=lambda kv: (-kv[1], kv[0])),
+                       recent_users=part.recent_users, users=len(part.summaries), as_of=as_of,
                        seconds=time.monotonic() - t0)
         self._built = built
         return built
 
     # -- models and system ------------------------------------------------------------------------
-    def models(self) -> ModelsView:
+    async def models(self) -> ModelsView:
         """The models page's data."""
-        t = self.core.worker.trainer
-        return ModelsView(history=self.history, now=self.sample(), trainer_version=t.version,
-                          window={PROPENSITY: len(t.propensity_quality), ITEM: len(t.item_quality)},
-                          learnt_at=dict(self.history.learnt_at), started=self.started)
+        now, counters = await self._now()
+        return ModelsView(history=self.history, now=now, trainer_version=counters.trainer_version,
+                          window=dict(counters.windows), learnt_at=dict(self.history.learnt_at),
+                          started=self.started)
 
-    def system(self) -> SystemView:
+    async def system(self) -> SystemView:
         """The system page's data."""
-        core = self.core
-        w = core.worker
-        reg = w.metrics.registry
-
-        def gauge(name: str, labels: dict[str, str] | None = None) -> float:
-            v = reg.get_sample_value(name, labels or {})
-            return math.nan if v is None else v
-
-        rejected = sum(s.value for m in w.metrics.rejected.collect() for s in m.samples if s.name.endswith("_total"))
+        c = await self.core.inspect_system()
+        samples = collect(self.registry)
+        now = read(samples, time.time(), c.trainer_version)
         return SystemView(
-            history=self.history, now=self.sample(), users=len(w.profiles), watermark=w.watermark,
-            timers_pending=len(w.timers), online_store_up=core.materializer.online_healthy,
-            queue={q: gauge("portrait_queue_depth", {"queue": q}) for q in QUEUES},
-            rejected=rejected, started=self.started, suppressed=len(w.erasures.suppressed),
+            history=self.history, now=now, users=c.users, watermark=c.watermark, timers_pending=c.timers_pending,
+            online_store_up=c.online_store_up,
+            queue={q: total(samples, "portrait_queue_depth", {"queue": q}) for q in QUEUES},
+            rejected=total(samples, "portrait_rejected_total", {}), started=self.started,
+            suppressed=c.suppressed, workers=c.workers + c.unanswered, workers_answering=c.workers,
         )

@@ -44,22 +44,54 @@ class Sample:
     pending: dict[str, float] = field(default_factory=dict)
 
 
-def read(registry: CollectorRegistry, t: float, version: int) -> Sample:
-    """A sample of ``registry`` (a ``Metrics.registry``) at ``t``."""
-    def value(name: str, labels: dict[str, str]) -> float:
-        v = registry.get_sample_value(name, labels)
-        return math.nan if v is None else v
+Samples = list[tuple[str, dict[str, str], float]]
 
-    events = sum(registry.get_sample_value("portrait_events_total", {"event_type": e.name.lower(),
-                                                                      "outcome": "accepted"}) or 0.0
-                 for e in EventType)
+
+def collect(registry: CollectorRegistry) -> Samples:
+    """Every sample of ``registry`` once, as (name, labels, value) (with workers, collecting parses their texts)."""
+    return [(s.name, s.labels, s.value) for fam in registry.collect() for s in fam.samples]
+
+
+def _matching(samples: Samples, name: str, labels: dict[str, str]) -> list[float]:
+    """The values of ``name``'s samples whose labels include ``labels`` (with workers, one per worker)."""
+    return [v for n, have, v in samples if n == name and all(have.get(k) == x for k, x in labels.items())]
+
+
+def total(samples: Samples, name: str, labels: dict[str, str]) -> float:
+    """The sum of ``name``'s samples carrying ``labels`` (NaN if none): a counter or a depth over every worker.
+
+    >>> from prometheus_client import Gauge
+    >>> r = CollectorRegistry(); g = Gauge("depth", "d", ["queue", "worker"], registry=r)
+    >>> g.labels("rows", "0").set(2); g.labels("rows", "1").set(3); g.labels("log", "0").set(7)
+    >>> total(collect(r), "depth", {"queue": "rows"}), total(collect(r), "depth", {"queue": "none"})
+    (5.0, nan)
+    """
+    values = _matching(samples, name, labels)
+    return sum(values) if values else math.nan
+
+
+def _mean(samples: Samples, name: str, labels: dict[str, str]) -> float:
+    """The mean of ``name``'s measured samples carrying ``labels`` (a model's quality over every worker; NaN
+    while none has measured it)."""
+    values = [v for v in _matching(samples, name, labels) if not math.isnan(v)]
+    return sum(values) / len(values) if values else math.nan
+
+
+def read(samples: Samples, t: float, version: int) -> Sample:
+    """A sample at ``t`` of ``samples`` (``collect`` of the registry ``/metrics`` serves: with workers, every
+    worker's samples, which are added up — a model's quality averaged)."""
+    def count(name: str, labels: dict[str, str]) -> float:
+        v = total(samples, name, labels)
+        return 0.0 if math.isnan(v) else v
+
     return Sample(
-        t=t, events=events, version=version,
-        auc={m: value("portrait_model_roc_auc", {"model": m}) for m in MODELS},
-        log_loss={m: value("portrait_model_log_loss", {"model": m}) for m in MODELS},
-        labels={m: {y: registry.get_sample_value("portrait_labels_total", {"model": m, "label": y}) or 0.0
-                    for y in LABELS} for m in MODELS},
-        pending={m: value("portrait_pending_labels", {"model": m}) for m in MODELS},
+        t=t, events=sum(count("portrait_events_total", {"event_type": e.name.lower(), "outcome": "accepted"})
+                        for e in EventType),
+        version=version,
+        auc={m: _mean(samples, "portrait_model_roc_auc", {"model": m}) for m in MODELS},
+        log_loss={m: _mean(samples, "portrait_model_log_loss", {"model": m}) for m in MODELS},
+        labels={m: {y: count("portrait_labels_total", {"model": m, "label": y}) for y in LABELS} for m in MODELS},
+        pending={m: total(samples, "portrait_pending_labels", {"model": m}) for m in MODELS},
     )
 
 

@@ -202,10 +202,6 @@ class ExplorerServer:
         self._thread.join(timeout=5)
 
 
-async def _call(fn: Callable[[], Any]) -> Any:
-    return fn()
-
-
 class _Handler(BaseHTTPRequestHandler):
     app: ExplorerServer
     protocol_version = "HTTP/1.1"
@@ -284,9 +280,9 @@ class _Handler(BaseHTTPRequestHandler):
             elif path.startswith("/users/"):
                 self._user(unquote(path[len("/users/"):]), signed)
             elif path == "/models":
-                self._html(200, pages.models_page(self.app.data(_call(self.app.explorer.models)), signed_in=signed))
+                self._html(200, pages.models_page(self.app.data(self.app.explorer.models()), signed_in=signed))
             elif path == "/system":
-                self._html(200, pages.system_page(self.app.data(_call(self.app.explorer.system)), signed_in=signed))
+                self._html(200, pages.system_page(self.app.data(self.app.explorer.system()), signed_in=signed))
             else:
                 self._html(404, pages.error_page(404, "Not found", "There is no such page.", signed_in=signed))
         except Unavailable as exc:

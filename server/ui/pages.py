@@ -327,6 +327,8 @@ def system_page(v: SystemView, *, signed_in: bool = False) -> str:
         stat("requests or events refused", num(v.rejected), "rejected"),
         stat("erased users suppressed", num(v.suppressed), "suppressed"),
         stat("up for", ago(now.t - v.started), "uptime"),
+        *([stat("partition workers answering", f"{v.workers_answering} of {v.workers}", "workers")]
+          if v.workers > 1 else []),
     ])
     rates = v.history.rate_series()
     chart = section("Events per second", charts.line_chart({"events_per_s": rates}, y_min=0.0, y_format="{:,.1f}"),

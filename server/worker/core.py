@@ -17,6 +17,7 @@ from server.domain.pseudonym import Pseudonymizer
 from server.log.compaction import CompactionReport
 from server.store.feast import OnlineStore
 from server.worker.durability import Durability
+from server.worker.inspect import PopulationPart, SystemPart, UserDetail, population_part, system_part, user_detail
 from server.worker.materialize import Materializer
 from server.worker.partition import Outcome, PartitionWorker
 
@@ -199,6 +200,19 @@ class ProfileCore:
     async def recommend(self, user_id: str, k: int) -> list[tuple[str, float]]:
         """The top ``k`` items for a user, best first (unknown user: cold start)."""
         return self.worker.recommend(self._user(user_id), k)
+
+    # -- what the explorer reads (server.worker.inspect; stored ids) -------------------------------------
+    async def inspect_user(self, stored: str, row: dict[str, Any]) -> UserDetail | None:
+        """A user's activity, recent events and radar inputs beside its online ``row``; None if erased."""
+        return user_detail(self.worker, stored, row)
+
+    async def inspect_population(self, show_ids: bool) -> PopulationPart:
+        """The population's summaries (a slice of profiles at a time, the loop free in between)."""
+        return await population_part(self.worker, show_ids)
+
+    async def inspect_system(self) -> SystemPart:
+        """The worker's counters now."""
+        return system_part(self.worker, self.materializer.online_healthy)
 
     # -- erasure -----------------------------------------------------------------------------------
     async def delete_user(self, user_id: str) -> bool:

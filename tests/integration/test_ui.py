@@ -1,9 +1,11 @@
 """The explorer in a real browser: `portrait serve` (a child process, API keys on, fed with simulated events)
 and headless Chromium driven by Selenium (Debian's chromium + chromium-driver; .ci/run installs them).
 
-The page's numbers are compared with the real gRPC GetProfile / Score of the same server; the charts are
-counted in the rendered DOM. ``python -m tests.integration.test_ui --screenshots docs/screenshots`` makes
-the README's screenshots the same way.
+Every test runs against the one-process server and against a server with two partition workers on a real
+local Ray (``PORTRAIT_WORKERS=2``: what only a worker holds is asked of the owning actor, the population and
+counters merged from both). The page's numbers are compared with the real gRPC GetProfile / Score of the same
+server; the charts are counted in the rendered DOM. ``python -m tests.integration.test_ui --screenshots
+docs/screenshots`` makes the README's screenshots the same way.
 """
 
 from __future__ import annotations
@@ -38,15 +40,16 @@ if not (CHROMIUM.exists() and CHROMEDRIVER.exists()) and not os.environ.get("CI"
 class Shop:
     """A running server with the simulated shop in it."""
 
-    def __init__(self, data_dir: Path, ui_port: int) -> None:
+    def __init__(self, data_dir: Path, ui_port: int, workers: int = 1) -> None:
         keys = data_dir.parent / "keys.txt"
         keys.parent.mkdir(parents=True, exist_ok=True)
         keys.write_text("".join(f"{role}:{key_digest(k)}\n" for role, k in
                                 (("read", READ), ("ingest", INGEST), ("admin", ADMIN))))
         self.ui = f"http://127.0.0.1:{ui_port}"
+        self.workers = workers
         self.srv = ServerProcess(data_dir, None, PORTRAIT_UI_PORT=str(ui_port), PORTRAIT_API_KEYS=str(keys),
-                                 PORTRAIT_UI_HISTORY_INTERVAL_S="1")
-        self.srv.wait_serving()
+                                 PORTRAIT_UI_HISTORY_INTERVAL_S="1", PORTRAIT_WORKERS=str(workers))
+        self.srv.wait_serving(timeout_s=300.0 if workers > 1 else 120.0)  # Ray and its actors start first
         self.events = list(simulate(users=USERS, days=DAYS, seed=SEED))
         with PortraitClient(self.srv.target, timeout_s=300, api_key=INGEST) as c:
             for i in range(0, len(self.events), 5000):
@@ -56,15 +59,15 @@ class Shop:
     def client(self, key: str = READ) -> PortraitClient:
         return PortraitClient(self.srv.target, timeout_s=30, api_key=key)
 
-    def close(self) -> None:
-        self.srv.terminate()
+    def close(self) -> int:
+        return self.srv.terminate()
 
 
-@pytest.fixture(scope="module")
-def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
-    s = Shop(tmp_path_factory.mktemp("ui") / "data", free_port())
+@pytest.fixture(scope="module", params=[1, 2], ids=["one-process", "2-workers"])
+def shop(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
+    s = Shop(tmp_path_factory.mktemp("ui") / "data", free_port(), workers=request.param)
     yield s
-    s.close()
+    assert s.close() == 0, s.srv.log()[-3000:]
 
 
 def chrome(width: int = 1360, height: int = 1000) -> Any:
@@ -278,6 +281,8 @@ def test_models_and_system_pages_draw_samples_over_time(shop: Shop, browser: Any
     assert int(line.get_attribute("data-points")) >= 2
     assert browser.find_element(By.CSS_SELECTOR, '[data-stat="users"] .value').text.replace(",", "") in (
         str(len(shop.users)), str(len(shop.users) - 1))  # one may have been erased by now
+    workers = browser.find_elements(By.CSS_SELECTOR, '[data-stat="workers"] .value')
+    assert [w.text for w in workers] == ([f"{shop.workers} of {shop.workers}"] if shop.workers > 1 else [])
 
 
 # ---------------------------------------------------------------------------------------------- screenshots

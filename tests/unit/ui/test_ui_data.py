@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -36,13 +37,14 @@ def _core(ids: Pseudonymizer | None = None) -> tuple[ProfileCore, list[str]]:
         users.add(e.user_id)
         e.user_id = ids.map(e.user_id)
         worker.apply(e)
-    core = ProfileCore(worker, None, RowReader(worker), ids=ids)  # type: ignore[arg-type]
+    online = SimpleNamespace(online_healthy=True)  # the materializer's health flag, all the explorer reads of it
+    core = ProfileCore(worker, online, RowReader(worker), ids=ids)  # type: ignore[arg-type]
     return core, sorted(users)
 
 
 async def test_the_user_view_is_get_profiles_row_plus_the_workers_charts() -> None:
     core, users = _core()
-    explorer = Explorer(core)
+    explorer = Explorer(core, core.worker.metrics.registry)
     v = await explorer.user(users[0])
     again = await core.get_profile(users[0])
     assert v.row.pop("event_timestamp_us") < again.pop("event_timestamp_us")  # (the fake store builds a new row)
@@ -66,7 +68,7 @@ def _candidates(recent: list[Any]) -> list[tuple[str, str, float]]:
 
 async def test_unknown_erased_and_bad_ids() -> None:
     core, users = _core()
-    explorer = Explorer(core)
+    explorer = Explorer(core, core.worker.metrics.registry)
     with pytest.raises(NotFound):
         await explorer.user("nobody")
     with pytest.raises(InvalidArgument):
@@ -78,7 +80,7 @@ async def test_unknown_erased_and_bad_ids() -> None:
 
 async def test_population_matches_portrait_segments_and_lists_no_pseudonyms() -> None:
     core, users = _core()
-    v = await Explorer(core).population()
+    v = await Explorer(core, core.worker.metrics.registry).population()
     report = segment_report(core.worker)
     assert [(s.id, s.name, s.users) for s in v.segments] == [(s.id, s.name, s.users) for s in report]
     assert v.users == len(users) and v.recent_users and all(u in users for _, u in v.recent_users)
@@ -88,9 +90,9 @@ async def test_population_matches_portrait_segments_and_lists_no_pseudonyms() ->
 
     ids = Pseudonymizer([("1", b"k" * 32)])
     core, users = _core(ids)
-    v = await Explorer(core).population()
+    v = await Explorer(core, core.worker.metrics.registry).population()
     assert v.pseudonymized and v.recent_users == []
     html = pages.home_page(v)
     assert "cannot list raw ids" in html and not any(ids.map(u) in html for u in users)
-    view = await Explorer(core).user(users[0])  # looked up by the raw id the caller types
+    view = await Explorer(core, core.worker.metrics.registry).user(users[0])  # looked up by the raw id the caller types
     assert view.row["user_id"] == users[0] and ids.map(users[0]) not in pages.user_page(users[0], view)
