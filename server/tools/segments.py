@@ -18,8 +18,7 @@ move but keep their index. For each segment with users this reports, from the us
 >>> from server.domain.events import Event, EventType
 >>> from server.metrics import Metrics
 >>> from server.models.trainer import TrainerConfig
->>> from server.worker.inspect import profile_summary
-from server.worker.partition import PartitionWorker, WorkerConfig
+>>> from server.worker.partition import PartitionWorker, WorkerConfig
 >>> p = PartitionWorker(WorkerConfig(trainer=TrainerConfig(segments=2)), Metrics())
 >>> for i in range(40):
 ...     kind = EventType.PURCHASE if i % 2 else EventType.VIEW
