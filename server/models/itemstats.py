@@ -224,8 +224,8 @@ class ItemCounts:
 
 
 class _Recent(NamedTuple):
-    """One user's recent items, least recently touched first: ids, categories and, per item, 7 numbers
-    (6 counters and the last touch time) in one array."""
+    """One user's recent items as checkpoints before 2026-12-07 held them (``ItemHistory.__setstate__`` converts):
+    ids, categories and, per item, 7 numbers (6 counters and the last touch time) in one array."""
 
     user: str
     items: list[str]
@@ -234,14 +234,18 @@ class _Recent(NamedTuple):
 
 
 _WIDTH = 7  # numbers per item in ``_Recent.numbers``: 6 counters, last touch time
+_ENTRY = struct.Struct("<6fd")  # an ItemHistory record: 6 counters (float32: whole counts, exact to 2**24), last touch
+_TOUCH = struct.Struct("<d")  # ... its last touch time, at byte 24 of the record
+_TOUCH_AT = 24
 
 
 class ItemHistory:
     """Per user, the ``max_items`` most recently touched items with what the user did to each.
 
     An entry (``get``) is ``[views, clicks, carts, favorites, removes, purchases, last touch time, category]``.
-    Stored compactly: per user two lists of (shared) strings and one ``array('d')`` of 7 numbers per item,
-    ~72 bytes per item plus ~300 per user (strings shared through ``shared``).
+    Stored compactly: per user one list ``[user, records, item ids..., categories...]`` (ids and categories are
+    shared strings), ``records`` one ``bytes`` of a 32-byte record per item (``_ENTRY``), least recently touched
+    first: ~48 bytes per item plus ~130 per user.
 
     ``counts`` (``ItemCounts``) keeps the counts of many more of the user's items (``counted_items``): what the
     item model needs to know about an item touched long ago, beyond the recent ones.
@@ -249,20 +253,27 @@ class ItemHistory:
 
     def __init__(self, max_items: int = 20, counted_items: int = 128) -> None:
         self.max_items = max_items
-        self._users: dict[str, _Recent] = {}
+        self._users: dict[str, list[Any]] = {}
         self.counts = ItemCounts(counted_items)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        """A checkpoint from before ``counts`` existed: the counts start from the recent items' counters."""
+        """Older checkpoints: recent items held as ``_Recent`` are packed; before ``counts`` existed, the counts
+        start from the recent items' counters."""
         self.__dict__.update(state)
+        for user, held in self._users.items():
+            if isinstance(held, tuple):
+                u, items, categories, numbers = held
+                records = b"".join(_ENTRY.pack(*numbers[i * _WIDTH:(i + 1) * _WIDTH]) for i in range(len(items)))
+                self._users[user] = [u, records, *items, *categories]
         if "counts" not in state:
             self.counts = ItemCounts()
             for held in self._users.values():
-                for i, item in enumerate(held.items):
-                    k = i * _WIDTH
+                n = (len(held) - 2) >> 1
+                for i in range(n):
+                    entry = _ENTRY.unpack_from(held[1], i * _ENTRY.size)
                     for slot in (VIEWS, CLICKS, CARTS, FAVORITES, PURCHASES):
-                        for _ in range(int(held.numbers[k + slot])):
-                            self.counts.add(held.user, item, held.numbers[k + _LAST_T], slot)
+                        for _ in range(int(entry[slot])):
+                            self.counts.add(held[0], held[2 + i], entry[_LAST_T], slot)
 
     def __len__(self) -> int:
         return len(self._users)
@@ -271,51 +282,52 @@ class ItemHistory:
         """The string object the user's history is held under (``user`` if none): shared by callers that
         keep the id too, so that a user costs one copy of it."""
         held = self._users.get(user)
-        return held.user if held is not None else user
+        return held[0] if held is not None else user  # type: ignore[no-any-return]
 
     def get(self, user: str, item: str) -> list[Any] | None:
         """The user's entry for ``item`` (None if not among the recent items); a copy."""
         held = self._users.get(user)
         if held is None:
             return None
+        n = (len(held) - 2) >> 1
         try:
-            i = held.items.index(item)
+            i = held.index(item, 2, 2 + n) - 2
         except ValueError:
             return None
-        k = i * _WIDTH
-        return [*held.numbers[k:k + _WIDTH], held.categories[i]]
+        return [*_ENTRY.unpack_from(held[1], i * _ENTRY.size), held[2 + n + i]]
 
     def add(self, user: str, item: str, category: str, t: float, slot: int) -> None:
         """Record one event of ``slot`` by ``user`` on ``item`` at ``t``."""
         held = self._users.get(user)
         if held is None:
-            held = self._users[user] = _Recent(user, [], [], array("d"))
-        items, categories, numbers = held.items, held.categories, held.numbers
+            held = self._users[user] = [user, b""]
+        n, size, records = (len(held) - 2) >> 1, _ENTRY.size, held[1]
         try:
-            i = items.index(item)
+            i = held.index(item, 2, 2 + n) - 2
         except ValueError:
             i = -1
-        if i >= 0:  # moved last: list order = recency of touch
-            k = i * _WIDTH
-            entry = numbers[k:k + _WIDTH]
-            del numbers[k:k + _WIDTH]
-            numbers.extend(entry)
-            del items[i]
-            items.append(item)
-            categories.append(categories.pop(i))
+        if i >= 0:  # moved last: record order = recency of touch
+            entry = list(_ENTRY.unpack_from(records, i * size))
+            records = records[:i * size] + records[(i + 1) * size:]
+            del held[2 + i]
+            held.insert(1 + n, item)
+            held.append(held.pop(2 + n + i))
         else:
-            if len(items) >= self.max_items:
-                del items[0], categories[0], numbers[:_WIDTH]
-            items.append(item)
-            categories.append(category)
-            numbers.extend((0.0, 0.0, 0.0, 0.0, 0.0, 0.0, t))
-        k = len(numbers) - _WIDTH
-        numbers[k + slot] += 1.0
-        if t > numbers[k + _LAST_T]:
-            numbers[k + _LAST_T] = t
+            if n >= self.max_items:  # the least recently touched item goes
+                records = records[size:]
+                del held[2]
+                del held[1 + n]  # its category (the items moved up by one)
+                n -= 1
+            held.insert(2 + n, item)
+            held.append(category)
+            entry = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, t]
+        entry[slot] += 1.0
+        if t > entry[_LAST_T]:
+            entry[_LAST_T] = t
         if category:
-            categories[-1] = category
-        self.counts.add(held.user, item, t, slot)
+            held[-1] = category
+        held[1] = records + _ENTRY.pack(*entry)
+        self.counts.add(held[0], item, t, slot)
 
     def recent(self, user: str, n: int, since: float = -math.inf) -> list[tuple[str, str]]:
         """The user's ``n`` most recently touched items (last touch at or after ``since``), most recent first,
@@ -331,11 +343,11 @@ class ItemHistory:
         if held is None:
             return []
         out: list[tuple[str, str]] = []
-        numbers = held.numbers
-        for i in range(len(held.items) - 1, -1, -1):
-            if len(out) >= n or numbers[i * _WIDTH + _LAST_T] < since:
+        count, records = (len(held) - 2) >> 1, held[1]
+        for i in range(count - 1, -1, -1):
+            if len(out) >= n or _TOUCH.unpack_from(records, i * _ENTRY.size + _TOUCH_AT)[0] < since:
                 break
-            out.append((held.items[i], held.categories[i]))
+            out.append((held[2 + i], held[2 + count + i]))
         return out
 
     def category_touches(self, user: str, category: str) -> tuple[float, float]:
@@ -343,13 +355,12 @@ class ItemHistory:
         touches = strong = 0.0
         held = self._users.get(user)
         if category and held is not None:
-            n = held.numbers
-            for i, c in enumerate(held.categories):
-                if c == category:
-                    k = i * _WIDTH
-                    touches += n[k + VIEWS] + n[k + CLICKS] + n[k + CARTS] + n[k + FAVORITES] + n[k + REMOVES] \
-                        + n[k + PURCHASES]
-                    strong += n[k + CARTS] + n[k + FAVORITES]
+            count, records = (len(held) - 2) >> 1, held[1]
+            for i in range(count):
+                if held[2 + count + i] == category:
+                    views, clicks, carts, favorites, removes, buys, _ = _ENTRY.unpack_from(records, i * _ENTRY.size)
+                    touches += views + clicks + carts + favorites + removes + buys
+                    strong += carts + favorites
         return touches, strong
 
     def drop_user(self, user: str) -> bool:

@@ -164,9 +164,9 @@ def test_item_history_is_compact_and_survives_a_checkpoint() -> None:
     h.add("u", "a", "c", T, VIEWS)
     h.add("u", "b", "", T + 1, CARTS)
     h.add("u", "a", "", T + 2, PURCHASES)  # no category: the known one stays
-    held = h._users["u"]
-    assert held.items == ["b", "a"] and held.categories == ["", "c"] and len(held.numbers) == 14
-    assert h.user_key("u") is held.user and h.user_key("v") == "v"
+    held = h._users["u"]  # [user, records, items..., categories...], least recently touched first
+    assert held[2:] == ["b", "a", "", "c"] and len(held[1]) == 2 * 32  # one 32-byte record per item
+    assert h.user_key("u") is held[0] and h.user_key("v") == "v"
     assert h.get("u", "a") == [1.0, 0.0, 0.0, 0.0, 0.0, 1.0, T + 2, "c"]
     new = pickle.loads(pickle.dumps(h))
     assert new._users == h._users
@@ -175,6 +175,27 @@ def test_item_history_is_compact_and_survives_a_checkpoint() -> None:
         x.add("u", "e", "c", T + 4, FAVORITES)  # evicts b
     assert new._users == h._users and new.get("u", "b") is None and new.category_touches("u", "c") == (4.0, 1.0)
     assert h.drop_user("u") and not h.drop_user("u") and h.get("u", "a") is None
+
+
+def test_item_history_of_an_older_checkpoint_is_packed_on_load() -> None:
+    from array import array
+
+    from server.models.itemstats import _Recent
+
+    h = ItemHistory(max_items=3)
+    for item, cat, t, slot in (("a", "c", T, VIEWS), ("b", "", T + 1, CARTS), ("a", "", T + 2, PURCHASES)):
+        h.add("u", item, cat, t, slot)
+    old = ItemHistory(max_items=3)
+    old.counts = h.counts  # the layout before 2026-12-07: two lists and an array of 7 doubles per item
+    old._users = {"u": _Recent("u", ["b", "a"], ["", "c"],  # type: ignore[dict-item]
+                               array("d", [0, 0, 1, 0, 0, 0, T + 1, 1, 0, 0, 0, 0, 1, T + 2]))}
+    loaded = pickle.loads(pickle.dumps(old))
+    assert loaded._users == h._users
+    assert [loaded.get("u", i) for i in "ab"] == [h.get("u", i) for i in "ab"]
+    for x in (loaded, h):
+        x.add("u", "d", "c", T + 3, VIEWS)
+    assert loaded._users == h._users and loaded.recent("u", 3) == h.recent("u", 3) == [("d", "c"), ("a", "c"),
+                                                                                       ("b", "")]
 
 
 def test_item_counts_are_bounded_per_user_and_keep_the_most_recently_touched() -> None:
@@ -311,11 +332,11 @@ def test_item_decisions_share_user_and_item_strings() -> None:
                category="".join(["c", "1"]), price=5.0)
         prof.update(e)
         r.observe(e, prof.features(), prof, T + HOUR * n, trainer)
-    user = r.history._users["u1"].user
+    held = r.history._users["u1"]  # [user, records, items..., categories...]
+    user, items, categories = held[0], held[2:4], held[4:]
     assert all(u is user for u in r.labels._pending) and all(d[1] is user for d in r.labels._deadlines)
-    held = r.history._users["u1"]
-    assert held.categories[0] is held.categories[1]
-    assert {id(d.item) for d in r.labels.decisions()} == {id(i) for i in held.items}
+    assert len(categories) == 2 and categories[0] is categories[1]
+    assert {id(d.item) for d in r.labels.decisions()} == {id(i) for i in items}
 
 
 # -- ItemModel and ItemDecisions -----------------------------------------------------------------------
