@@ -54,7 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     replay_log = sub.add_parser("replay-log", help="rebuild every profile from the retained event log (offline; "
                                                     "the server must be stopped) and write them to the stores")
     replay_log.add_argument("--from-start", action="store_true",
-                            help="ignore checkpoints: replay the log from its oldest retained record")
+                            help="ignore checkpoints: replay the log from its oldest retained record (one worker "
+                                 "only: with PORTRAIT_WORKERS>1 each worker replays from its newest checkpoint)")
 
     for name, help_ in (("delete-user", "erase a user (admin key): online row and memory now, stored files at the "
                                         "next compaction; later events are suppressed"),

@@ -8,7 +8,8 @@ process is SIGKILLed mid-stream (found with ``portrait workers --json``), later 
 counts, read back through GetProfile, equal what was sent; 2,000 events sent again change nothing; the killed
 processes were replaced. Then the whole server is SIGKILLed and started again on the same data dir and cluster:
 every count is the same; after SIGTERM no process of the run is left, and the trainer's final models equal those of
-a trainer that learnt its whole input stream once, without a kill.
+a trainer that learnt its whole input stream once, without a kill; ``portrait replay-log`` then rebuilds every
+worker's rows (deleted ones come back) and keeps the numbering of each worker's trainer messages.
 """
 
 from __future__ import annotations
@@ -163,6 +164,54 @@ def _check_trainer(cluster: Cluster, data_dir: Path, prefix: str) -> None:  # no
         assert canon(getattr(fresh, name)) != canon(getattr(ref, name)), name
 
 
+def _check_replay_log(cluster: Cluster, data_dir: Path, env: dict[str, str], run: str) -> None:  # noqa: F811
+    """``portrait replay-log`` on the stopped 3-worker data dir: every worker rebuilt from its newest checkpoint and
+    log, rows deleted from the online store written again, each worker's numbering of its trainer messages kept
+    and the messages it holds unlearnt (a number given twice would make the trainer skip a new message as learnt);
+    ``--from-start`` refused."""
+    from server.cluster.actors import state_dir
+    from server.log import checkpoint
+    from server.models.remote import UNLEARNT, UNLEARNT_FROM
+    from server.store.feast import OnlineStore, open_store, set_feast_env
+    from server.worker import snapshot
+
+    def numbering() -> list[tuple[int, int]]:
+        out = []
+        for i in range(3):
+            found = checkpoint.load_latest(state_dir(data_dir, i) / "checkpoints")
+            assert found is not None
+            t = snapshot.loads(found[1], found[0]).trainer
+            out.append((int(t[UNLEARNT_FROM]), len(t[UNLEARNT])))
+        return out
+
+    def replay_log(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "server", "replay-log", *args], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=600)
+
+    before = numbering()  # (the number of the first message the trainer has not learnt, how many are held)
+    assert all(n > 0 for n, _ in before), before
+    refused = replay_log("--from-start")
+    assert refused.returncode == 2 and "refusing to rebuild from the start" in refused.stderr
+    saved = dict(os.environ)
+    try:
+        set_feast_env(data_dir, cluster.feast_connection, "redis_cluster")
+        online = OnlineStore(open_store(ROOT / "feature_repo"))
+        lost = [f"{run}-u{u}" for u in range(0, USERS, 50)]
+        assert online.delete(lost) == len(lost) and online.read(lost[0]) is None
+        out = replay_log()
+        assert out.returncode == 0, out.stderr[-3000:]
+        rebuilt = [line for line in out.stdout.splitlines() if "rebuilt" in line]
+        assert [line.split(":")[0] for line in rebuilt] == ["worker w0", "worker w1", "worker w2"]
+        assert sum(int(line.split("rebuilt ")[1].split()[0]) for line in rebuilt) == USERS
+        for u in range(0, USERS, 10):
+            row = online.read(f"{run}-u{u}")
+            assert row is not None and (row["profile_version"], row["lifetime_events"]) == (PER_USER, PER_USER), u
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    assert numbering() == before
+
+
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Iterator[Path]:
     yield tmp_path / "data"
@@ -237,6 +286,7 @@ async def test_three_workers_stay_exact_when_a_worker_a_trainer_and_the_server_a
             await asyncio.sleep(0.5)
         assert not _alive(run_pids), "processes of the stopped server are left"
         _check_trainer(cluster, data_dir, prefix)
+        _check_replay_log(cluster, data_dir, srv.env, run)
     finally:
         if srv.proc.poll() is None:
             srv.kill()
