@@ -100,14 +100,16 @@ class WorkerActor:
         set_feast_env(data_dir, self.feast_redis, self.redis_type)
         metrics = Metrics(CollectorRegistry())
         ProcessCollector(registry=metrics.registry)
-        from server.models.shared import TrainerStream, stream_key
+        from server.models.shared import TrainerStream, items_key, stream_key
 
         url = s.redis_url or self.embedded_url
         assert url, "the trainer stream needs a Redis"
         import ray
 
         trainer = ray.get_actor(self.trainer_name)
-        shared = (trainer, TrainerStream(url, s.redis_cluster, stream_key(s.log_prefix)), self.index)
+        stream = TrainerStream(url, s.redis_cluster, stream_key(s.log_prefix), items_key(s.log_prefix),
+                               keep_items=s.log_retention_s < 0)
+        shared = (trainer, stream, self.index)
         runtime = WorkerRuntime(s, metrics, data_dir, state_dir(data_dir, self.index), self.feast_redis,
                                 self.redis_type, self.embedded_url, log_prefix=f"{s.log_prefix}:w{self.index}",
                                 tag=f"w{self.index}", fork_checkpoints=False, shared_trainer=shared)

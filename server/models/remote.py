@@ -53,6 +53,7 @@ NICE = 10  # the child's CPU priority below the server's and the writer's: learn
 
 
 UNLEARNT_FROM = "unlearnt_from"
+FOLDED = "folded"  # (item stream ID, {worker: next number}): other workers' item statistics in this state
 """The number of a state's first unlearnt message, counting every message fed since the first start (the shared
 trainer, ``server.cluster.trainer``, learns each number once)."""
 _WINDOW = ("_replay_x", "_replay_y")  # the propensity's replay window: published as the rows that changed
@@ -105,9 +106,12 @@ class RemoteTrainer(Trainer):
     (0, 1)
     """
 
-    def __init__(self, config: TrainerConfig, publish_s: float = 0.5) -> None:
+    def __init__(self, config: TrainerConfig, publish_s: float = 0.5, share_item_stats: bool = False) -> None:
         super().__init__(config)
         self.publish_s = publish_s
+        self.share_item_stats = share_item_stats  # item statistics queued too, for the other workers (shared.py)
+        self.folded: dict[int, int] = {}  # other workers' item statistics folded in: the next number from each
+        self.folded_id = "0-0"  # ... read from the item stream up to this entry
         self.unlearnt: deque[Any] = deque()  # fed, not yet in the models held here (in feed order)
         self.sent = 0  # of ``unlearnt``, how many the child has been sent
         self._sent_at: deque[tuple[int, float]] = deque()  # (messages sent so far, when) per send
@@ -150,8 +154,14 @@ class RemoteTrainer(Trainer):
         one process; ``load_state`` queues a checkpoint's unlearnt messages through here too)."""
         if type(message) is ItemStats:
             Trainer.learn(self, message)
+            if self.share_item_stats:
+                self.unlearnt.append(message)
         else:
             self.unlearnt.append(message)
+
+    def requeue(self, message: Any) -> None:
+        """A checkpoint's unlearnt message, queued again (item statistics without learning them twice)."""
+        self.unlearnt.append(message)
 
     def backlog(self) -> int:
         """Messages the models held do not cover yet (kept until they do)."""
@@ -167,13 +177,16 @@ class RemoteTrainer(Trainer):
 
     def state(self) -> dict[str, Any]:
         """The models held, the worker's own statistics, and the messages they do not cover yet."""
-        return {**super().state(), UNLEARNT: list(self.unlearnt), UNLEARNT_FROM: self.origin + self.covered}
+        return {**super().state(), UNLEARNT: list(self.unlearnt), UNLEARNT_FROM: self.origin + self.covered,
+                FOLDED: (self.folded_id, dict(self.folded))}
 
     def load_state(self, state: dict[str, Any]) -> None:
         """Models and statistics from ``state``; its unlearnt messages queued for the (next) child."""
         self.unlearnt.clear()
         self.sent, self.covered = 0, 0
         self.origin = int(state.get(UNLEARNT_FROM, 0))
+        self.folded_id, folded = state.get(FOLDED, ("0-0", {}))
+        self.folded = dict(folded)
         self._sent_at.clear()
         super().load_state(state)
 

@@ -1,13 +1,22 @@
 """A worker's side of the shared trainer (``PORTRAIT_WORKERS>1``; the trainer is ``server.cluster.trainer``).
 
-Each worker keeps a ``RemoteTrainer`` (it scores with the newest models it holds; item statistics, co-visits,
-top items and the quality windows stay the worker's own, from its users). ``TrainerLink`` appends every message
-it queues to the trainer stream ``<PORTRAIT_LOG_PREFIX>:trainer`` (in the log's Redis), one entry per send,
-tagged with the worker and the number of its first message: the worker numbers its messages from its first
-start on, and the number of the first one it holds unlearnt is in its checkpoints (``UNLEARNT_FROM``). The
-trainer learns each ``(worker, number)`` once (``learn_entry``), so a worker restarted from its checkpoint may
-send again what it held and regenerate, by its replay, the messages after it. Every ``publish_s`` the link
-swaps in the trainer's newest models.
+Each worker keeps a ``RemoteTrainer`` (it scores with the newest models it holds; the quality windows stay the
+worker's own). ``TrainerLink`` appends every message it queues to the trainer stream
+``<PORTRAIT_LOG_PREFIX>:trainer`` (in the log's Redis), one entry per send, tagged with the worker and the number
+of its first message: the worker numbers its messages from its first start on, and the number of the first one it
+holds unlearnt is in its checkpoints (``UNLEARNT_FROM``). The trainer learns each ``(worker, number)`` once
+(``learn_entry``), so a worker restarted from its checkpoint may send again what it held and regenerate, by its
+replay, the messages after it. Every ``publish_s`` the link swaps in the trainer's newest models.
+
+Item statistics (popularity, co-visits, top items: read per event, for scores and candidates) are learnt by
+every worker from every worker's users. A worker learns its own item touches at once (``ItemStats``, as in one
+process) and queues them with its other messages; the same append puts them, numbered alike, on the item stream
+``<prefix>:items`` (``ItemStats`` only, so readers do not download the models' inputs). Every ``publish_s`` each
+worker folds in the other workers' entries (``fold_entry``): each ``(worker, number)`` once, by the numbers, so
+a resend after a restart changes nothing; the numbers folded and the stream ID read are in its checkpoints (the
+trainer skips ``ItemStats``: its models do not read them). The item stream keeps ``ITEMS_KEEP_S`` of entries
+(trimmed by time at each append) unless ``PORTRAIT_LOG_RETENTION_S=-1``: a worker down longer than that misses
+the other workers' touches meanwhile (logged).
 """
 
 from __future__ import annotations
@@ -19,9 +28,12 @@ import time
 from typing import Any
 
 from server.models.remote import LEARNT, SEND_EVERY_S, RemoteTrainer
-from server.models.trainer import Trainer
+from server.models.trainer import ItemStats, Trainer
 
 log = logging.getLogger("portrait")
+
+ITEMS_KEEP_S = 3600.0  # item stream entries kept (by time) for workers restarting from an older checkpoint
+FOLD_READ = 256  # item stream entries read per round
 
 
 def stream_key(log_prefix: str) -> str:
@@ -31,6 +43,15 @@ def stream_key(log_prefix: str) -> str:
     'portrait:log:trainer'
     """
     return f"{log_prefix}:trainer"
+
+
+def items_key(log_prefix: str) -> str:
+    """The item stream's key (the other workers' item touches).
+
+    >>> items_key("portrait:log")
+    'portrait:log:items'
+    """
+    return f"{log_prefix}:items"
 
 
 def redis_client(url: str, cluster: bool) -> Any:
@@ -66,23 +87,76 @@ def learn_entry(trainer: Trainer, learnt: dict[int, int], worker: int, first: in
         return 0
     todo = messages[max(skip, 0):]
     for message in todo:
-        trainer.learn(message)
+        if type(message) is not ItemStats:  # the workers' (fold_entry)
+            trainer.learn(message)
     learnt[worker] = first + len(messages)
     return len(todo)
 
 
-class TrainerStream:
-    """A worker's appends to the trainer stream."""
+def fold_entry(trainer: Trainer, folded: dict[int, int], worker: int, first: int, count: int,
+               touches: list[tuple[int, ItemStats]]) -> int:
+    """Fold in one item stream entry of another worker: its messages ``first .. first + count - 1``, of which
+    ``touches`` are the item statistics (index in the entry, message); each number once (``folded[worker]``: the
+    next number expected). Returns how many were learnt.
 
-    def __init__(self, url: str, cluster: bool, key: str) -> None:
-        self.url, self.cluster, self.key = url, cluster, key
+    >>> from server.models.trainer import TrainerConfig
+    >>> t, folded = Trainer(TrainerConfig()), {}
+    >>> touch = [(1, ItemStats("i1", "c", 0.0, 0, 5.0))]
+    >>> fold_entry(t, folded, 2, 10, 3, touch), fold_entry(t, folded, 2, 10, 3, touch), folded
+    (1, 0, {2: 13})
+    >>> t.items.get("i1", 0.0)[0]    # one view, not two
+    1.0
+    """
+    start = folded.get(worker, 0)
+    if first + count <= start:
+        return 0
+    n = 0
+    for index, message in touches:
+        if first + index >= start:
+            Trainer.learn(trainer, message)  # learnt here only (a RemoteTrainer would queue it as its own)
+            n += 1
+    folded[worker] = first + count
+    return n
+
+
+class TrainerStream:
+    """A worker's appends to the trainer stream and the item stream, and its reads of the item stream."""
+
+    def __init__(self, url: str, cluster: bool, key: str, items: str, keep_items: bool = False) -> None:
+        self.url, self.cluster, self.key, self.items = url, cluster, key, items
+        self.keep_items = keep_items  # PORTRAIT_LOG_RETENTION_S=-1: the item stream is never trimmed
         self._client: Any = None
 
-    def append(self, worker: int, first: int, messages: list[Any]) -> None:
-        """One entry: the worker, the number of its first message, the messages (pickled)."""
+    def _redis(self) -> Any:
         if self._client is None:
             self._client = redis_client(self.url, self.cluster)
-        self._client.xadd(self.key, {"w": worker, "s": first, "m": pickle.dumps(messages, protocol=5)})
+        return self._client
+
+    def append(self, worker: int, first: int, messages: list[Any]) -> None:
+        """One entry: the worker, the number of its first message, the messages (pickled); its item statistics
+        (with their index) also on the item stream, which keeps ``ITEMS_KEEP_S`` of entries."""
+        client = self._redis()
+        client.xadd(self.key, {"w": worker, "s": first, "m": pickle.dumps(messages, protocol=5)})
+        touches = [(i, m) for i, m in enumerate(messages) if type(m) is ItemStats]
+        if touches:
+            trim: dict[str, Any] = {} if self.keep_items else {
+                "minid": f"{int((time.time() - ITEMS_KEEP_S) * 1000)}-0", "approximate": True}
+            client.xadd(self.items, {"w": worker, "s": first, "n": len(messages),
+                                     "i": pickle.dumps(touches, protocol=5)}, **trim)
+
+    def read_items(self, after: str, count: int = FOLD_READ) -> list[tuple[str, int, int, int, list[Any]]]:
+        """Item stream entries after ID ``after``: (ID, worker, first number, messages in the entry, touches)."""
+        got = self._redis().xrange(self.items, min=f"({after}", count=count)
+        return [(i.decode() if isinstance(i, bytes) else i, int(f[b"w"]), int(f[b"s"]), int(f[b"n"]),
+                 pickle.loads(f[b"i"])) for i, f in got]
+
+    def first_item_id(self) -> str | None:
+        """The oldest item stream entry's ID (None: empty)."""
+        got = self._redis().xrange(self.items, count=1)
+        if not got:
+            return None
+        i = got[0][0]
+        return str(i.decode() if isinstance(i, bytes) else i)
 
 
 class TrainerLink:
@@ -98,6 +172,7 @@ class TrainerLink:
         self.publish_s = publish_s
         self._tasks: list[asyncio.Task[None]] = []
         self._unreachable_since: float | None = None
+        self._checked_gap = False
 
     @property
     def pid(self) -> int | None:
@@ -135,11 +210,32 @@ class TrainerLink:
         covered, versions, models = pickle.loads(await self.actor.publication.remote(self.worker))
         self.trainer.publish(covered - self.trainer.origin, versions, models)
 
+    async def fold(self) -> int:
+        """Fold in the other workers' item statistics appended since the last fold; how many were learnt."""
+        t, n = self.trainer, 0
+        if not self._checked_gap:  # once, after the start: was the entry last folded trimmed since?
+            self._checked_gap = True
+            oldest = await asyncio.to_thread(self.stream.first_item_id)
+            if t.folded_id != "0-0" and oldest is not None and _id_key(oldest) > _id_key(t.folded_id):
+                log.warning("the item stream was trimmed after this worker's checkpoint (it read up to %s, the "
+                            "stream starts at %s): other workers' item touches in between may be missing here",
+                            t.folded_id, oldest)
+        while True:
+            entries = await asyncio.to_thread(self.stream.read_items, t.folded_id)
+            for entry_id, worker, first_number, count, touches in entries:
+                if worker != self.worker:
+                    n += fold_entry(t, t.folded, worker, first_number, count, touches)
+                t.folded_id = entry_id
+            if len(entries) < FOLD_READ:
+                return n
+            await asyncio.sleep(0)
+
     async def _pull_loop(self) -> None:
         while True:
             await asyncio.sleep(self.publish_s)
             try:
                 await asyncio.wait_for(self.pull(), 30.0)
+                await asyncio.wait_for(self.fold(), 30.0)
                 if self._unreachable_since is not None:
                     log.info("the trainer answers again")
                     self._unreachable_since = None
@@ -167,4 +263,10 @@ class TrainerLink:
             task.cancel()
 
 
-__all__ = ["TrainerLink", "TrainerStream", "learn_entry", "redis_client", "shared_publication", "stream_key"]
+def _id_key(stream_id: str) -> tuple[int, int]:
+    ms, _, seq = stream_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+__all__ = ["TrainerLink", "TrainerStream", "fold_entry", "items_key", "learn_entry", "redis_client",
+           "shared_publication", "stream_key"]

@@ -211,6 +211,12 @@ class Trainer:
             if k in state:
                 setattr(self, k, state[k])
         for message in state.get(UNLEARNT, ()):  # taken beside a trainer process: what it had not learnt yet
+            self.requeue(message)
+
+    def requeue(self, message: Labelled | UserVector | EventVector | ItemStats) -> None:
+        """A message a checkpoint held unlearnt: learnt now, except item statistics, which the worker that fed
+        them learnt at once (they are among the unlearnt only to reach other workers: ``server.models.shared``)."""
+        if type(message) is not ItemStats:
             self.learn(message)
 
 

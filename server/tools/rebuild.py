@@ -82,7 +82,7 @@ def _rebuild_one(settings: Settings, data_dir: Path, state: Path, store: Any, em
     from server.worker.runtime import event_log, worker_config
 
     config = worker_config(settings)
-    trainer = RemoteTrainer(config.trainer, settings.model_publish_s) if shared else None
+    trainer = RemoteTrainer(config.trainer, settings.model_publish_s, share_item_stats=True) if shared else None
     worker = PartitionWorker(config, Metrics(CollectorRegistry()), trainer)
     events = event_log(settings, data_dir, embedded_url, prefix, state)
     try:

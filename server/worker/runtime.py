@@ -126,7 +126,8 @@ class WorkerRuntime:
         offline = OfflineLog(self.data_dir, tag=self.tag)
         config = worker_config(s)
         shared = self.shared_trainer is not None
-        remote = RemoteTrainer(config.trainer, s.model_publish_s) if s.trainer == "process" or shared else None
+        remote = (RemoteTrainer(config.trainer, s.model_publish_s, share_item_stats=shared)
+                  if s.trainer == "process" or shared else None)
         worker = PartitionWorker(config, self.metrics, remote)
 
         async def log_durable() -> None:

@@ -8,7 +8,8 @@ process is SIGKILLed mid-stream (found with ``portrait workers --json``), later 
 counts, read back through GetProfile, equal what was sent; 2,000 events sent again change nothing; the killed
 processes were replaced. Then the whole server is SIGKILLed and started again on the same data dir and cluster:
 every count is the same; after SIGTERM no process of the run is left, and the trainer's final models equal those of
-a trainer that learnt its whole input stream once, without a kill; ``portrait replay-log`` then rebuilds every
+a trainer that learnt its whole input stream once, without a kill, and every worker's item popularity equals that of
+all the events (each worker folds in the others' item statistics); ``portrait replay-log`` then rebuilds every
 worker's rows (deleted ones come back) and keeps the numbering of each worker's trainer messages.
 """
 
@@ -164,6 +165,35 @@ def _check_trainer(cluster: Cluster, data_dir: Path, prefix: str) -> None:  # no
         assert canon(getattr(fresh, name)) != canon(getattr(ref, name)), name
 
 
+def _check_item_statistics(cluster: Cluster, data_dir: Path, events: list[pb.Event]) -> None:  # noqa: F811
+    """Every worker's item popularity (views and price per item, touches per category), from its final checkpoint,
+    equals that of all the events sent, each counted once — not of its own users' third — through the kills."""
+    from server.cluster.actors import state_dir
+    from server.log import checkpoint
+    from server.models.itemstats import CLICKS, VIEWS
+    from server.models.trainer import Trainer
+    from server.worker import snapshot
+    from server.worker.runtime import worker_config
+    from tests.conftest import make_settings
+
+    ref = Trainer(worker_config(make_settings(data_dir, cluster.seed_url)).trainer)
+    for e in events:
+        slot = CLICKS if e.type == pb.EVENT_TYPE_CLICK else VIEWS
+        ref.items.add(e.item_id, e.event_time.seconds, slot, e.price)
+        ref.categories.add(e.category, e.event_time.seconds, slot)
+    t = max(e.event_time.seconds for e in events)
+    items, categories = sorted({e.item_id for e in events}), sorted({e.category for e in events})
+    for i in range(3):
+        found = checkpoint.load_latest(state_dir(data_dir, i) / "checkpoints")
+        assert found is not None
+        state = snapshot.loads(found[1], found[0]).trainer
+        for key, mine, theirs in [*((k, state["items"], ref.items) for k in items),
+                                  *((k, state["categories"], ref.categories) for k in categories)]:
+            got, want = mine.get(key, t), theirs.get(key, t)
+            assert all(abs(a - b) <= 1e-9 * max(1.0, abs(b)) for a, b in zip(got, want, strict=True)), \
+                (i, key, got, want)
+
+
 def _check_replay_log(cluster: Cluster, data_dir: Path, env: dict[str, str], run: str) -> None:  # noqa: F811
     """``portrait replay-log`` on the stopped 3-worker data dir: every worker rebuilt from its newest checkpoint and
     log, rows deleted from the online store written again, each worker's numbering of its trainer messages kept
@@ -286,6 +316,7 @@ async def test_three_workers_stay_exact_when_a_worker_a_trainer_and_the_server_a
             await asyncio.sleep(0.5)
         assert not _alive(run_pids), "processes of the stopped server are left"
         _check_trainer(cluster, data_dir, prefix)
+        _check_item_statistics(cluster, data_dir, events)
         _check_replay_log(cluster, data_dir, srv.env, run)
     finally:
         if srv.proc.poll() is None:
