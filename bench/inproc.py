@@ -395,7 +395,7 @@ def cmd_components(a: argparse.Namespace) -> dict[str, Any]:
     from server.api import convert
     from server.log import codec
     from server.log.eventlog import EventLog
-    from server.models.trainer import Trainer, TrainerConfig
+    from server.models.trainer import ItemStats, Trainer, TrainerConfig
 
     batch = 500
     events = stream.load(a.events)
@@ -423,12 +423,22 @@ def cmd_components(a: argparse.Namespace) -> dict[str, Any]:
             accepted += 1
             applied.append(e.user_id)
     out["worker: validate + dedupe + apply + score (no learning)"] = (time.perf_counter() - t0) / accepted * 1e6
+    # with workers the trainer learns every model but the item statistics, which every worker learns from every
+    # worker's events (server.models.shared): two costs, measured apart
+    touches = [m for m in sent if type(m) is ItemStats]
     trainer = Trainer(TrainerConfig())
     gc.collect()
     t0 = time.perf_counter()
     for m in sent:
-        trainer.feed(m)
-    out["trainer: learn every model"] = (time.perf_counter() - t0) / accepted * 1e6
+        if type(m) is not ItemStats:
+            trainer.feed(m)
+    out["trainer: learn the shared models (not item statistics)"] = (time.perf_counter() - t0) / accepted * 1e6
+    stats = Trainer(TrainerConfig())
+    gc.collect()
+    t0 = time.perf_counter()
+    for m in touches:
+        Trainer.learn(stats, m)
+    out["item statistics: every worker learns every event's"] = (time.perf_counter() - t0) / accepted * 1e6
     # the log: each accepted event encoded and appended, one fsynced commit per batch
     with tempfile.TemporaryDirectory() as d:
         log = EventLog(Path(d) / "log")

@@ -200,7 +200,8 @@ def worker_rows(wk: dict[str, Any]) -> list[list[str]]:
         f"({wk['cores']} cores; apply only: no gRPC, log, rows or learning)"))
 
 
-TRAINER = "trainer: learn every model"
+TRAINER = "trainer: learn the shared models (not item statistics)"
+EVERYWHERE = "item statistics: every worker learns every event's"
 CORES = (8, 32, 128)
 ASIDE = "log (file"  # components measured for comparison, not part of the scaled-out design's sum
 
@@ -213,20 +214,22 @@ def projected(us: dict[str, float]) -> dict[str, float]:
 def projection(us: dict[str, float], cores: int) -> tuple[float, str]:
     """Events/s the scaled-out design would reach on ``cores`` from per-event component costs, and the arithmetic.
 
-    One core runs the trainer (the single writer of the shared models: it caps the whole system); every other
-    component scales with partitions over the remaining cores. An upper bound: one row per event (the server
-    coalesces a user's rows within a flush), Ray's actor call counted per event at 500 events per call, Redis's
-    own CPU not counted.
+    One core runs the trainer (the single writer of the shared models: it caps the whole system); the other
+    cores run workers, each applying its share of the events (every component but the trainer and the item
+    statistics) and learning the item statistics of every event (its own and the others', folded in): a worker
+    core spends ``rest / (cores - 1) + everywhere`` µs per event of the deployment. An upper bound: one row per
+    event (the server coalesces a user's rows within a flush), Ray's actor call counted per event at 500 events
+    per call, Redis's own CPU not counted.
 
-    >>> eps, how = projection({TRAINER: 50.0, "worker": 150.0, "online write": 100.0}, 8)
+    >>> eps, how = projection({TRAINER: 50.0, EVERYWHERE: 10.0, "worker": 150.0, "online write": 100.0}, 8)
     >>> round(eps), how
-    (20000, 'min(1e6/50 trainer = 20,000; (8-1) × 1e6/250 = 28,000)')
+    (20000, 'min(1e6/50 trainer = 20,000; 1e6/(250/(8-1) + 10) = 21,875)')
     """
-    learn = us[TRAINER]
-    rest = sum(v for k, v in projected(us).items() if k != TRAINER)
-    trainer_cap, scaled = 1e6 / learn, (cores - 1) * 1e6 / rest
+    learn, everywhere = us[TRAINER], us.get(EVERYWHERE, 0.0)
+    rest = sum(v for k, v in projected(us).items() if k not in (TRAINER, EVERYWHERE))
+    trainer_cap, scaled = 1e6 / learn, 1e6 / (rest / (cores - 1) + everywhere)
     return min(trainer_cap, scaled), (f"min(1e6/{learn:,.0f} trainer = {trainer_cap:,.0f}; "
-                                      f"({cores}-1) × 1e6/{rest:,.0f} = {scaled:,.0f})")
+                                      f"1e6/({rest:,.0f}/({cores}-1) + {everywhere:,.0f}) = {scaled:,.0f})")
 
 
 def component_rows(us: dict[str, float]) -> list[list[str]]:
