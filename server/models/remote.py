@@ -53,9 +53,11 @@ NICE = 10  # the child's CPU priority below the server's and the writer's: learn
 
 
 UNLEARNT_FROM = "unlearnt_from"
-FOLDED = "folded"  # (item stream ID, {worker: next number}): other workers' item statistics in this state
 """The number of a state's first unlearnt message, counting every message fed since the first start (the shared
 trainer, ``server.cluster.trainer``, learns each number once)."""
+FOLDED = "folded"
+"""(item stream ID, {worker: the next number}): the other workers' item statistics a state holds
+(``server.models.shared``)."""
 _WINDOW = ("_replay_x", "_replay_y")  # the propensity's replay window: published as the rows that changed
 
 
@@ -150,8 +152,9 @@ class RemoteTrainer(Trainer):
         self._sent_at.clear()
 
     def learn(self, message: Any) -> None:
-        """Item statistics here; everything else queued for the child (``feed`` records quality first, as in
-        one process; ``load_state`` queues a checkpoint's unlearnt messages through here too)."""
+        """Item statistics here (and queued too when shared with other workers); everything else queued for the
+        child (``feed`` records quality first, as in one process; ``load_state`` queues a checkpoint's unlearnt
+        messages through ``requeue``)."""
         if type(message) is ItemStats:
             Trainer.learn(self, message)
             if self.share_item_stats:

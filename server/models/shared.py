@@ -173,6 +173,7 @@ class TrainerLink:
         self._tasks: list[asyncio.Task[None]] = []
         self._unreachable_since: float | None = None
         self._checked_gap = False
+        self._fold_failing = False
 
     @property
     def pid(self) -> int | None:
@@ -234,8 +235,15 @@ class TrainerLink:
         while True:
             await asyncio.sleep(self.publish_s)
             try:
+                await asyncio.wait_for(self.fold(), 30.0)  # the item stream: it does not need the trainer
+                self._fold_failing = False
+            except Exception as exc:
+                if not self._fold_failing:  # once until it works again (it is retried every publish_s)
+                    log.warning("reading the other workers' item statistics failed (%s); retrying",
+                                type(exc).__name__)
+                self._fold_failing = True
+            try:
                 await asyncio.wait_for(self.pull(), 30.0)
-                await asyncio.wait_for(self.fold(), 30.0)
                 if self._unreachable_since is not None:
                     log.info("the trainer answers again")
                     self._unreachable_since = None

@@ -19,6 +19,7 @@ as of. Counters (users, segment sizes, watermark, queues) are read live, summed 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -33,6 +34,8 @@ from server.models.user import SEGMENT_INPUTS
 from server.tools.segments import Segment, summarize
 from server.ui.history import History, Sample, collect, read, total
 from server.worker.inspect import PopulationPart, SystemPart, UserDetail
+
+log = logging.getLogger("portrait")
 
 POPULATION_TTL_S = 30.0
 RADAR_AXES = ("recent purchase", "events 30d", "spend 30d", "order value", "categories", "sessions 7d",
@@ -234,6 +237,9 @@ class Explorer:
         if built is not None and time.time() - built.as_of < max(POPULATION_TTL_S, 20 * built.seconds):
             return built
         if self._building is None or self._building.done():
+            if self._building is not None and not self._building.cancelled() and self._building.exception():
+                log.warning("the population summary could not be built (%s); kept the one of %s, trying again",
+                            type(self._building.exception()).__name__, time.ctime(built.as_of) if built else "-")
             self._building = asyncio.get_running_loop().create_task(self._build())
         if built is not None:
             return built  # a fresh one is on its way; this one says how old it is
