@@ -56,7 +56,7 @@ UNLEARNT_FROM = "unlearnt_from"
 """The number of a state's first unlearnt message, counting every message fed since the first start (the shared
 trainer, ``server.cluster.trainer``, learns each number once)."""
 FOLDED = "folded"
-"""(item stream ID, {worker: the next number}): the other workers' item statistics a state holds
+"""(item stream ID, {worker: the highest log offset folded}): the other workers' item statistics a state holds
 (``server.models.shared``)."""
 _WINDOW = ("_replay_x", "_replay_y")  # the propensity's replay window: published as the rows that changed
 
@@ -112,7 +112,7 @@ class RemoteTrainer(Trainer):
         super().__init__(config)
         self.publish_s = publish_s
         self.share_item_stats = share_item_stats  # item statistics queued too, for the other workers (shared.py)
-        self.folded: dict[int, int] = {}  # other workers' item statistics folded in: the next number from each
+        self.folded: dict[int, int] = {}  # other workers' item statistics folded in: the highest log offset of each
         self.folded_id = "0-0"  # ... read from the item stream up to this entry
         self.unlearnt: deque[Any] = deque()  # fed, not yet in the models held here (in feed order)
         self.sent = 0  # of ``unlearnt``, how many the child has been sent

@@ -10,11 +10,13 @@ replay, the messages after it. Every ``publish_s`` the link swaps in the trainer
 
 Item statistics (popularity, co-visits, top items: read per event, for scores and candidates) are learnt by
 every worker from every worker's users. A worker learns its own item touches at once (``ItemStats``, as in one
-process) and queues them with its other messages; the same append puts them, numbered alike, on the item stream
+process) and queues them with its other messages; the same append puts them on the item stream
 ``<prefix>:items`` (``ItemStats`` only, so readers do not download the models' inputs). Every ``publish_s`` each
-worker folds in the other workers' entries (``fold_entry``): each ``(worker, number)`` once, by the numbers, so
-a resend after a restart changes nothing; the numbers folded and the stream ID read are in its checkpoints (the
-trainer skips ``ItemStats``: its models do not read them). The item stream keeps ``ITEMS_KEEP_S`` of entries
+worker folds in the other workers' entries (``fold_entry``): each touch once, by the log offset of the event it
+comes from (the same when a restarted worker replays its log, unlike message numbers, which messages resolved
+by the wall clock can shift), so a resend after a restart changes nothing; the highest offset folded per
+worker and the stream ID read are in its checkpoints (the trainer skips ``ItemStats``: its models do not read
+them). The item stream keeps ``ITEMS_KEEP_S`` of entries
 (trimmed by time at each append) unless ``PORTRAIT_LOG_RETENTION_S=-1``: a worker down longer than that misses
 the other workers' touches meanwhile (logged).
 """
@@ -34,6 +36,7 @@ log = logging.getLogger("portrait")
 
 ITEMS_KEEP_S = 3600.0  # item stream entries kept (by time) for workers restarting from an older checkpoint
 FOLD_READ = 256  # item stream entries read per round
+FINAL_FOLD_S = 15.0  # at a stop, the last fold's time limit (the other workers' touches, before the checkpoint)
 
 
 def stream_key(log_prefix: str) -> str:
@@ -93,29 +96,26 @@ def learn_entry(trainer: Trainer, learnt: dict[int, int], worker: int, first: in
     return len(todo)
 
 
-def fold_entry(trainer: Trainer, folded: dict[int, int], worker: int, first: int, count: int,
-               touches: list[tuple[int, ItemStats]]) -> int:
-    """Fold in one item stream entry of another worker: its messages ``first .. first + count - 1``, of which
-    ``touches`` are the item statistics (index in the entry, message); each number once (``folded[worker]``: the
-    next number expected). Returns how many were learnt.
+def fold_entry(trainer: Trainer, folded: dict[int, int], worker: int, touches: list[ItemStats]) -> int:
+    """Fold in one item stream entry of another worker (its touches in log order): each touch whose event's log
+    offset is above the highest folded from that worker (``folded[worker]``), so a resend after a restart is not
+    counted twice. Returns how many were learnt.
 
     >>> from server.models.trainer import TrainerConfig
     >>> t, folded = Trainer(TrainerConfig()), {}
-    >>> touch = [(1, ItemStats("i1", "c", 0.0, 0, 5.0))]
-    >>> fold_entry(t, folded, 2, 10, 3, touch), fold_entry(t, folded, 2, 10, 3, touch), folded
-    (1, 0, {2: 13})
-    >>> t.items.get("i1", 0.0)[0]    # one view, not two
-    1.0
+    >>> touches = [ItemStats("i1", "c", 0.0, 0, 5.0, offset=7), ItemStats("i1", "c", 0.0, 0, 5.0, offset=9)]
+    >>> fold_entry(t, folded, 2, touches), fold_entry(t, folded, 2, touches), folded
+    (2, 0, {2: 9})
+    >>> t.items.get("i1", 0.0)[0]    # two views, not four
+    2.0
     """
-    start = folded.get(worker, 0)
-    if first + count <= start:
-        return 0
-    n = 0
-    for index, message in touches:
-        if first + index >= start:
+    last, n = folded.get(worker, -1), 0
+    for message in touches:
+        if message.offset > last:
             Trainer.learn(trainer, message)  # learnt here only (a RemoteTrainer would queue it as its own)
+            last = message.offset
             n += 1
-    folded[worker] = first + count
+    folded[worker] = last
     return n
 
 
@@ -137,18 +137,16 @@ class TrainerStream:
         (with their index) also on the item stream, which keeps ``ITEMS_KEEP_S`` of entries."""
         client = self._redis()
         client.xadd(self.key, {"w": worker, "s": first, "m": pickle.dumps(messages, protocol=5)})
-        touches = [(i, m) for i, m in enumerate(messages) if type(m) is ItemStats]
+        touches = [m for m in messages if type(m) is ItemStats]
         if touches:
             trim: dict[str, Any] = {} if self.keep_items else {
                 "minid": f"{int((time.time() - ITEMS_KEEP_S) * 1000)}-0", "approximate": True}
-            client.xadd(self.items, {"w": worker, "s": first, "n": len(messages),
-                                     "i": pickle.dumps(touches, protocol=5)}, **trim)
+            client.xadd(self.items, {"w": worker, "i": pickle.dumps(touches, protocol=5)}, **trim)
 
-    def read_items(self, after: str, count: int = FOLD_READ) -> list[tuple[str, int, int, int, list[Any]]]:
-        """Item stream entries after ID ``after``: (ID, worker, first number, messages in the entry, touches)."""
+    def read_items(self, after: str, count: int = FOLD_READ) -> list[tuple[str, int, list[ItemStats]]]:
+        """Item stream entries after ID ``after``: (ID, worker, its touches)."""
         got = self._redis().xrange(self.items, min=f"({after}", count=count)
-        return [(i.decode() if isinstance(i, bytes) else i, int(f[b"w"]), int(f[b"s"]), int(f[b"n"]),
-                 pickle.loads(f[b"i"])) for i, f in got]
+        return [(i.decode() if isinstance(i, bytes) else i, int(f[b"w"]), pickle.loads(f[b"i"])) for i, f in got]
 
     def first_item_id(self) -> str | None:
         """The oldest item stream entry's ID (None: empty)."""
@@ -223,9 +221,9 @@ class TrainerLink:
                             t.folded_id, oldest)
         while True:
             entries = await asyncio.to_thread(self.stream.read_items, t.folded_id)
-            for entry_id, worker, first_number, count, touches in entries:
+            for entry_id, worker, touches in entries:
                 if worker != self.worker:
-                    n += fold_entry(t, t.folded, worker, first_number, count, touches)
+                    n += fold_entry(t, t.folded, worker, touches)
                 t.folded_id = entry_id
             if len(entries) < FOLD_READ:
                 return n
@@ -253,8 +251,10 @@ class TrainerLink:
                     log.warning("the trainer does not answer (%s): scoring with the models held", type(exc).__name__)
 
     async def drain(self, timeout_s: float = 30.0) -> bool:
-        """Until the models held cover every message queued (True), or the timeout."""
+        """Until the models held cover every message queued (True), or the timeout; then the other workers' item
+        statistics appended so far are folded in (the final checkpoint follows: it should not lag behind them)."""
         deadline = time.monotonic() + timeout_s
+        drained = True
         while self.trainer.unlearnt:
             try:
                 await self.send()
@@ -262,9 +262,15 @@ class TrainerLink:
             except Exception:
                 pass
             if time.monotonic() > deadline:
-                return False
+                drained = False
+                break
             await asyncio.sleep(self.publish_s / 5)
-        return True
+        try:
+            await asyncio.wait_for(self.fold(), FINAL_FOLD_S)
+        except Exception as exc:
+            log.warning("the last fold of the other workers' item statistics did not finish (%s): the next start "
+                        "reads on from the checkpoint's position", type(exc).__name__)
+        return drained
 
     async def close(self) -> None:
         for task in self._tasks:

@@ -90,6 +90,9 @@ class ItemStats:
     price: float
     before: tuple[tuple[str, str], ...] = ()
     """(item, category) touched earlier in the same session, most recent first (none of them is ``item``)."""
+    offset: int = -1
+    """The log offset of the event it comes from (-1: not logged): with several workers, the others fold each
+    worker's touches once by it (``server.models.shared.fold_entry``)."""
 
 
 #: How much a touch says about an item, by slot (views, clicks, carts, favorites, removes, purchases):

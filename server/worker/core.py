@@ -86,6 +86,8 @@ class ProfileCore:
     def _apply(self, e: Event, received: float, score: bool = True) -> tuple[Outcome, asyncio.Future[None] | None]:
         if self.ids.enabled:
             e.user_id = self.ids.map(e.user_id)  # validated already; from here on only the pseudonym
+        if self.durability is not None:
+            self.worker.offset = self.durability.log.next_offset  # the offset log_event gives it below
         out = self.worker.apply(e, score=score)
         fut = None
         if not (out.duplicate or out.suppressed):

@@ -56,6 +56,7 @@ def apply_record(worker: PartitionWorker, payload: bytes, offset: int = -1,
     kind, body = payload[:1], payload[1:]
     if kind == EVENT:
         e = codec.event_from_bytes(body)
+        worker.offset = offset
         out = worker.apply(e, score=False)
         return None if out.duplicate or out.suppressed else e.user_id
     if kind == ATTRIBUTES:

@@ -103,7 +103,7 @@ class ItemDecisions:
                                         counts.size(user))
 
     def observe(self, e: Event, f: dict[str, float], profile: UserProfile, t: float,
-                models: Trainer) -> tuple[list[tuple[ItemDecision, bool]], ItemStats | None]:
+                models: Trainer, offset: int = -1) -> tuple[list[tuple[ItemDecision, bool]], ItemStats | None]:
         """Fold one accepted event in: resolve labels (a purchase), decide, update the user's history.
 
         Returns the decisions it resolved and the statistics delta for the trainer (None for an event
@@ -123,7 +123,7 @@ class ItemDecisions:
             self.labels.decide(user, item, int(etype), t, x, models.item_model.predict(x))
         before = tuple(p for p in self.history.recent(user, SESSION_ITEMS + 1, t - SESSION_GAP_S) if p[0] != item)
         self.history.add(user, item, cat, t, slot)
-        return resolved, ItemStats(item, cat, t, slot, e.price, before[:SESSION_ITEMS])
+        return resolved, ItemStats(item, cat, t, slot, e.price, before[:SESSION_ITEMS], offset)
 
     def sampled(self, user: str, item: str) -> bool:
         """Are (user, item) decisions recorded? A deterministic ``sample`` share of pairs (crc32 of the pair,

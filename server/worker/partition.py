@@ -136,6 +136,7 @@ class PartitionWorker:
                                    sample=config.item_decision_sample, counted_items=config.item_counts)
         self.risk = UserRisk(threshold=config.risk_threshold)
         self.segment_sizes = [0] * config.trainer.segments
+        self.offset = -1  # the log offset of the event being applied (set by the caller; item touches carry it)
         metrics.export_segments(config.trainer.segments)
         self.row_ts: dict[str, int] = {}
         self.erasures = Erasures(config.erasure_salt)
@@ -215,7 +216,7 @@ class PartitionWorker:
         t3 = time.perf_counter()
         stage["labels"].observe(t3 - t2)
         if e.item_id:
-            resolved, delta = self.items.observe(e, features, profile, t, models)
+            resolved, delta = self.items.observe(e, features, profile, t, models, self.offset)
             if delta is not None:
                 models.feed(delta)
             self._learn(resolved, t, ITEM)

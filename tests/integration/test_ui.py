@@ -23,6 +23,7 @@ import pytest
 
 from server.api.client import PortraitClient
 from server.api.security import key_digest
+from server.log.codec import timestamp
 from server.tools.simulate import simulate
 from tests.conftest import ServerProcess, free_port
 
@@ -195,7 +196,8 @@ def test_user_page_shows_what_get_profile_returns_and_draws_its_charts(shop: Sho
         assert float(field("purchase_propensity").get_attribute("data-value")) == profile.purchase_propensity
         assert int(field("segment").get_attribute("data-value")) == profile.segment
         assert int(field("profile_version").get_attribute("data-value")) == profile.version
-        assert float(field("as_of_ts").get_attribute("data-value")) == profile.as_of.ToMicroseconds() / 1e6
+        # the page shows the row's float time, GetProfile the Timestamp the server made of it (server.log.codec)
+        assert timestamp(float(field("as_of_ts").get_attribute("data-value"))) == profile.as_of
         shown_tags = [t.text for t in field("tags").find_elements(By.CSS_SELECTOR, ".tag")]
         assert shown_tags == list(profile.tags)
         assert field("top_categories").text == (", ".join(profile.top_categories) or "-")

@@ -98,8 +98,8 @@ async def test_each_message_is_learnt_once_through_worker_and_trainer_restarts(r
 
 
 def _touches(worker: int, n: int, start: int = 0) -> list[Any]:
-    """Item touches of one worker's users (views, carts, purchases of 12 items over two days), with a risk input
-    every fifth message: the numbering counts every message."""
+    """Item touches of one worker's users (views, carts, purchases of 12 items over two days), the i-th from the
+    event at log offset i, with a risk input every fifth message (the trainer's numbering counts every message)."""
     out: list[Any] = []
     for i in range(start, start + n):
         if i % 5 == 4:
@@ -107,7 +107,7 @@ def _touches(worker: int, n: int, start: int = 0) -> list[Any]:
             continue
         item = f"i{(worker * 7 + i) % 12}"
         out.append(ItemStats(item, f"c{i % 3}", 1_800_000_000.0 + 900.0 * i + worker, (0, 2, 5)[i % 3], 10.0 + i % 4,
-                             before=((f"i{(i + 1) % 12}", "c0"),) if i % 2 else ()))
+                             before=((f"i{(i + 1) % 12}", "c0"),) if i % 2 else (), offset=i))
     return out
 
 
@@ -140,7 +140,8 @@ async def test_every_worker_folds_the_other_workers_item_statistics_once(redis_u
     assert not _same_item_statistics(Trainer(config), ref)  # the comparison sees a difference
 
     # worker 0 restarts from a checkpoint taken now, holding its 40 messages unlearnt (the trainer never
-    # covered them here): it sends them again, and goes on; worker 1 folds the resend without counting it twice
+    # covered them here): it sends them again, and goes on; the others fold the resend without counting it twice
+    # (by the touches' log offsets)
     state = workers[0].state()
     again = RemoteTrainer(config, share_item_stats=True)
     again.load_state(state)
