@@ -127,7 +127,7 @@ def reference(events: list[Event]) -> PartitionWorker:
 def test_kill_9_mid_ingest_loses_no_acked_event_and_replays_exactly_once(tmp_path: Path, redis_url: str,
                                                                         log_store: str) -> None:
     """``redis``: the log lives in the embedded Redis (appendfsync always), which is SIGKILLed first."""
-    events, users = make_events(50_000, 400)
+    events, users = make_events(30_000, 400)  # 50,000 before: 110 s per store on 2 cores, make test near 25 min
     reqs = batches(events)
     own: dict[str, str] = {"PORTRAIT_LOG_STORE": log_store}
     url: str | None = redis_url
@@ -136,12 +136,12 @@ def test_kill_9_mid_ingest_loses_no_acked_event_and_replays_exactly_once(tmp_pat
     srv = ServerProcess(tmp_path / "data", url, PORTRAIT_CHECKPOINT_INTERVAL_S="2", **own)
     srv.wait_serving()
     sender = Sender(srv.target, reqs)
-    sender.wait_for(25_000)
+    sender.wait_for(15_000)
     if log_store == "redis":  # the log's Redis dies first, without a shutdown: only what it fsynced survives
         os.kill(int((tmp_path / "data" / "redis" / "redis.pid").read_text()), signal.SIGKILL)
     srv.kill()  # SIGKILL mid-stream
     acked = sender.stop()
-    assert 25_000 <= acked < len(events), acked
+    assert 15_000 <= acked < len(events), acked
 
     srv2 = ServerProcess(tmp_path / "data", url, **own)
     started = time.monotonic()
