@@ -61,6 +61,15 @@ def state_dir(data_dir: Path, index: int) -> Path:
     return Path(data_dir) / "workers" / str(index)
 
 
+def worker_tag(index: int) -> str:
+    """Worker ``index``'s tag: in its offline parts' names and, after the log prefix, its streams' keys.
+
+    >>> worker_tag(2), f"portrait:log:{worker_tag(2)}"
+    ('w2', 'portrait:log:w2')
+    """
+    return f"w{index}"
+
+
 class WorkerActor:
     """One partition worker in a Ray actor process. Every method waits until the worker has recovered.
     Domain errors come back as values (``("error", class name, message, field)``): the front end raises
@@ -110,9 +119,10 @@ class WorkerActor:
         stream = TrainerStream(url, s.redis_cluster, stream_key(s.log_prefix), items_key(s.log_prefix),
                                keep_items=s.log_retention_s < 0)
         shared = (trainer, stream, self.index)
+        tag = worker_tag(self.index)
         runtime = WorkerRuntime(s, metrics, data_dir, state_dir(data_dir, self.index), self.feast_redis,
-                                self.redis_type, self.embedded_url, log_prefix=f"{s.log_prefix}:w{self.index}",
-                                tag=f"w{self.index}", fork_checkpoints=False, shared_trainer=shared)
+                                self.redis_type, self.embedded_url, log_prefix=f"{s.log_prefix}:{tag}",
+                                tag=tag, fork_checkpoints=False, shared_trainer=shared)
         await runtime.spawn_writer()
         writer_store = await asyncio.to_thread(open_store, s.feature_repo)
         reader_store = await asyncio.to_thread(open_store, s.feature_repo)

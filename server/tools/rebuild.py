@@ -43,7 +43,7 @@ CHUNK = 2000
 
 def rebuild(settings: Settings, from_start: bool = False) -> int:
     """Rebuild and write every profile (of every worker); returns a process exit code."""
-    from server.cluster.actors import state_dir
+    from server.cluster.actors import state_dir, worker_tag
 
     data_dir = Path(settings.data_dir).resolve()
     workers = settings.workers
@@ -67,7 +67,7 @@ def rebuild(settings: Settings, from_start: bool = False) -> int:
             return _rebuild_one(settings, data_dir, data_dir, store, url, from_start)
         for i in range(workers):
             code = _rebuild_one(settings, data_dir, state_dir(data_dir, i), store, url, False,
-                                prefix=f"{settings.log_prefix}:w{i}", tag=f"w{i}", shared=True)
+                                prefix=f"{settings.log_prefix}:{worker_tag(i)}", tag=worker_tag(i), shared=True)
             if code:
                 return code
         return 0
